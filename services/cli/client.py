@@ -1,0 +1,83 @@
+"""A small client of the public Synthesizer API (what `voxline say` uses)."""
+
+from __future__ import annotations
+
+import io
+import time
+import wave
+from dataclasses import dataclass
+
+import grpc
+from voxline.v1 import synthesizer_pb2, synthesizer_pb2_grpc
+
+
+@dataclass
+class SynthesisResult:
+    """Audio plus the timings a user cares about."""
+
+    pcm: bytes  # s16le mono
+    sample_rate: int
+    elapsed_s: float
+    first_audio_s: float | None  # streaming only
+    chunks: int
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.pcm) / 2 / self.sample_rate if self.sample_rate else 0.0
+
+    @property
+    def rtf(self) -> float:
+        """Real-time factor: seconds of compute per second of audio (lower is faster)."""
+        return self.elapsed_s / self.duration_s if self.duration_s else float("inf")
+
+    def wav(self) -> bytes:
+        buf = io.BytesIO()
+        with wave.open(buf, "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(self.sample_rate)
+            w.writeframes(self.pcm)
+        return buf.getvalue()
+
+
+def synthesize(
+    address: str,
+    text: str,
+    *,
+    stream: bool = False,
+    voice: str = "",
+    speaking_rate: float | None = None,
+    sample_rate: int = 0,
+    timeout: float = 120.0,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> SynthesisResult:
+    """Call Synthesize or SynthesizeStream and collect the audio."""
+    request = synthesizer_pb2.SynthesizeRequest(text=text, voice=voice, sample_rate_hz=sample_rate)
+    if speaking_rate is not None:
+        request.speaking_rate = speaking_rate
+    with grpc.insecure_channel(address) as channel:
+        stub = synthesizer_pb2_grpc.SynthesizerStub(channel)
+        t0 = time.perf_counter()
+        if not stream:
+            reply = stub.Synthesize(request, timeout=timeout, metadata=metadata)
+            elapsed = time.perf_counter() - t0
+            with wave.open(io.BytesIO(reply.audio)) as w:
+                pcm = w.readframes(w.getnframes())
+            return SynthesisResult(pcm, reply.sample_rate_hz, elapsed, None, 1)
+        parts: list[bytes] = []
+        first: float | None = None
+        rate = 0
+        for message in stub.SynthesizeStream(request, timeout=timeout, metadata=metadata):
+            if first is None:
+                first = time.perf_counter() - t0
+            rate = rate or message.sample_rate_hz
+            parts.append(message.audio)
+        elapsed = time.perf_counter() - t0
+        return SynthesisResult(b"".join(parts), rate, elapsed, first, len(parts))
+
+
+def list_voices(address: str, timeout: float = 10.0) -> synthesizer_pb2.ListVoicesResponse:
+    with grpc.insecure_channel(address) as channel:
+        return synthesizer_pb2_grpc.SynthesizerStub(channel).ListVoices(
+            synthesizer_pb2.ListVoicesRequest(), timeout=timeout
+        )

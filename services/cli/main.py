@@ -1,0 +1,150 @@
+"""`voxline` command line: say, voices, serve, demo."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from services.cli.client import list_voices, synthesize
+from services.cli.stack import LocalStack, StackError
+from services.runtime.config import DEFAULT_PORTS
+
+DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORTS['gateway']}"
+DEMO_TEXT = (
+    "Hello from Voxline. This sentence travelled through four gRPC services: "
+    "the text frontend, the acoustic model, and the HiFi-GAN vocoder, on 22 November 2026."
+)
+
+
+def _run_dir(base: str) -> Path:
+    return Path(base) / time.strftime("%Y%m%d-%H%M%S")
+
+
+def cmd_say(args: argparse.Namespace) -> int:
+    result = synthesize(
+        args.server,
+        args.text,
+        stream=args.stream,
+        voice=args.voice,
+        speaking_rate=args.rate,
+        sample_rate=args.sample_rate,
+        timeout=args.timeout,
+    )
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(result.wav())
+    ttfa = f"  TTFA {result.first_audio_s * 1000:.0f} ms" if result.first_audio_s else ""
+    print(
+        f"wrote {out}: {result.duration_s:.2f} s of audio at {result.sample_rate} Hz"
+        f"  elapsed {result.elapsed_s:.2f} s{ttfa}  RTF {result.rtf:.2f}"
+    )
+    return 0
+
+
+def cmd_voices(args: argparse.Namespace) -> int:
+    reply = list_voices(args.server)
+    for v in reply.voices:
+        flag = "" if v.trained else "  [UNTRAINED]"
+        default = " (default)" if v.name == reply.default_voice else ""
+        print(f"{v.name}{default}  {v.language_code}  {v.native_sample_rate_hz} Hz{flag}")
+        print(f"    model: {v.model_version}")
+        print(f"    {v.description}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    stack = LocalStack.on_default_ports(_run_dir(args.run_dir))
+    print(f"starting the local stack (logs and telemetry in {stack.run_dir}) ...", flush=True)
+    stack.start()
+    print(f"Voxline is serving. Gateway: {stack.gateway}   Ctrl-C to stop.")
+    print(f'  try: voxline say "Hello there." -o out/hello.wav --server {stack.gateway}')
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            for name, proc in stack.procs.items():
+                if proc.poll() is not None:
+                    print(f"{name} exited with code {proc.returncode}; stopping", file=sys.stderr)
+                    stop.set()
+    except KeyboardInterrupt:
+        pass
+    print("stopping ...")
+    stack.stop()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """What `make run` does: start, synthesise the demo sentence, report, stop."""
+    stack = LocalStack(_run_dir(args.run_dir))
+    print(f"starting gateway + frontend + acoustic + vocoder (run dir {stack.run_dir}) ...")
+    t0 = time.perf_counter()
+    with stack:
+        print(f"all four services SERVING after {time.perf_counter() - t0:.1f} s")
+        for line in list_voices(stack.gateway).voices:
+            if not line.trained:
+                print(f"note: voice {line.name} is UNTRAINED: {line.description}")
+        result = synthesize(stack.gateway, args.text, stream=True)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(result.wav())
+        print(f"wrote {out}")
+        print(
+            f"  audio duration  {result.duration_s:.2f} s ({result.sample_rate} Hz, mono, 16-bit)"
+        )
+        print(f"  TTFA            {(result.first_audio_s or 0) * 1000:.0f} ms (streaming)")
+        print(f"  RTF             {result.rtf:.3f} (elapsed {result.elapsed_s:.2f} s)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="voxline", description="Voxline text-to-speech")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    say = sub.add_parser("say", help="synthesise text to a WAV file")
+    say.add_argument("text")
+    say.add_argument("-o", "--output", default="out.wav")
+    say.add_argument("--stream", action="store_true", help="use SynthesizeStream")
+    say.add_argument("--voice", default="")
+    say.add_argument("--rate", type=float, default=None, help="speaking rate (1.0 = normal)")
+    say.add_argument("--sample-rate", type=int, default=0, help="output Hz (0 = native)")
+    say.add_argument("--server", default=DEFAULT_SERVER, help="gateway host:port")
+    say.add_argument("--timeout", type=float, default=120.0)
+    say.set_defaults(fn=cmd_say)
+
+    voices = sub.add_parser("voices", help="list voices")
+    voices.add_argument("--server", default=DEFAULT_SERVER)
+    voices.set_defaults(fn=cmd_voices)
+
+    serve = sub.add_parser("serve", help="start the local stack until Ctrl-C")
+    serve.add_argument("--run-dir", default="runs")
+    serve.set_defaults(fn=cmd_serve)
+
+    demo = sub.add_parser("demo", help="start, synthesise a demo sentence, stop (make run)")
+    demo.add_argument("--text", default=DEMO_TEXT)
+    demo.add_argument("--out", default="out/demo.wav")
+    demo.add_argument("--run-dir", default="runs")
+    demo.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except grpc.RpcError as exc:
+        print(f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1
+    except StackError as exc:
+        print(f"error: the local stack failed to start: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from services.frontend.service import main
+
+sys.exit(main())

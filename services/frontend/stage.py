@@ -1,0 +1,145 @@
+"""The frontend stage: text -> normalised sentences -> phoneme ids -> features + durations.
+
+The text half (normalisation, sentence split, G2P) runs on CPU; the torch half (phoneme
+encoder + duration predictor) runs on the selected device, all sentences of a request in
+one padded batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from services.frontend.g2p import PhonemeIdMapper, Phonemizer
+from services.frontend.model import FrontendModel, durations_to_frames
+from services.frontend.normalize import is_speakable, normalize
+from services.frontend.sentences import split_sentences
+from services.runtime.checkpoint import initialise_weights
+from services.runtime.device import dtype_name, resolve_device, resolve_dtype, synchronize
+from services.runtime.errors import InvalidArgument
+from services.runtime.stage import ModelDescription
+from services.runtime.voice import SAMPLE_RATE_HZ, VOICE_NAME
+
+MODEL_NAME = "voxline-frontend-conv"
+MODEL_VERSION = "0.1.0"
+
+
+@dataclass
+class PreparedSentence:
+    """One sentence after the text half: ids only (the text itself is not kept)."""
+
+    index: int
+    phoneme_ids: torch.Tensor  # [T] int64
+    num_chars: int
+
+
+@dataclass
+class EncodedSentence:
+    """One sentence after the model: what the acoustic stage consumes."""
+
+    index: int
+    phoneme_ids: torch.Tensor  # [T] int64
+    features: torch.Tensor  # [T, D] float, CPU
+    durations: torch.Tensor  # [T] int32 frames
+    num_chars: int
+
+
+class FrontendStage:
+    """Text analysis + phoneme encoder/duration model."""
+
+    name = "frontend"
+
+    def __init__(
+        self,
+        device: str = "auto",
+        dtype: str = "auto",
+        checkpoint: str | None = None,
+        seed: int = 1234,
+        max_sentence_chars: int = 400,
+    ) -> None:
+        self._device_name = device
+        self._dtype_name = dtype
+        self._checkpoint = checkpoint or None
+        self._seed = seed
+        self._max_sentence_chars = max_sentence_chars
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+        self.model: FrontendModel | None = None
+        self._phonemizer: Phonemizer | None = None
+        self._mapper: PhonemeIdMapper | None = None
+        self._trained = False
+        self._source = ""
+
+    def load(self) -> None:
+        self.device = resolve_device(self._device_name)
+        self.dtype = resolve_dtype(self._dtype_name, self.device)
+        model = FrontendModel()
+        self._trained, self._source = initialise_weights(model, self._checkpoint, self._seed)
+        self.model = model.eval().to(self.device, self.dtype)
+        self._phonemizer = Phonemizer()
+        self._mapper = PhonemeIdMapper()
+
+    def warmup(self) -> None:
+        for _ in range(2):
+            self.encode(self.prepare("Warm-up: the 3 quick foxes cost $4.50. Done!"), 1.0)
+
+    def finalize(self) -> None:
+        self.model = None
+
+    def describe(self) -> ModelDescription:
+        return ModelDescription(
+            stage=self.name,
+            model_name=MODEL_NAME,
+            model_version=MODEL_VERSION,
+            trained=self._trained,
+            device=str(self.device),
+            dtype=dtype_name(self.dtype),
+            voices=(VOICE_NAME,),
+            sample_rate_hz=SAMPLE_RATE_HZ,
+            weights_source=self._source,
+        )
+
+    def prepare(self, text: str) -> list[PreparedSentence]:
+        """The text half (CPU): normalise, split, G2P, map to ids."""
+        assert self._phonemizer is not None and self._mapper is not None
+        if not is_speakable(text):
+            raise InvalidArgument("text has nothing speakable (empty, whitespace or control chars)")
+        out: list[PreparedSentence] = []
+        for sentence in split_sentences(normalize(text), self._max_sentence_chars):
+            ids = self._mapper.ids(self._phonemizer.phonemes(sentence))
+            if len(ids) <= 3:  # BOS, pad, EOS only: nothing to say (e.g. lone punctuation)
+                continue
+            out.append(
+                PreparedSentence(len(out), torch.tensor(ids, dtype=torch.int64), len(sentence))
+            )
+        if not out:
+            raise InvalidArgument("text produced no pronounceable phonemes")
+        return out
+
+    @torch.inference_mode()
+    def encode(
+        self, sentences: list[PreparedSentence], speaking_rate: float
+    ) -> list[EncodedSentence]:
+        """The torch half: one padded batch through encoder + duration predictor."""
+        assert self.model is not None
+        if speaking_rate <= 0:
+            raise InvalidArgument(f"speaking_rate must be > 0, got {speaking_rate}")
+        lengths = torch.tensor([len(s.phoneme_ids) for s in sentences])
+        ids = torch.nn.utils.rnn.pad_sequence(
+            [s.phoneme_ids for s in sentences], batch_first=True, padding_value=0
+        )
+        features, log_durations = self.model(ids.to(self.device), lengths.to(self.device))
+        synchronize(self.device)
+        features = features.float().cpu()
+        frames = durations_to_frames(log_durations, speaking_rate).cpu()
+        out = []
+        for i, s in enumerate(sentences):
+            n = int(lengths[i])
+            durations = frames[i, :n].clone()
+            if int(durations.sum()) == 0:  # a very high rate can round everything away
+                durations[n // 2] = 1
+            out.append(
+                EncodedSentence(s.index, s.phoneme_ids, features[i, :n], durations, s.num_chars)
+            )
+        return out

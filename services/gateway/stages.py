@@ -1,0 +1,167 @@
+"""The gateway's clients for the three stages, with one translation of their failures.
+
+Every call carries the caller's remaining deadline (capped by a per-call default), and
+every failure becomes a Voxline error that names the stage, so a client of the gateway
+learns *which* stage was unavailable, slow or unhappy with the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from voxline.v1 import (
+    acoustic_pb2,
+    acoustic_pb2_grpc,
+    frontend_pb2,
+    frontend_pb2_grpc,
+    stage_pb2,
+    stage_pb2_grpc,
+    vocoder_pb2,
+    vocoder_pb2_grpc,
+)
+
+from services.runtime.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+    VoxlineError,
+)
+from services.runtime.server import MAX_MESSAGE_BYTES
+
+T = TypeVar("T")
+
+
+def channel_options() -> list[tuple[str, Any]]:
+    """Round-robin over every address a `dns:///` target resolves to (headless Services)."""
+    return [
+        ("grpc.lb_policy_name", "round_robin"),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.enable_retries", 1),
+    ]
+
+
+def translate(stage: str, target: str, exc: grpc.RpcError) -> VoxlineError:
+    """A stage's RPC failure as the error the gateway reports to its caller."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
+    details = exc.details() if hasattr(exc, "details") else str(exc)  # type: ignore[attr-defined]
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return Unavailable(f"{stage} stage unavailable at {target}: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"{stage} stage did not finish within the deadline")
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(f"{stage}: {details}")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ResourceExhausted(f"{stage} stage is overloaded: {details}")
+    if code == grpc.StatusCode.CANCELLED:
+        return Cancelled(f"{stage} call cancelled")
+    err = VoxlineError(f"{stage} stage failed ({code.name}): {details}")
+    return err
+
+
+@dataclass
+class StageClient:
+    """A channel to one stage plus the name/target used in error messages."""
+
+    stage: str
+    target: str
+    channel: grpc.Channel
+
+    def info(self, timeout: float) -> stage_pb2.ModelInfo:
+        stub = stage_pb2_grpc.StageInfoStub(self.channel)
+        return self.call(
+            lambda: stub.GetModelInfo(stage_pb2.GetModelInfoRequest(), timeout=timeout)
+        )
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run one unary call, translating its failure."""
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            raise translate(self.stage, self.target, exc) from None
+
+    def stream(self, call: Any) -> UpstreamStream:
+        """Wrap a streaming call so iteration translates failures and it can be cancelled."""
+        return UpstreamStream(self, call)
+
+
+class UpstreamStream:
+    """A streaming call to a stage: iterate it for messages, `cancel()` to stop it.
+
+    Cancelling (from any thread) is how the gateway stops upstream work when its own
+    caller goes away or another stage fails; a generator could not be closed from a thread
+    other than the one iterating it.
+    """
+
+    def __init__(self, client: StageClient, call: Any) -> None:
+        self._client = client
+        self._call = call
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            yield from self._call
+        except grpc.RpcError as exc:
+            raise translate(self._client.stage, self._client.target, exc) from None
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+class StageClients:
+    """Stubs for frontend, acoustic and vocoder."""
+
+    def __init__(
+        self,
+        frontend: str,
+        acoustic: str,
+        vocoder: str,
+        wrap: Callable[[grpc.Channel], grpc.Channel] = lambda c: c,
+    ) -> None:
+        def client(stage: str, target: str) -> StageClient:
+            return StageClient(
+                stage, target, wrap(grpc.insecure_channel(target, channel_options()))
+            )
+
+        self.frontend = client("frontend", frontend)
+        self.acoustic = client("acoustic", acoustic)
+        self.vocoder = client("vocoder", vocoder)
+        self.frontend_stub = frontend_pb2_grpc.TextFrontendStub(self.frontend.channel)
+        self.acoustic_stub = acoustic_pb2_grpc.AcousticModelStub(self.acoustic.channel)
+        self.vocoder_stub = vocoder_pb2_grpc.VocoderStub(self.vocoder.channel)
+
+    def all(self) -> tuple[StageClient, StageClient, StageClient]:
+        return (self.frontend, self.acoustic, self.vocoder)
+
+    def analyze(
+        self, request: frontend_pb2.AnalyzeRequest, timeout: float
+    ) -> frontend_pb2.AnalyzeResponse:
+        return self.frontend.call(lambda: self.frontend_stub.Analyze(request, timeout=timeout))
+
+    def generate(
+        self, request: acoustic_pb2.GenerateRequest, timeout: float
+    ) -> acoustic_pb2.GenerateResponse:
+        return self.acoustic.call(lambda: self.acoustic_stub.Generate(request, timeout=timeout))
+
+    def generate_stream(
+        self, request: acoustic_pb2.GenerateRequest, timeout: float
+    ) -> UpstreamStream:
+        return self.acoustic.stream(self.acoustic_stub.GenerateStream(request, timeout=timeout))
+
+    def vocode(
+        self, request: vocoder_pb2.VocodeRequest, timeout: float
+    ) -> vocoder_pb2.VocodeResponse:
+        return self.vocoder.call(lambda: self.vocoder_stub.Vocode(request, timeout=timeout))
+
+    def vocode_stream(
+        self, requests: Iterator[vocoder_pb2.VocodeRequest], timeout: float
+    ) -> UpstreamStream:
+        return self.vocoder.stream(self.vocoder_stub.VocodeStream(requests, timeout=timeout))
+
+    def close(self) -> None:
+        for c in self.all():
+            c.channel.close()

@@ -1,0 +1,57 @@
+"""Checks on public requests: every rejection is INVALID_ARGUMENT with a human message."""
+
+from __future__ import annotations
+
+import math
+
+from voxline.v1 import synthesizer_pb2
+
+from services.frontend.normalize import is_speakable
+from services.gateway.audio import SUPPORTED_SAMPLE_RATES
+from services.runtime.errors import InvalidArgument
+from services.runtime.voice import SAMPLE_RATE_HZ
+
+MIN_RATE, MAX_RATE = 0.25, 4.0
+SUPPORTED_ENCODINGS = (
+    synthesizer_pb2.AUDIO_ENCODING_UNSPECIFIED,
+    synthesizer_pb2.AUDIO_ENCODING_LINEAR16,
+)
+
+
+def validate(
+    request: synthesizer_pb2.SynthesizeRequest, max_text_chars: int, voices: set[str]
+) -> tuple[str, float, int]:
+    """Returns (voice, speaking_rate, sample_rate) or raises InvalidArgument.
+
+    `voices` are the names the deployment serves; an empty request voice means the default.
+    """
+    text = request.text
+    if not text or not text.strip():
+        raise InvalidArgument("text is empty")
+    if len(text) > max_text_chars:
+        raise InvalidArgument(f"text is {len(text)} characters; the limit is {max_text_chars}")
+    if not is_speakable(text):
+        raise InvalidArgument("text contains nothing speakable (only control or punctuation)")
+    voice = request.voice
+    if voice and voice not in voices:
+        raise InvalidArgument(
+            f"unknown voice {voice!r}; available: {', '.join(sorted(voices)) or 'none'}"
+        )
+    rate = request.speaking_rate if request.HasField("speaking_rate") else 1.0
+    if not math.isfinite(rate) or rate <= 0:
+        raise InvalidArgument(f"speaking_rate must be a positive number, got {rate}")
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise InvalidArgument(
+            f"speaking_rate must be between {MIN_RATE} and {MAX_RATE}, got {rate}"
+        )
+    sample_rate = request.sample_rate_hz or SAMPLE_RATE_HZ
+    if sample_rate not in SUPPORTED_SAMPLE_RATES:
+        raise InvalidArgument(
+            f"sample_rate_hz {request.sample_rate_hz} is not supported; use one of "
+            f"{', '.join(map(str, SUPPORTED_SAMPLE_RATES))} (or 0 for {SAMPLE_RATE_HZ})"
+        )
+    if request.encoding not in SUPPORTED_ENCODINGS:
+        raise InvalidArgument(
+            f"encoding {request.encoding} is not supported; use AUDIO_ENCODING_LINEAR16"
+        )
+    return voice, float(rate), sample_rate

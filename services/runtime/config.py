@@ -1,0 +1,108 @@
+"""Service configuration: command-line flags with `VOXLINE_*` environment fallbacks.
+
+Every flag `--some-option` can also be set as `VOXLINE_SOME_OPTION`; the flag wins. Defaults
+suit the local stack on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Default loopback ports of the local stack.
+DEFAULT_PORTS = {"gateway": 50051, "frontend": 50052, "acoustic": 50053, "vocoder": 50054}
+
+
+def _env(name: str, default: Any) -> Any:
+    return os.environ.get("VOXLINE_" + name.upper().replace("-", "_"), default)
+
+
+@dataclass
+class ServiceConfig:
+    """What every Voxline service understands (stage-specific extras live in `extra`)."""
+
+    service: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    torch_threads: int = 1
+    workers: int = 8
+    max_concurrent_rpcs: int = 32
+    max_queue: int = 16
+    drain_seconds: float = 20.0
+    max_connection_age_s: float = 300.0
+    log_level: str = "INFO"
+    run_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def build_parser(service: str, description: str) -> argparse.ArgumentParser:
+    """The common flags; services add their own before calling `parse_config`."""
+    p = argparse.ArgumentParser(prog=f"voxline-{service}", description=description)
+
+    def add(flag: str, type_: Callable[[str], Any], default: Any, help_: str) -> None:
+        p.add_argument(f"--{flag}", type=type_, default=_env(flag, default), help=help_)
+
+    add("host", str, "127.0.0.1", "bind address (0.0.0.0 in containers)")
+    add("port", int, DEFAULT_PORTS.get(service, 0), "gRPC port (0 = pick a free one)")
+    add("device", str, "auto", "torch device: auto | cpu | cuda | cuda:N")
+    add("dtype", str, "auto", "inference precision: auto (fp16 on CUDA) | fp32 | fp16 | bf16")
+    add("torch-threads", int, 1, "torch intra-op threads (keep small when stages share cores)")
+    add("workers", int, 8, "gRPC handler threads")
+    add("max-concurrent-rpcs", int, 32, "beyond this, calls get RESOURCE_EXHAUSTED")
+    add("max-queue", int, 16, "requests allowed to wait for the model before RESOURCE_EXHAUSTED")
+    add("drain-seconds", float, 20.0, "on SIGTERM, time allowed for in-flight calls to finish")
+    add(
+        "max-connection-age-s",
+        float,
+        300.0,
+        "close client connections after this long so they re-resolve (scaling)",
+    )
+    add("log-level", str, "INFO", "DEBUG | INFO | WARNING | ERROR")
+    add("run-dir", str, "", "where local telemetry files go (empty: none)")
+    return p
+
+
+def parse_config(
+    service: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> ServiceConfig:
+    """Parse flags into a ServiceConfig; unknown-to-the-runtime flags land in `extra`."""
+    ns = vars(parser.parse_args(argv))
+    common = {
+        "host",
+        "port",
+        "device",
+        "dtype",
+        "torch_threads",
+        "workers",
+        "max_concurrent_rpcs",
+        "max_queue",
+        "drain_seconds",
+        "max_connection_age_s",
+        "log_level",
+        "run_dir",
+    }
+    cfg = ServiceConfig(service=service, **{k: ns[k] for k in common - {"run_dir"}})
+    cfg.run_dir = Path(ns["run_dir"]) if ns["run_dir"] else None
+    cfg.extra = {k: v for k, v in ns.items() if k not in common}
+    return cfg
+
+
+def add_flag(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    type_: Callable[[str], Any],
+    default: Any,
+    help_: str,
+) -> None:
+    """Add a service-specific flag with the same `VOXLINE_*` env fallback convention."""
+    parser.add_argument(f"--{flag}", type=type_, default=_env(flag, default), help=help_)

@@ -1,0 +1,13 @@
+"""Facts shared by every stage about the one voice Voxline ships.
+
+The audio conventions are HiFi-GAN's: 22050 Hz, 80 log-mel bins, one mel frame per 256
+samples. Phoneme ids follow the Piper teacher voice's map (services/frontend).
+"""
+
+from __future__ import annotations
+
+VOICE_NAME = "voxline-en-us"
+LANGUAGE_CODE = "en-US"
+SAMPLE_RATE_HZ = 22050
+HOP_LENGTH = 256
+N_MELS = 80

@@ -1,0 +1,5 @@
+import sys
+
+from services.vocoder.service import main
+
+sys.exit(main())

@@ -1,0 +1,117 @@
+"""gRPC service for the vocoder stage (voxline.v1.Vocoder)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Sequence
+
+import grpc
+import torch
+from voxline.v1 import vocoder_pb2, vocoder_pb2_grpc
+
+from services.runtime.config import add_flag, build_parser, parse_config
+from services.runtime.errors import InvalidArgument
+from services.runtime.server import StageRuntime, rpc_method, serve
+from services.runtime.tensors import from_proto, to_proto
+from services.runtime.voice import N_MELS, VOICE_NAME
+from services.vocoder.stage import VocoderStage
+
+FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+# Longest mel accepted in one message (~3 min of audio).
+MAX_FRAMES = 16_000
+
+
+class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
+    def __init__(self, runtime: StageRuntime, stage: VocoderStage) -> None:
+        self._rt = runtime
+        self._stage = stage
+
+    def _mel(self, request: vocoder_pb2.VocodeRequest, *, allow_empty: bool) -> torch.Tensor:
+        if request.voice and request.voice != VOICE_NAME:
+            raise InvalidArgument(f"unknown voice {request.voice!r}; available: {VOICE_NAME}")
+        mel = from_proto(request.mel, name="mel", ndim=2, dtypes=FLOATS)
+        if mel.shape[0] != N_MELS:
+            raise InvalidArgument(f"mel: expected {N_MELS} bins, got {mel.shape[0]}")
+        if mel.shape[1] == 0 and not allow_empty:
+            raise InvalidArgument("mel has no frames")
+        if mel.shape[1] > MAX_FRAMES:
+            raise InvalidArgument(f"mel has {mel.shape[1]} frames; the limit is {MAX_FRAMES}")
+        if not bool(torch.isfinite(mel).all()):
+            raise InvalidArgument("mel contains NaN or infinity")
+        return mel.float()
+
+    @rpc_method
+    def Vocode(
+        self, request: vocoder_pb2.VocodeRequest, context: grpc.ServicerContext
+    ) -> vocoder_pb2.VocodeResponse:
+        self._rt.require_ready()
+        with self._rt.phase("preprocess"):
+            mel = self._mel(request, allow_empty=False)
+        with self._rt.model(context), self._rt.phase("inference"):
+            audio = self._stage.infer(mel)
+        with self._rt.phase("postprocess"):
+            return vocoder_pb2.VocodeResponse(
+                audio=to_proto(audio), sample_rate_hz=self._stage.sample_rate
+            )
+
+    @rpc_method
+    def VocodeStream(
+        self, request_iterator: Iterator[vocoder_pb2.VocodeRequest], context: grpc.ServicerContext
+    ) -> Iterator[vocoder_pb2.AudioChunk]:
+        self._rt.require_ready()
+        stream = self._stage.stream()
+        offset = 0
+
+        def emit(audio: torch.Tensor) -> vocoder_pb2.AudioChunk:
+            nonlocal offset
+            chunk = vocoder_pb2.AudioChunk(
+                audio=to_proto(audio), sample_rate_hz=self._stage.sample_rate, offset_samples=offset
+            )
+            offset += audio.shape[0]
+            return chunk
+
+        for request in request_iterator:
+            with self._rt.phase("preprocess"):
+                mel = self._mel(request, allow_empty=True)
+            if stream.frames_pushed + mel.shape[1] > MAX_FRAMES:
+                raise InvalidArgument(f"stream exceeds {MAX_FRAMES} mel frames")
+            # Hold the model per chunk, not per stream, so concurrent streams interleave.
+            with self._rt.model(context), self._rt.phase("inference"):
+                audio = stream.push(mel)
+            if audio.numel():
+                with self._rt.phase("postprocess"):
+                    message = emit(audio)
+                yield message
+        if stream.frames_pushed == 0:
+            raise InvalidArgument("stream carried no mel frames")
+        with self._rt.model(context), self._rt.phase("inference"):
+            audio = stream.flush()
+        if audio.numel():
+            with self._rt.phase("postprocess"):
+                message = emit(audio)
+            yield message
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser("vocoder", "Voxline vocoder: mel -> waveform (HiFi-GAN V1)")
+    add_flag(parser, "variant", str, "universal", "HiFi-GAN weights: universal | LJSpeech")
+    add_flag(parser, "chunk-frames", int, 48, "mel frames vocoded per streaming window")
+    add_flag(parser, "context-frames", int, 8, "mel frames of context on each side of a window")
+    config = parse_config("vocoder", parser, argv)
+    stage = VocoderStage(
+        variant=config.extra["variant"],
+        device=config.device,
+        dtype=config.dtype,
+        chunk_frames=config.extra["chunk_frames"],
+        context_frames=config.extra["context_frames"],
+    )
+
+    def register(server: grpc.Server, runtime: StageRuntime) -> list[str]:
+        vocoder_pb2_grpc.add_VocoderServicer_to_server(VocoderServicer(runtime, stage), server)
+        return [vocoder_pb2.DESCRIPTOR.services_by_name["Vocoder"].full_name]
+
+    return serve(config, stage, register)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,516 @@
+"""gRPC tracing and RPC metrics for sync ``grpc.server`` and sync channels.
+
+Server: ``grpc.server(pool, interceptors=server_interceptors(telemetry))``
+    1. the OpenTelemetry server interceptor (server span, context extracted from metadata);
+    2. :class:`RpcMetricsServerInterceptor`, running *inside* that span: records
+       ``rpc.server.call.duration`` (so exemplars carry the trace id) and marks the server span
+       ERROR for every non-OK status, which the instrumentation does not do for
+       INVALID_ARGUMENT, RESOURCE_EXHAUSTED, CANCELLED, ... (it follows the semconv rule that
+       only server faults are errors; Voxline wants every failed RPC visible as an error).
+
+Client: ``channel = instrument_channel(grpc.insecure_channel(addr), telemetry)``
+    The OpenTelemetry client interceptor (outer) traces unary-unary, stream-unary and
+    stream-stream calls; :class:`RpcClientInterceptor` (inner) records
+    ``rpc.client.call.duration`` and *itself* traces unary-stream calls: the instrumentation
+    turns those into a plain generator without ``cancel()``/``code()`` (contrib #2014), and the
+    gateway must be able to cancel an upstream stream. For unary-stream we start the client
+    span, inject its context into the metadata and return grpc's own call object untouched;
+    the span ends from the call's termination callback (completion, error or cancel).
+
+Health checks and reflection (:data:`telemetry.names.UNTRACED_GRPC_SERVICE_PREFIXES`) are
+neither traced nor measured, on both sides, through one mechanism: the ``filter_`` argument
+of the OTel interceptors plus the same predicate in ours. ``OTEL_PYTHON_GRPC_EXCLUDED_SERVICES``
+is not used (it only applies to the instrumentor classes, and ORs with ``filter_``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.instrumentation.grpc import client_interceptor, server_interceptor
+from opentelemetry.instrumentation.grpc.grpcext import (
+    StreamClientInterceptor,
+    UnaryClientInterceptor,
+    intercept_channel,
+)
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.propagate import inject
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from telemetry import names
+from telemetry.instruments import DURATION_BUCKETS_S
+
+if TYPE_CHECKING:
+    from telemetry.sdk import Telemetry
+
+_logger = logging.getLogger(__name__)
+
+_SCOPE = "voxline.telemetry.grpc"
+_CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _full_method(details: Any) -> str:
+    # Server side: HandlerCallDetails.method; client side (grpcext): client_info.full_method.
+    return getattr(details, "method", None) or getattr(details, "full_method", None) or ""
+
+
+def split_full_method(full_method: str) -> tuple[str, str]:
+    """``"/pkg.Svc/Method"`` -> ``("pkg.Svc", "Method")``."""
+    service, _, method = full_method.lstrip("/").partition("/")
+    return service, method
+
+
+def is_untraced(details: Any) -> bool:
+    """True for RPCs that are never traced nor measured (health checks, reflection)."""
+    service, _ = split_full_method(_full_method(details))
+    return service.startswith(names.UNTRACED_GRPC_SERVICE_PREFIXES)
+
+
+def _traced(details: Any) -> bool:
+    return not is_untraced(details)
+
+
+def _otel_client_filter(client_info: Any) -> bool:
+    # Unary-stream calls are traced by RpcClientInterceptor (cancellable call object).
+    if getattr(client_info, "is_server_stream", False) and not getattr(
+        client_info, "is_client_stream", False
+    ):
+        return False
+    return _traced(client_info)
+
+
+def _as_status_code(code: grpc.StatusCode | int | None) -> grpc.StatusCode | None:
+    if code is None or isinstance(code, grpc.StatusCode):
+        return code
+    return _CODES_BY_VALUE.get(int(code), grpc.StatusCode.UNKNOWN)
+
+
+def mark_span_error(
+    span: Span,
+    code: grpc.StatusCode | int,
+    error: BaseException | str | None = None,
+) -> None:
+    """Mark ``span`` as failed with gRPC status ``code`` (no-op for OK or a non-recording span).
+
+    Sets status ERROR with description ``"<CODE NAME>"`` or ``"<CODE NAME>: <message>"``,
+    ``rpc.grpc.status_code`` and ``error.type`` (the code name). A string ``error`` is used as
+    the message: pass developer-written text only (abort details), never user input. For an
+    exception only its *type* is recorded (an ``exception`` event with ``exception.type``),
+    never its message, which may echo user text (e.g. a phonemizer quoting its input).
+    """
+    status_code = _as_status_code(code)
+    if status_code is None or status_code == grpc.StatusCode.OK or not span.is_recording():
+        return
+    span.set_attribute(names.ATTR_RPC_GRPC_STATUS_CODE, status_code.value[0])
+    span.set_attribute(names.ATTR_ERROR_TYPE, status_code.name)
+    description = status_code.name
+    if isinstance(error, BaseException):
+        # A bare Exception() is how grpc's context.abort() unwinds: nothing to record.
+        if type(error) is not Exception:
+            type_name = type(error).__qualname__
+            span.add_event("exception", {"exception.type": type_name})
+            description = f"{status_code.name}: {type_name}"
+    elif error:
+        description = f"{status_code.name}: {error}"
+    span.set_status(Status(StatusCode.ERROR, description))
+
+
+def _decode(details: Any) -> str:
+    if isinstance(details, bytes):
+        return details.decode("utf-8", "replace")
+    return str(details) if details else ""
+
+
+def _context_code(context: grpc.ServicerContext) -> grpc.StatusCode | None:
+    try:
+        code = context.code()
+    except Exception:  # older grpcio or a wrapped context without code()
+        return None
+    return _as_status_code(code)
+
+
+def _context_details(context: grpc.ServicerContext) -> str:
+    try:
+        return _decode(context.details())
+    except Exception:
+        return ""
+
+
+def _rpc_duration_histogram(meter: metrics.Meter, name: str, side: str) -> metrics.Histogram:
+    return meter.create_histogram(
+        name,
+        unit=names.UNIT_SECONDS,
+        description=f"Duration of gRPC calls measured on the {side} side.",
+        explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
+    )
+
+
+class RedactedError(Exception):
+    """Replaces an uncaught handler exception so its message (which may quote user text)
+    reaches neither the span nor the client's status details. The original is not chained
+    (span exception events would include the chain); its type and stack frames are logged."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Server
+# ---------------------------------------------------------------------------------------------
+
+
+class RpcMetricsServerInterceptor(grpc.ServerInterceptor):
+    """Records ``rpc.server.call.duration`` and marks the current server span on failures.
+
+    Must run inside the OpenTelemetry server interceptor (list it after that one), so the
+    server span is current while the handler runs. Status codes: ``context.abort()`` /
+    ``context.set_code()`` -> that code; uncaught exception -> UNKNOWN; the client cancelled or
+    the deadline passed before a response stream finished -> CANCELLED / DEADLINE_EXCEEDED.
+    """
+
+    def __init__(self, meter: metrics.Meter, *, redact_exceptions: bool = True) -> None:
+        self._histogram = _rpc_duration_histogram(meter, names.METRIC_RPC_SERVER_DURATION, "server")
+        self._redact = redact_exceptions
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or is_untraced(handler_call_details):
+            return handler
+        service, method = split_full_method(_full_method(handler_call_details))
+        attrs = {
+            names.ATTR_RPC_SYSTEM: names.RPC_SYSTEM_GRPC,
+            names.ATTR_RPC_SERVICE: service,
+            names.ATTR_RPC_METHOD: method,
+        }
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap_stream(handler.stream_stream, attrs),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap_unary(handler.stream_unary, attrs),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(
+                self._wrap_stream(handler.unary_stream, attrs),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            self._wrap_unary(handler.unary_unary, attrs),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _record(
+        self,
+        start: float,
+        attrs: dict[str, Any],
+        code: grpc.StatusCode,
+        span: Span,
+        error: BaseException | str | None,
+    ) -> None:
+        try:
+            if code != grpc.StatusCode.OK:
+                mark_span_error(span, code, error)
+            self._histogram.record(
+                time.perf_counter() - start,
+                {**attrs, names.ATTR_RPC_GRPC_STATUS_CODE: code.value[0]},
+            )
+        except Exception:  # telemetry must never fail an RPC
+            _logger.debug("recording rpc metrics failed", exc_info=True)
+
+    def _failure(
+        self, exc: Exception, context: grpc.ServicerContext
+    ) -> tuple[grpc.StatusCode, BaseException | str, bool]:
+        """Classify a handler exception -> (code, error for the span, is it an abort)."""
+        code = _context_code(context)
+        if type(exc) is Exception and code is not None:
+            # context.abort(): grpc already holds the code and developer-written details.
+            return code, _context_details(context), True
+        return (code or grpc.StatusCode.UNKNOWN), exc, False
+
+    def _reraise(self, exc: Exception, aborted: bool, method: str) -> None:
+        if aborted or not self._redact:
+            raise exc
+        # Log where it happened (type + stack frames) but not the message; then replace the
+        # exception *without* chaining: OTel's record_exception formats the whole chain.
+        frames = "".join(traceback.format_tb(exc.__traceback__))
+        _logger.error(
+            "uncaught %s in %s (message redacted)\n%s", type(exc).__qualname__, method, frames
+        )
+        raise RedactedError(f"{type(exc).__qualname__} (message redacted)") from None
+
+    def _wrap_unary(self, behavior: Callable[..., Any], attrs: dict[str, Any]) -> Callable[..., Any]:
+        def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+            start = time.perf_counter()
+            span = trace.get_current_span()
+            try:
+                response = behavior(request, context)
+            except Exception as exc:
+                code, error, aborted = self._failure(exc, context)
+                self._record(start, attrs, code, span, error)
+                self._reraise(exc, aborted, attrs[names.ATTR_RPC_METHOD])
+                raise  # unreachable; keeps type checkers happy
+            code = _context_code(context) or grpc.StatusCode.OK
+            details = _context_details(context) if code != grpc.StatusCode.OK else None
+            self._record(start, attrs, code, span, details)
+            return response
+
+        return wrapper
+
+    def _wrap_stream(
+        self, behavior: Callable[..., Iterator[Any]], attrs: dict[str, Any]
+    ) -> Callable[..., Iterator[Any]]:
+        def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            # Generator body: runs on the first next(), inside the OTel server span.
+            start = time.perf_counter()
+            span = trace.get_current_span()
+            span_ctx = otel_context.get_current()
+            done = threading.Lock()
+            finished = [False]
+
+            def finish(code: grpc.StatusCode, error: BaseException | str | None) -> None:
+                with done:
+                    if finished[0]:
+                        return
+                    finished[0] = True
+                token = otel_context.attach(span_ctx)  # exemplars from grpc's thread too
+                try:
+                    self._record(start, attrs, code, span, error)
+                finally:
+                    otel_context.detach(token)
+
+            def on_terminate() -> None:
+                # Fires when the RPC ends for any reason; only matters if the response
+                # generator did not finish by itself (client cancelled, deadline passed).
+                try:
+                    deadline_passed = context.time_remaining() <= 0
+                except Exception:
+                    deadline_passed = False
+                code = (
+                    grpc.StatusCode.DEADLINE_EXCEEDED
+                    if deadline_passed
+                    else grpc.StatusCode.CANCELLED
+                )
+                finish(code, "terminated before the response stream finished")
+
+            try:
+                context.add_callback(on_terminate)
+            except Exception:
+                _logger.debug("add_callback unavailable", exc_info=True)
+            try:
+                yield from behavior(request, context)
+            except GeneratorExit:
+                finish(grpc.StatusCode.CANCELLED, "response stream closed early")
+                raise
+            except Exception as exc:
+                code, error, aborted = self._failure(exc, context)
+                finish(code, error)
+                self._reraise(exc, aborted, attrs[names.ATTR_RPC_METHOD])
+                raise
+            code = _context_code(context) or grpc.StatusCode.OK
+            finish(code, _context_details(context) if code != grpc.StatusCode.OK else None)
+
+        return wrapper
+
+
+def server_interceptors(
+    telemetry: Telemetry | None = None, *, redact_exceptions: bool = True
+) -> list[grpc.ServerInterceptor]:
+    """Interceptors for ``grpc.server(..., interceptors=...)``, in this order.
+
+    Args:
+        telemetry: the pipeline to use; ``None`` uses the OTel global providers.
+        redact_exceptions: replace an uncaught handler exception by :class:`RedactedError`
+            (same status UNKNOWN) so its message reaches neither span nor client.
+    """
+    tracer_provider = telemetry.tracer_provider if telemetry is not None else None
+    meter_provider = telemetry.meter_provider if telemetry is not None else metrics.get_meter_provider()
+    return [
+        server_interceptor(tracer_provider=tracer_provider, filter_=_traced),
+        RpcMetricsServerInterceptor(
+            meter_provider.get_meter(_SCOPE), redact_exceptions=redact_exceptions
+        ),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Client
+# ---------------------------------------------------------------------------------------------
+
+
+def _future_code(future: Any) -> grpc.StatusCode:
+    try:
+        return _as_status_code(future.code()) or grpc.StatusCode.UNKNOWN
+    except Exception:
+        return grpc.StatusCode.UNKNOWN
+
+
+class RpcClientInterceptor(UnaryClientInterceptor, StreamClientInterceptor):
+    """Records ``rpc.client.call.duration``; traces unary-stream calls itself (see module doc).
+
+    A grpcext interceptor: attach with :func:`instrument_channel`, *inside* the OTel client
+    interceptor so the OTel client span is current when the duration is recorded.
+    """
+
+    def __init__(self, tracer: trace.Tracer, meter: metrics.Meter) -> None:
+        self._tracer = tracer
+        self._histogram = _rpc_duration_histogram(meter, names.METRIC_RPC_CLIENT_DURATION, "client")
+
+    @staticmethod
+    def _attrs(client_info: Any) -> dict[str, Any]:
+        service, method = split_full_method(_full_method(client_info))
+        return {
+            names.ATTR_RPC_SYSTEM: names.RPC_SYSTEM_GRPC,
+            names.ATTR_RPC_SERVICE: service,
+            names.ATTR_RPC_METHOD: method,
+        }
+
+    def _record(self, start: float, attrs: dict[str, Any], code: grpc.StatusCode) -> None:
+        try:
+            self._histogram.record(
+                time.perf_counter() - start,
+                {**attrs, names.ATTR_RPC_GRPC_STATUS_CODE: code.value[0]},
+            )
+        except Exception:
+            _logger.debug("recording rpc client metrics failed", exc_info=True)
+
+    def _record_later(self, result: Any, start: float, attrs: dict[str, Any]) -> None:
+        ctx = otel_context.get_current()
+
+        def done(future: Any) -> None:
+            token = otel_context.attach(ctx)
+            try:
+                self._record(start, attrs, _future_code(future))
+            finally:
+                otel_context.detach(token)
+
+        result.add_done_callback(done)
+
+    def _timed(self, request: Any, metadata: Any, client_info: Any, invoker: Callable) -> Any:
+        attrs = self._attrs(client_info)
+        start = time.perf_counter()
+        try:
+            result = invoker(request, metadata)
+        except grpc.RpcError as exc:
+            self._record(start, attrs, _future_code(exc))
+            raise
+        except Exception:
+            self._record(start, attrs, grpc.StatusCode.UNKNOWN)
+            raise
+        if isinstance(result, grpc.Future):  # .future() or a streaming call object
+            self._record_later(result, start, attrs)
+        else:  # blocking call or .with_call(): done, and it succeeded
+            self._record(start, attrs, grpc.StatusCode.OK)
+        return result
+
+    def intercept_unary(
+        self, request: Any, metadata: Any, client_info: Any, invoker: Callable
+    ) -> Any:
+        if is_untraced(client_info) or not is_instrumentation_enabled():
+            return invoker(request, metadata)
+        return self._timed(request, metadata, client_info, invoker)
+
+    def intercept_stream(
+        self, request_or_iterator: Any, metadata: Any, client_info: Any, invoker: Callable
+    ) -> Any:
+        if is_untraced(client_info) or not is_instrumentation_enabled():
+            return invoker(request_or_iterator, metadata)
+        if client_info.is_server_stream and not client_info.is_client_stream:
+            return self._traced_server_stream(request_or_iterator, metadata, client_info, invoker)
+        return self._timed(request_or_iterator, metadata, client_info, invoker)
+
+    def _traced_server_stream(
+        self, request: Any, metadata: Any, client_info: Any, invoker: Callable
+    ) -> Any:
+        attrs = self._attrs(client_info)
+        full_method = _full_method(client_info)
+        span = self._tracer.start_span(
+            full_method,
+            kind=SpanKind.CLIENT,
+            attributes={**attrs, names.ATTR_RPC_GRPC_STATUS_CODE: grpc.StatusCode.OK.value[0]},
+        )
+        span_ctx = trace.set_span_in_context(span)
+        carrier: dict[str, str] = dict(metadata or ())
+        inject(carrier, context=span_ctx)
+        start = time.perf_counter()
+        finished = threading.Lock()
+        state = {"done": False}
+
+        def finish(code: grpc.StatusCode, details: str | None) -> None:
+            with finished:
+                if state["done"]:
+                    return
+                state["done"] = True
+            token = otel_context.attach(span_ctx)
+            try:
+                self._record(start, attrs, code)
+                if code != grpc.StatusCode.OK:
+                    mark_span_error(span, code, details)
+                span.end()
+            except Exception:
+                _logger.debug("ending client stream span failed", exc_info=True)
+            finally:
+                otel_context.detach(token)
+
+        try:
+            call = invoker(request, tuple(carrier.items()))
+        except grpc.RpcError as exc:
+            finish(_future_code(exc), _decode(getattr(exc, "details", lambda: "")()))
+            raise
+        except Exception as exc:
+            finish(grpc.StatusCode.UNKNOWN, type(exc).__qualname__)
+            raise
+
+        def on_done() -> None:
+            code = _future_code(call)
+            try:
+                details = _decode(call.details()) if code != grpc.StatusCode.OK else None
+            except Exception:
+                details = None
+            finish(code, details)
+
+        # grpc's own call object goes back to the caller: iteration, cancel(), code(),
+        # details(), trailing_metadata() all work. The span ends when the RPC terminates.
+        if not call.add_callback(on_done):
+            on_done()  # already terminated
+        return call
+
+
+def instrument_channel(channel: grpc.Channel, telemetry: Telemetry | None = None) -> grpc.Channel:
+    """Return ``channel`` wrapped with client tracing and ``rpc.client.call.duration``.
+
+    Use the returned channel for stubs. Every call kind keeps grpc's normal return values; a
+    unary-stream call returns grpc's call object (iterable, with ``cancel()``). ``telemetry``
+    ``None`` uses the OTel global providers.
+    """
+    tracer_provider = telemetry.tracer_provider if telemetry is not None else trace.get_tracer_provider()
+    meter_provider = telemetry.meter_provider if telemetry is not None else metrics.get_meter_provider()
+    ours = RpcClientInterceptor(
+        tracer_provider.get_tracer(_SCOPE), meter_provider.get_meter(_SCOPE)
+    )
+    otel = client_interceptor(tracer_provider=tracer_provider, filter_=_otel_client_filter)
+    # grpcext wraps in order: the first interceptor is innermost. OTel outermost, so its span
+    # is current while ours records durations (exemplars point at the client span).
+    return intercept_channel(channel, ours, otel)

@@ -1,0 +1,223 @@
+"""Every telemetry name Voxline emits: span names, metric names, units, attribute keys and
+their bounded value sets.
+
+This module is the single source of truth: services, dashboards, the collector config and
+docs/telemetry.md all refer to these constants. Renaming anything here is a breaking change
+for dashboards and alerts, so do it only together with docs/telemetry.md.
+
+Naming follows the OpenTelemetry semantic conventions:
+- metric and attribute names are lowercase, dot-namespaced, ``snake_case`` within a segment;
+- durations are histograms in seconds (unit ``s``), sizes in bytes (``By``);
+- counts of discrete things use an annotation unit such as ``{request}``;
+- a metric name is never also a namespace of another metric (so the brief's
+  ``voxline.stage.requests.inflight`` became ``voxline.stage.active_requests``, because
+  ``voxline.stage.requests`` is itself a metric; compare ``http.server.active_requests``).
+- RPC attributes are the ones opentelemetry-instrumentation-grpc 0.66b2 *really* emits
+  (``rpc.system``, ``rpc.service``, ``rpc.method``, ``rpc.grpc.status_code``), not the newer
+  spec names, so RPC spans and RPC metrics can be joined on the same keys.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# ---------------------------------------------------------------------------------------------
+# Instrumentation scope and resource
+# ---------------------------------------------------------------------------------------------
+
+#: Instrumentation scope name used for Voxline's own tracer and meter.
+INSTRUMENTATION_SCOPE: Final = "voxline"
+#: ``service.namespace`` resource attribute of every Voxline service.
+SERVICE_NAMESPACE: Final = "voxline"
+#: Default ``deployment.environment.name`` when ``VOXLINE_ENVIRONMENT`` is unset.
+DEFAULT_ENVIRONMENT: Final = "local"
+
+RESOURCE_SERVICE_NAME: Final = "service.name"
+RESOURCE_SERVICE_VERSION: Final = "service.version"
+RESOURCE_SERVICE_NAMESPACE: Final = "service.namespace"
+RESOURCE_SERVICE_INSTANCE_ID: Final = "service.instance.id"
+RESOURCE_DEPLOYMENT_ENVIRONMENT: Final = "deployment.environment.name"
+RESOURCE_K8S_POD_NAME: Final = "k8s.pod.name"
+
+# Environment variables read by Voxline (the standard OTEL_* ones are listed in docs).
+ENV_ENVIRONMENT: Final = "VOXLINE_ENVIRONMENT"
+ENV_PROMETHEUS_PORT: Final = "VOXLINE_PROMETHEUS_PORT"
+ENV_PROMETHEUS_HOST: Final = "VOXLINE_PROMETHEUS_HOST"
+#: Downward-API friendly alternative to ``k8s.pod.name`` in ``OTEL_RESOURCE_ATTRIBUTES``.
+ENV_K8S_POD_NAME: Final = "K8S_POD_NAME"
+
+# ---------------------------------------------------------------------------------------------
+# Bounded value sets
+# ---------------------------------------------------------------------------------------------
+
+STAGE_GATEWAY: Final = "gateway"
+STAGE_FRONTEND: Final = "frontend"
+STAGE_ACOUSTIC: Final = "acoustic"
+STAGE_VOCODER: Final = "vocoder"
+#: Values of :data:`ATTR_STAGE`.
+STAGES: Final = frozenset({STAGE_GATEWAY, STAGE_FRONTEND, STAGE_ACOUSTIC, STAGE_VOCODER})
+
+PHASE_QUEUE: Final = "queue"
+PHASE_PREPROCESS: Final = "preprocess"
+PHASE_INFERENCE: Final = "inference"
+PHASE_POSTPROCESS: Final = "postprocess"
+#: Values of :data:`ATTR_PHASE`.
+PHASES: Final = frozenset({PHASE_QUEUE, PHASE_PREPROCESS, PHASE_INFERENCE, PHASE_POSTPROCESS})
+
+OUTCOME_OK: Final = "ok"
+OUTCOME_ERROR: Final = "error"
+#: Values of :data:`ATTR_OUTCOME`.
+OUTCOMES: Final = frozenset({OUTCOME_OK, OUTCOME_ERROR})
+
+SYNTHESIS_METHOD_UNARY: Final = "unary"
+SYNTHESIS_METHOD_STREAM: Final = "stream"
+#: Values of :data:`ATTR_SYNTHESIS_METHOD`.
+SYNTHESIS_METHODS: Final = frozenset({SYNTHESIS_METHOD_UNARY, SYNTHESIS_METHOD_STREAM})
+
+#: Value of :data:`ATTR_VOICE` for a voice id that is not one of the configured voices (keeps
+#: the attribute bounded even if a client sends garbage).
+VOICE_OTHER: Final = "other"
+
+SIGNAL_TRACES: Final = "traces"
+SIGNAL_METRICS: Final = "metrics"
+
+DROP_REASON_QUEUE_FULL: Final = "queue_full"
+DROP_REASON_EXPORT_FAILED: Final = "export_failed"
+DROP_REASON_SHUTDOWN: Final = "shutdown"
+
+# ---------------------------------------------------------------------------------------------
+# Attribute keys
+# ---------------------------------------------------------------------------------------------
+
+#: Pipeline stage (:data:`STAGES`).
+ATTR_STAGE: Final = "voxline.stage"
+#: Phase inside a stage (:data:`PHASES`).
+ATTR_PHASE: Final = "voxline.phase"
+#: ``ok`` or ``error`` (:data:`OUTCOMES`).
+ATTR_OUTCOME: Final = "voxline.outcome"
+#: Configured voice id, or :data:`VOICE_OTHER`.
+ATTR_VOICE: Final = "voxline.voice"
+#: Gateway API flavour, ``unary`` or ``stream`` (:data:`SYNTHESIS_METHODS`).
+ATTR_SYNTHESIS_METHOD: Final = "voxline.synthesis.method"
+#: Span attribute: number of requests in a model batch (int).
+ATTR_BATCH_SIZE: Final = "voxline.batch.size"
+#: Span attribute: length of the input text in characters (int) — never the text itself.
+ATTR_TEXT_LENGTH: Final = "voxline.text.length"
+#: Span attribute: number of phonemes / tokens fed to the acoustic model (int).
+ATTR_TOKEN_COUNT: Final = "voxline.token.count"
+#: Span attribute: duration of produced audio in seconds (double).
+ATTR_AUDIO_DURATION: Final = "voxline.audio.duration"
+#: Span attribute: compute device, e.g. ``cpu`` or ``cuda:0``.
+ATTR_DEVICE: Final = "voxline.device"
+
+# RPC keys exactly as opentelemetry-instrumentation-grpc 0.66b2 emits them.
+ATTR_RPC_SYSTEM: Final = "rpc.system"
+ATTR_RPC_SERVICE: Final = "rpc.service"
+#: The RPC method name without service, e.g. ``Synthesize``. Also used on stage metrics.
+ATTR_RPC_METHOD: Final = "rpc.method"
+#: Numeric gRPC status code (0 = OK, 3 = INVALID_ARGUMENT, ...).
+ATTR_RPC_GRPC_STATUS_CODE: Final = "rpc.grpc.status_code"
+#: Set on error spans: the gRPC status code name (e.g. ``INVALID_ARGUMENT``) or exception type.
+ATTR_ERROR_TYPE: Final = "error.type"
+RPC_SYSTEM_GRPC: Final = "grpc"
+
+#: Stage metrics' "method" attribute is the RPC method being served.
+ATTR_METHOD: Final = ATTR_RPC_METHOD
+
+# Telemetry self-monitoring.
+ATTR_SIGNAL: Final = "signal"
+ATTR_DROP_REASON: Final = "reason"
+
+# Hardware (semantic conventions, hardware/GPU, development status).
+ATTR_HW_ID: Final = "hw.id"
+ATTR_HW_VENDOR: Final = "hw.vendor"
+ATTR_HW_MODEL: Final = "hw.model"
+ATTR_HW_TYPE: Final = "hw.type"
+HW_TYPE_GPU: Final = "gpu"
+HW_VENDOR_NVIDIA: Final = "NVIDIA"
+
+# ---------------------------------------------------------------------------------------------
+# Units (UCUM, as OpenTelemetry uses them)
+# ---------------------------------------------------------------------------------------------
+
+UNIT_SECONDS: Final = "s"
+UNIT_BYTES: Final = "By"
+UNIT_RATIO: Final = "1"
+UNIT_CELSIUS: Final = "Cel"
+UNIT_WATTS: Final = "W"
+UNIT_REQUESTS: Final = "{request}"
+UNIT_CHARACTERS: Final = "{char}"
+UNIT_ITEMS: Final = "{item}"
+
+# ---------------------------------------------------------------------------------------------
+# Metric names
+# ---------------------------------------------------------------------------------------------
+
+# Per stage (frontend, acoustic, vocoder; gateway too where it makes sense).
+METRIC_STAGE_DURATION: Final = "voxline.stage.duration"
+METRIC_STAGE_QUEUE_DURATION: Final = "voxline.stage.queue.duration"
+METRIC_STAGE_ACTIVE_REQUESTS: Final = "voxline.stage.active_requests"
+METRIC_STAGE_REQUESTS: Final = "voxline.stage.requests"
+METRIC_STAGE_BATCH_SIZE: Final = "voxline.stage.batch.size"
+
+# Gateway, end to end.
+METRIC_SYNTHESIS_DURATION: Final = "voxline.synthesis.duration"
+METRIC_SYNTHESIS_TIME_TO_FIRST_AUDIO: Final = "voxline.synthesis.time_to_first_audio"
+METRIC_SYNTHESIS_REAL_TIME_FACTOR: Final = "voxline.synthesis.real_time_factor"
+METRIC_SYNTHESIS_AUDIO_DURATION: Final = "voxline.synthesis.audio.duration"
+METRIC_SYNTHESIS_CHARACTERS: Final = "voxline.synthesis.characters"
+
+# RPC (recorded by telemetry.grpc; the OTel gRPC instrumentation records no metrics).
+METRIC_RPC_SERVER_DURATION: Final = "rpc.server.call.duration"
+METRIC_RPC_CLIENT_DURATION: Final = "rpc.client.call.duration"
+
+# Telemetry pipeline health.
+METRIC_TELEMETRY_DROPPED: Final = "voxline.telemetry.dropped"
+
+# GPU via NVML (hardware semantic conventions).
+METRIC_HW_GPU_UTILIZATION: Final = "hw.gpu.utilization"
+METRIC_HW_GPU_MEMORY_USAGE: Final = "hw.gpu.memory.usage"
+METRIC_HW_GPU_MEMORY_LIMIT: Final = "hw.gpu.memory.limit"
+METRIC_HW_TEMPERATURE: Final = "hw.temperature"
+METRIC_HW_POWER: Final = "hw.power"
+# This process's PyTorch CUDA caching allocator.
+METRIC_GPU_TORCH_MEMORY_ALLOCATED: Final = "voxline.gpu.torch.memory.allocated"
+METRIC_GPU_TORCH_MEMORY_RESERVED: Final = "voxline.gpu.torch.memory.reserved"
+
+#: Names of every metric :mod:`telemetry.gpu` may register.
+GPU_METRICS: Final = frozenset(
+    {
+        METRIC_HW_GPU_UTILIZATION,
+        METRIC_HW_GPU_MEMORY_USAGE,
+        METRIC_HW_GPU_MEMORY_LIMIT,
+        METRIC_HW_TEMPERATURE,
+        METRIC_HW_POWER,
+        METRIC_GPU_TORCH_MEMORY_ALLOCATED,
+        METRIC_GPU_TORCH_MEMORY_RESERVED,
+    }
+)
+
+# ---------------------------------------------------------------------------------------------
+# Span names
+# ---------------------------------------------------------------------------------------------
+# gRPC server/client spans are named by the instrumentation: "/<package.Service>/<Method>".
+
+#: Gateway: the whole synthesis of one request, under the gRPC server span.
+SPAN_SYNTHESIS: Final = "voxline.synthesis"
+#: Phase spans are named "<stage>.<phase>", e.g. "acoustic.inference"; see phase_span_name().
+SPAN_PHASE_TEMPLATE: Final = "{stage}.{phase}"
+#: One model batch made of several requests (span links point at the requests' spans).
+SPAN_BATCH_TEMPLATE: Final = "{stage}.batch"
+
+#: gRPC services never traced nor counted (probes and tooling, pure noise).
+UNTRACED_GRPC_SERVICE_PREFIXES: Final = ("grpc.health.v1.Health", "grpc.reflection.")
+
+
+def phase_span_name(stage: str, phase: str) -> str:
+    """Return the span name for ``phase`` of ``stage``, e.g. ``"vocoder.inference"``."""
+    return SPAN_PHASE_TEMPLATE.format(stage=stage, phase=phase)
+
+
+def batch_span_name(stage: str) -> str:
+    """Return the span name of a model batch of ``stage``, e.g. ``"acoustic.batch"``."""
+    return SPAN_BATCH_TEMPLATE.format(stage=stage)

@@ -1,0 +1,94 @@
+"""Bad input gets a precise status and a human message; the services keep serving."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import grpc
+import pytest
+from voxline.v1 import synthesizer_pb2 as pb
+from voxline.v1 import synthesizer_pb2_grpc
+
+from services.cli.stack import LocalStack, free_port, wait_serving
+
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _req(**kw: object) -> pb.SynthesizeRequest:
+    kw.setdefault("text", "Hello.")
+    return pb.SynthesizeRequest(**kw)  # type: ignore[arg-type]
+
+
+CASES = [
+    ("empty", _req(text=""), "empty"),
+    ("whitespace", _req(text="  \n\t "), "empty"),
+    ("control chars only", _req(text="\x00\x01\x07\x1b"), "speakable"),
+    ("too long", _req(text="word " * 1001), "limit"),
+    ("unknown voice", _req(voice="no-such-voice"), "unknown voice"),
+    ("zero rate", _req(speaking_rate=0.0), "speaking_rate"),
+    ("negative rate", _req(speaking_rate=-1.0), "speaking_rate"),
+    ("nan rate", _req(speaking_rate=float("nan")), "speaking_rate"),
+    ("absurd rate", _req(speaking_rate=50.0), "speaking_rate"),
+    ("bad sample rate", _req(sample_rate_hz=12345), "sample_rate_hz"),
+    ("negative sample rate", _req(sample_rate_hz=-8000), "sample_rate_hz"),
+    ("bad encoding", _req(encoding=7), "encoding"),
+]
+
+
+@pytest.mark.parametrize(("name", "request_", "needle"), CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("method", ["unary", "stream"])
+def test_invalid_argument(synthesizer, name: str, request_, needle: str, method: str) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        if method == "unary":
+            synthesizer.Synthesize(request_, timeout=30)
+        else:
+            list(synthesizer.SynthesizeStream(request_, timeout=30))
+    assert info.value.code() == INVALID, info.value.details()
+    assert needle in info.value.details()
+
+
+def test_still_serving_after_bad_input(synthesizer) -> None:
+    for _, request_, _ in CASES:
+        with pytest.raises(grpc.RpcError):
+            synthesizer.Synthesize(request_, timeout=30)
+    assert synthesizer.Synthesize(_req(text="Still here."), timeout=60).duration_seconds > 0.2
+
+
+def test_punctuation_only_is_rejected(synthesizer) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        synthesizer.Synthesize(_req(text="?!... ---"), timeout=30)
+    assert info.value.code() == INVALID
+
+
+def test_deadline_exceeded(synthesizer) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        synthesizer.Synthesize(_req(text="A long sentence. " * 40), timeout=0.05)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_unavailable_stage_is_named(stack: LocalStack, tmp_path) -> None:
+    """A gateway whose acoustic stage is down answers UNAVAILABLE naming it, without hanging."""
+    port = free_port()
+    dead = f"127.0.0.1:{free_port()}"
+    gateway = subprocess.Popen(
+        [sys.executable, "-m", "services.gateway", "--port", str(port),
+         "--frontend-address", stack.address("frontend"), "--acoustic-address", dead,
+         "--vocoder-address", stack.address("vocoder")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_serving(f"127.0.0.1:{port}", 60, gateway)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = synthesizer_pb2_grpc.SynthesizerStub(channel)
+            for call in (
+                stub.Synthesize,
+                lambda r, timeout: list(stub.SynthesizeStream(r, timeout=timeout)),
+            ):
+                with pytest.raises(grpc.RpcError) as info:
+                    call(_req(text="Is anybody there?"), timeout=20)
+                assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert "acoustic" in info.value.details()
+    finally:
+        gateway.terminate()
+        gateway.wait(30)

@@ -1,0 +1,86 @@
+"""End to end through four real gRPC services: unary, streaming, formats, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import read_wav
+from voxline.v1 import synthesizer_pb2 as pb
+
+from services.cli.client import synthesize
+from services.cli.stack import LocalStack
+
+TEXT = "The quick brown fox jumps over the lazy dog. It costs $3.50, said Dr. Smith."
+
+
+def _samples(pcm: bytes) -> np.ndarray:
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float64)
+
+
+def test_unary_returns_valid_wav_of_plausible_length(synthesizer) -> None:
+    reply = synthesizer.Synthesize(pb.SynthesizeRequest(text=TEXT, request_id="r-1"), timeout=60)
+    channels, width, rate, frames = read_wav(reply.audio)
+    assert (channels, width, rate) == (1, 2, 22050)
+    assert reply.sample_rate_hz == 22050 and reply.request_id == "r-1"
+    seconds = len(frames) / 2 / 22050
+    assert reply.duration_seconds == pytest.approx(seconds)
+    # ~17 words plus "three dollars and fifty cents": normal speech is 2-4 words/s.
+    assert 3.0 < seconds < 15.0
+    audio = _samples(frames)
+    assert np.abs(audio).max() > 100  # not silence
+
+
+def test_longer_text_gives_longer_audio(synthesizer) -> None:
+    short = synthesizer.Synthesize(pb.SynthesizeRequest(text="Hello there."), timeout=60)
+    long = synthesizer.Synthesize(pb.SynthesizeRequest(text=TEXT * 2), timeout=60)
+    assert long.duration_seconds > 4 * short.duration_seconds
+
+
+def test_stream_first_message_carries_rate_and_matches_unary(synthesizer) -> None:
+    request = pb.SynthesizeRequest(text=TEXT)
+    messages = list(synthesizer.SynthesizeStream(request, timeout=60))
+    assert len(messages) > 2, "audio should arrive in several chunks"
+    assert messages[0].sample_rate_hz == 22050
+    assert messages[0].encoding == pb.AUDIO_ENCODING_LINEAR16
+    assert [m.sentence_index for m in messages] == sorted(m.sentence_index for m in messages)
+    assert messages[-1].sentence_index == 1  # two sentences
+    streamed = _samples(b"".join(m.audio for m in messages))
+    unary = _samples(read_wav(synthesizer.Synthesize(request, timeout=60).audio)[3])
+    assert len(streamed) == len(unary)
+    noise = streamed - unary
+    snr_db = 10 * np.log10(np.sum(unary**2) / max(np.sum(noise**2), 1e-9))
+    assert snr_db > 20, f"stream differs from unary: SNR {snr_db:.1f} dB"
+
+
+@pytest.mark.parametrize("rate", [8000, 16000, 24000, 48000])
+def test_output_sample_rates(stack: LocalStack, rate: int) -> None:
+    unary = synthesize(stack.gateway, "Resampled audio.", sample_rate=rate)
+    streamed = synthesize(stack.gateway, "Resampled audio.", sample_rate=rate, stream=True)
+    native = synthesize(stack.gateway, "Resampled audio.")
+    assert unary.sample_rate == streamed.sample_rate == rate
+    assert unary.duration_s == pytest.approx(native.duration_s, abs=0.01)
+    assert streamed.duration_s == pytest.approx(native.duration_s, abs=0.01)
+
+
+def test_speaking_rate_changes_duration(stack: LocalStack) -> None:
+    normal = synthesize(stack.gateway, TEXT)
+    fast = synthesize(stack.gateway, TEXT, speaking_rate=2.0)
+    assert fast.duration_s < 0.7 * normal.duration_s
+
+
+def test_list_voices_says_untrained(synthesizer) -> None:
+    reply = synthesizer.ListVoices(pb.ListVoicesRequest(), timeout=10)
+    assert reply.default_voice in [v.name for v in reply.voices]
+    voice = reply.voices[0]
+    assert voice.native_sample_rate_hz == 22050
+    assert 16000 in voice.supported_sample_rates_hz
+    assert not voice.trained
+    assert "UNTRAINED" in voice.description
+
+
+def test_default_voice_by_name(synthesizer) -> None:
+    name = synthesizer.ListVoices(pb.ListVoicesRequest(), timeout=10).default_voice
+    reply = synthesizer.Synthesize(
+        pb.SynthesizeRequest(text="Named voice.", voice=name), timeout=60
+    )
+    assert reply.duration_seconds > 0.3
