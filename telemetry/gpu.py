@@ -156,7 +156,11 @@ def _torch_observer(
                 return []
             out: list[Observation] = []
             for i in range(torch.cuda.device_count()):
-                fn = torch.cuda.memory_allocated if kind == "allocated" else torch.cuda.memory_reserved
+                fn = (
+                    torch.cuda.memory_allocated
+                    if kind == "allocated"
+                    else torch.cuda.memory_reserved
+                )
                 attrs = _torch_device_attributes(torch, i, by_uuid)
                 out.append(Observation(int(fn(i)), attrs))
             return out

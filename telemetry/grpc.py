@@ -149,6 +149,21 @@ def _context_details(context: grpc.ServicerContext) -> str:
         return ""
 
 
+def _terminated_code(
+    context: grpc.ServicerContext, *, assume_inactive: bool = False
+) -> grpc.StatusCode | None:
+    """CANCELLED / DEADLINE_EXCEEDED if the RPC already ended without the handler's say-so
+    (client went away, deadline passed), else None."""
+    try:
+        if not assume_inactive and context.is_active():
+            return None
+        if context.time_remaining() <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+    except Exception:
+        return None
+    return grpc.StatusCode.CANCELLED
+
+
 def _rpc_duration_histogram(meter: metrics.Meter, name: str, side: str) -> metrics.Histogram:
     return meter.create_histogram(
         name,
@@ -261,7 +276,9 @@ class RpcMetricsServerInterceptor(grpc.ServerInterceptor):
         )
         raise RedactedError(f"{type(exc).__qualname__} (message redacted)") from None
 
-    def _wrap_unary(self, behavior: Callable[..., Any], attrs: dict[str, Any]) -> Callable[..., Any]:
+    def _wrap_unary(
+        self, behavior: Callable[..., Any], attrs: dict[str, Any]
+    ) -> Callable[..., Any]:
         def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
             span = trace.get_current_span()
@@ -272,7 +289,7 @@ class RpcMetricsServerInterceptor(grpc.ServerInterceptor):
                 self._record(start, attrs, code, span, error)
                 self._reraise(exc, aborted, attrs[names.ATTR_RPC_METHOD])
                 raise  # unreachable; keeps type checkers happy
-            code = _context_code(context) or grpc.StatusCode.OK
+            code = _context_code(context) or _terminated_code(context) or grpc.StatusCode.OK
             details = _context_details(context) if code != grpc.StatusCode.OK else None
             self._record(start, attrs, code, span, details)
             return response
@@ -304,16 +321,10 @@ class RpcMetricsServerInterceptor(grpc.ServerInterceptor):
             def on_terminate() -> None:
                 # Fires when the RPC ends for any reason; only matters if the response
                 # generator did not finish by itself (client cancelled, deadline passed).
-                try:
-                    deadline_passed = context.time_remaining() <= 0
-                except Exception:
-                    deadline_passed = False
-                code = (
-                    grpc.StatusCode.DEADLINE_EXCEEDED
-                    if deadline_passed
-                    else grpc.StatusCode.CANCELLED
+                finish(
+                    _terminated_code(context, assume_inactive=True) or grpc.StatusCode.CANCELLED,
+                    "terminated before the response stream finished",
                 )
-                finish(code, "terminated before the response stream finished")
 
             try:
                 context.add_callback(on_terminate)
@@ -329,7 +340,8 @@ class RpcMetricsServerInterceptor(grpc.ServerInterceptor):
                 finish(code, error)
                 self._reraise(exc, aborted, attrs[names.ATTR_RPC_METHOD])
                 raise
-            code = _context_code(context) or grpc.StatusCode.OK
+            # A handler that stops because context.is_active() went false ends "normally".
+            code = _context_code(context) or _terminated_code(context) or grpc.StatusCode.OK
             finish(code, _context_details(context) if code != grpc.StatusCode.OK else None)
 
         return wrapper
@@ -346,7 +358,9 @@ def server_interceptors(
             (same status UNKNOWN) so its message reaches neither span nor client.
     """
     tracer_provider = telemetry.tracer_provider if telemetry is not None else None
-    meter_provider = telemetry.meter_provider if telemetry is not None else metrics.get_meter_provider()
+    meter_provider = (
+        telemetry.meter_provider if telemetry is not None else metrics.get_meter_provider()
+    )
     return [
         server_interceptor(tracer_provider=tracer_provider, filter_=_traced),
         RpcMetricsServerInterceptor(
@@ -505,8 +519,12 @@ def instrument_channel(channel: grpc.Channel, telemetry: Telemetry | None = None
     unary-stream call returns grpc's call object (iterable, with ``cancel()``). ``telemetry``
     ``None`` uses the OTel global providers.
     """
-    tracer_provider = telemetry.tracer_provider if telemetry is not None else trace.get_tracer_provider()
-    meter_provider = telemetry.meter_provider if telemetry is not None else metrics.get_meter_provider()
+    tracer_provider = (
+        telemetry.tracer_provider if telemetry is not None else trace.get_tracer_provider()
+    )
+    meter_provider = (
+        telemetry.meter_provider if telemetry is not None else metrics.get_meter_provider()
+    )
     ours = RpcClientInterceptor(
         tracer_provider.get_tracer(_SCOPE), meter_provider.get_meter(_SCOPE)
     )

@@ -192,7 +192,9 @@ class StageMetrics:
             self._attrs(
                 method,
                 {
-                    names.ATTR_OUTCOME: names.OUTCOME_OK if status == _GRPC_OK else names.OUTCOME_ERROR,
+                    names.ATTR_OUTCOME: names.OUTCOME_OK
+                    if status == _GRPC_OK
+                    else names.OUTCOME_ERROR,
                     names.ATTR_RPC_GRPC_STATUS_CODE: status,
                 },
             ),

@@ -209,7 +209,10 @@ class PrometheusServer:
         self._httpd.daemon_threads = True
         self.address: tuple[str, int] = self._httpd.server_address[:2]  # type: ignore[assignment]
         self._thread = threading.Thread(
-            target=self._httpd.serve_forever, name="voxline-prometheus", daemon=True
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},  # shutdown() waits up to one poll interval
+            name="voxline-prometheus",
+            daemon=True,
         )
         self._thread.start()
 

@@ -435,7 +435,9 @@ def init_telemetry(
     if metric_exporter is not None:
         guarded_metrics = GuardedMetricExporter(metric_exporter, reporter)
         guarded.append(guarded_metrics)
-        interval = None if _env("OTEL_METRIC_EXPORT_INTERVAL") else DEFAULT_METRIC_EXPORT_INTERVAL_MS
+        interval = (
+            None if _env("OTEL_METRIC_EXPORT_INTERVAL") else DEFAULT_METRIC_EXPORT_INTERVAL_MS
+        )
         readers.append(
             PeriodicExportingMetricReader(guarded_metrics, export_interval_millis=interval)
         )
@@ -507,7 +509,7 @@ def init_telemetry(
         service_name,
         traces_dest,
         metrics_dest,
-        "%s:%s" % telemetry.prometheus_address if telemetry.prometheus_address else "off",
+        "{}:{}".format(*telemetry.prometheus_address) if telemetry.prometheus_address else "off",
         resource.attributes.get(names.RESOURCE_SERVICE_INSTANCE_ID),
     )
     return telemetry

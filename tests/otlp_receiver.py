@@ -9,11 +9,11 @@ It serves the ``opentelemetry.proto.collector.{trace,metrics}.v1`` gRPC services
         ...
         spans = rx.wait_for(lambda r: [s for s in r.spans() if s["name"] == "x"] or None)
 
-From another test module::
+From another test module (tests/ has no ``__init__.py``; pytest puts tests/ on ``sys.path``)
+either wrap the class in a local fixture (what tests/test_telemetry_lib.py does) or import the
+ready-made fixture::
 
-    from otlp_receiver import OtlpReceiver, otlp_receiver  # noqa: F401  (fixture)
-
-(tests/ has no ``__init__.py``; pytest puts tests/ on ``sys.path``.)
+    from otlp_receiver import otlp_receiver  # noqa: F401, F811  (pytest fixture)
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, receiver: OtlpReceiver) -> None:
         self._receiver = receiver
 
-    def Export(  # noqa: N802 - gRPC method name
+    def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         self._receiver._store("traces", request, dict(context.invocation_metadata()))
@@ -54,7 +54,7 @@ class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
     def __init__(self, receiver: OtlpReceiver) -> None:
         self._receiver = receiver
 
-    def Export(  # noqa: N802 - gRPC method name
+    def Export(
         self,
         request: metrics_service_pb2.ExportMetricsServiceRequest,
         context: grpc.ServicerContext,
@@ -72,7 +72,14 @@ class OtlpReceiver:
         http_endpoint: ``http://127.0.0.1:<port>`` of the HTTP receiver (``None`` if off).
     """
 
-    def __init__(self, *, http: bool = True) -> None:
+    def __init__(self, *, http: bool = True, delay_s: float = 0.0) -> None:
+        """Args:
+        http: also serve OTLP/HTTP on a second port.
+        delay_s: hold every gRPC export this long before answering (a slow or hung
+            collector); released early by :meth:`stop`.
+        """
+        self._delay_s = delay_s
+        self._release = threading.Event()
         self._lock = threading.Condition()
         self._requests: dict[str, list[Any]] = {"traces": [], "metrics": []}
         #: Request metadata/headers of each export, in arrival order (for header tests).
@@ -99,12 +106,15 @@ class OtlpReceiver:
         if not self._started:
             self._server.start()
             if self._httpd is not None:
-                threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+                threading.Thread(
+                    target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+                ).start()
             self._started = True
         return self
 
     def stop(self) -> None:
         """Stop serving and free the ports."""
+        self._release.set()
         self._server.stop(grace=None)
         if self._httpd is not None:
             self._httpd.shutdown()
@@ -119,6 +129,8 @@ class OtlpReceiver:
     # -- storage ----------------------------------------------------------------------------
 
     def _store(self, signal: str, request: Any, headers: dict[str, str]) -> None:
+        if self._delay_s:
+            self._release.wait(self._delay_s)
         with self._lock:
             self._requests[signal].append(request)
             self.headers.append(headers)

@@ -313,9 +313,13 @@ def test_to_pcm16_clamps_and_rounds() -> None:
 # -- streaming -----------------------------------------------------------------------------------
 
 
-def _stream(stage: VocoderStage, mel: torch.Tensor, sizes: list[int], **overrides: int):
+def _stream(
+    stage: VocoderStage, mel: torch.Tensor, sizes: list[int], **overrides: int
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Push ``mel`` in chunks of ``sizes`` (then the rest), flush; return audio and pieces."""
     stream = stage.stream(**overrides)
-    pieces, start = [], 0
+    pieces: list[torch.Tensor] = []
+    start = 0
     for size in [*sizes, mel.shape[1]]:  # the last one takes the rest
         piece = stream.push(mel[:, start : start + size])
         assert piece.dtype == torch.int16 and piece.numel() % HOP == 0

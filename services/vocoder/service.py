@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser("vocoder", "Voxline vocoder: mel -> waveform (HiFi-GAN V1)")
     add_flag(parser, "variant", str, "universal", "HiFi-GAN weights: universal | LJSpeech")
     add_flag(parser, "chunk-frames", int, 48, "mel frames vocoded per streaming window")
-    add_flag(parser, "context-frames", int, 8, "mel frames of context on each side of a window")
+    add_flag(parser, "context-frames", int, 12, "mel frames of context on each side of a window")
     config = parse_config("vocoder", parser, argv)
     stage = VocoderStage(
         variant=config.extra["variant"],

@@ -84,7 +84,7 @@ class VocoderStage:
         device: str = "auto",
         dtype: str = "auto",
         chunk_frames: int = 48,
-        context_frames: int = 8,
+        context_frames: int = 12,
     ) -> None:
         if chunk_frames < 1:
             raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
