@@ -61,8 +61,13 @@ PHASE_QUEUE: Final = "queue"
 PHASE_PREPROCESS: Final = "preprocess"
 PHASE_INFERENCE: Final = "inference"
 PHASE_POSTPROCESS: Final = "postprocess"
+#: Time a streaming handler is blocked on the wire: waiting for the caller's next input
+#: message (e.g. the vocoder waiting for mel chunks) or for flow control to take its output.
+PHASE_TRANSFER: Final = "transfer"
 #: Values of :data:`ATTR_PHASE`.
-PHASES: Final = frozenset({PHASE_QUEUE, PHASE_PREPROCESS, PHASE_INFERENCE, PHASE_POSTPROCESS})
+PHASES: Final = frozenset(
+    {PHASE_QUEUE, PHASE_PREPROCESS, PHASE_INFERENCE, PHASE_POSTPROCESS, PHASE_TRANSFER}
+)
 
 OUTCOME_OK: Final = "ok"
 OUTCOME_ERROR: Final = "error"
@@ -109,6 +114,19 @@ ATTR_TOKEN_COUNT: Final = "voxline.token.count"
 ATTR_AUDIO_DURATION: Final = "voxline.audio.duration"
 #: Span attribute: compute device, e.g. ``cpu`` or ``cuda:0``.
 ATTR_DEVICE: Final = "voxline.device"
+#: Span attribute: model precision, e.g. ``float32``, ``float16``.
+ATTR_DTYPE: Final = "voxline.dtype"
+#: Span attributes: the stage's model name and version.
+ATTR_MODEL_NAME: Final = "voxline.model.name"
+ATTR_MODEL_VERSION: Final = "voxline.model.version"
+#: Span attribute: mel frames produced or consumed (int).
+ATTR_MEL_FRAMES: Final = "voxline.mel.frames"
+#: Span attribute: number of sentences in the request (int).
+ATTR_SENTENCE_COUNT: Final = "voxline.sentence.count"
+#: Span attribute: output sample rate in Hz (int).
+ATTR_SAMPLE_RATE: Final = "voxline.audio.sample_rate"
+#: Span event on the gateway's root and synthesis spans when the first audio is sent.
+EVENT_FIRST_AUDIO: Final = "first_audio"
 
 # RPC keys exactly as opentelemetry-instrumentation-grpc 0.66b2 emits them.
 ATTR_RPC_SYSTEM: Final = "rpc.system"

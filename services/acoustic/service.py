@@ -15,6 +15,7 @@ from services.runtime.errors import InvalidArgument
 from services.runtime.server import StageRuntime, rpc_method, serve
 from services.runtime.tensors import from_proto, to_proto
 from services.runtime.voice import VOICE_NAME
+from telemetry import names
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 INTS = (torch.int32, torch.int64)
@@ -30,13 +31,20 @@ class AcousticServicer(acoustic_pb2_grpc.AcousticModelServicer):
         self, request: acoustic_pb2.GenerateRequest, context: grpc.ServicerContext
     ) -> torch.Tensor:
         self._rt.require_ready()
-        if request.voice and request.voice != VOICE_NAME:
-            raise InvalidArgument(f"unknown voice {request.voice!r}; available: {VOICE_NAME}")
-        with self._rt.phase("preprocess"):
+        self._rt.annotate(self._rt.model_attributes())
+        with self._rt.phase(names.PHASE_PREPROCESS):
+            if request.voice and request.voice != VOICE_NAME:
+                raise InvalidArgument(f"unknown voice {request.voice!r}; available: {VOICE_NAME}")
+            if request.chunk_frames < 0:
+                raise InvalidArgument(f"chunk_frames must be >= 0, got {request.chunk_frames}")
             features = from_proto(request.features, name="features", ndim=2, dtypes=FLOATS)
             durations = from_proto(request.durations, name="durations", ndim=1, dtypes=INTS)
             self._stage.validate(features, durations)
-        with self._rt.model(context), self._rt.phase("inference"):
+        frames = int(durations.sum())
+        self._rt.annotate(
+            {names.ATTR_TOKEN_COUNT: int(features.shape[0]), names.ATTR_MEL_FRAMES: frames}
+        )
+        with self._rt.model(context), self._rt.phase(names.PHASE_INFERENCE):
             return self._stage.generate(features, durations)
 
     @rpc_method
@@ -44,29 +52,26 @@ class AcousticServicer(acoustic_pb2_grpc.AcousticModelServicer):
         self, request: acoustic_pb2.GenerateRequest, context: grpc.ServicerContext
     ) -> acoustic_pb2.GenerateResponse:
         mel = self._run(request, context)
-        with self._rt.phase("postprocess"):
+        with self._rt.phase(names.PHASE_POSTPROCESS):
             return acoustic_pb2.GenerateResponse(mel=to_proto(mel))
 
     @rpc_method
     def GenerateStream(
         self, request: acoustic_pb2.GenerateRequest, context: grpc.ServicerContext
     ) -> Iterator[acoustic_pb2.MelChunk]:
-        if request.chunk_frames < 0:
-            raise InvalidArgument(f"chunk_frames must be >= 0, got {request.chunk_frames}")
         chunk = request.chunk_frames or self._chunk_frames
         # The conv decoder is cheap next to the vocoder: decode the sentence in one pass,
         # then hand it out in chunks so the vocoder starts on the first one.
         mel = self._run(request, context)
         total = mel.shape[1]
-        with self._rt.phase("postprocess"):
-            for start in range(0, total, chunk):
-                if not context.is_active():
-                    return
-                yield acoustic_pb2.MelChunk(
+        for start in range(0, total, chunk):
+            with self._rt.phase(names.PHASE_POSTPROCESS):
+                message = acoustic_pb2.MelChunk(
                     mel=to_proto(mel[:, start : start + chunk]),
                     offset_frames=start,
                     last=start + chunk >= total,
                 )
+            yield from self._rt.send(message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

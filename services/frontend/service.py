@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Sequence
 
@@ -15,6 +16,7 @@ from services.runtime.errors import InvalidArgument
 from services.runtime.server import StageRuntime, rpc_method, serve
 from services.runtime.tensors import to_proto
 from services.runtime.voice import VOICE_NAME
+from telemetry import names
 
 log = logging.getLogger("voxline.frontend")
 
@@ -30,20 +32,27 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
         self, request: frontend_pb2.AnalyzeRequest, context: grpc.ServicerContext
     ) -> frontend_pb2.AnalyzeResponse:
         self._rt.require_ready()
-        if request.voice and request.voice != VOICE_NAME:
-            raise InvalidArgument(f"unknown voice {request.voice!r}; available: {VOICE_NAME}")
-        if len(request.text) > self._max_text_chars:
-            raise InvalidArgument(
-                f"text is {len(request.text)} characters; the limit is {self._max_text_chars}"
-            )
-        rate = request.speaking_rate or 1.0
-        if rate <= 0:
-            raise InvalidArgument(f"speaking_rate must be > 0, got {rate}")
-        with self._rt.phase("preprocess"):
+        self._rt.annotate(
+            {**self._rt.model_attributes(), names.ATTR_TEXT_LENGTH: len(request.text)}
+        )
+        with self._rt.phase(names.PHASE_PREPROCESS):
+            if request.voice and request.voice != VOICE_NAME:
+                raise InvalidArgument(f"unknown voice {request.voice!r}; available: {VOICE_NAME}")
+            if len(request.text) > self._max_text_chars:
+                raise InvalidArgument(
+                    f"text is {len(request.text)} characters; the limit is {self._max_text_chars}"
+                )
+            rate = request.speaking_rate or 1.0
+            if not math.isfinite(rate) or rate <= 0:
+                raise InvalidArgument(f"speaking_rate must be > 0, got {rate}")
             prepared = self._stage.prepare(request.text)
-        with self._rt.model(context), self._rt.phase("inference"):
+        tokens = sum(len(s.phoneme_ids) for s in prepared)
+        with (
+            self._rt.model(context),
+            self._rt.phase(names.PHASE_INFERENCE, **{names.ATTR_BATCH_SIZE: len(prepared)}),
+        ):
             encoded = self._stage.encode(prepared, rate)
-        with self._rt.phase("postprocess"):
+        with self._rt.phase(names.PHASE_POSTPROCESS):
             response = frontend_pb2.AnalyzeResponse(model_version=MODEL_VERSION)
             for s in encoded:
                 response.sentences.append(
@@ -56,6 +65,13 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
                         num_chars=s.num_chars,
                     )
                 )
+        self._rt.annotate(
+            {
+                names.ATTR_SENTENCE_COUNT: len(encoded),
+                names.ATTR_TOKEN_COUNT: tokens,
+                names.ATTR_MEL_FRAMES: sum(s.num_frames for s in response.sentences),
+            }
+        )
         log.debug("analyzed", extra={"sentences": len(encoded), "request_id": request.request_id})
         return response
 

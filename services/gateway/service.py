@@ -8,9 +8,12 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import grpc
 import numpy as np
+from opentelemetry import trace
+from opentelemetry.trace import Span
 from voxline.v1 import synthesizer_pb2, synthesizer_pb2_grpc
 
 from services.gateway.audio import SUPPORTED_SAMPLE_RATES, StreamResampler, resample, wav_bytes
@@ -20,6 +23,7 @@ from services.gateway.validation import validate
 from services.runtime.config import DEFAULT_PORTS, add_flag, build_parser, parse_config
 from services.runtime.server import StageRuntime, rpc_method, serve
 from services.runtime.voice import LANGUAGE_CODE, VOICE_NAME
+from telemetry import SynthesisMetrics, names
 
 log = logging.getLogger("voxline.gateway")
 
@@ -66,21 +70,34 @@ class VoiceCatalog:
                 ]
             return self._voices
 
+    def cached_names(self) -> set[str]:
+        """Voice names known so far (never calls the stages)."""
+        with self._lock:
+            return {v.name for v in self._voices or []}
+
 
 class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
     def __init__(
-        self, pipeline: Pipeline, catalog: VoiceCatalog, max_text_chars: int, timeout_s: float
+        self,
+        runtime: StageRuntime,
+        pipeline: Pipeline,
+        catalog: VoiceCatalog,
+        max_text_chars: int,
+        timeout_s: float,
     ) -> None:
+        self._rt = runtime
         self._pipeline = pipeline
         self._catalog = catalog
         self._max_text_chars = max_text_chars
         self._timeout_s = timeout_s
+        self._metrics = SynthesisMetrics(runtime.telemetry.meter)
 
     def _job(
         self, request: synthesizer_pb2.SynthesizeRequest, context: grpc.ServicerContext
     ) -> tuple[Job, int]:
-        names = {v.name for v in self._catalog.voices()}
-        voice, rate, sample_rate = validate(request, self._max_text_chars, names)
+        with self._rt.phase(names.PHASE_PREPROCESS):
+            voices = {v.name for v in self._catalog.voices()}
+            voice, rate, sample_rate = validate(request, self._max_text_chars, voices)
         remaining = context.time_remaining()
         budget = self._timeout_s if remaining is None else min(remaining, self._timeout_s)
         job = Job(
@@ -92,31 +109,63 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         )
         return job, sample_rate
 
+    def _voice_label(self, request: synthesizer_pb2.SynthesizeRequest) -> str:
+        """The voice as a metric label: a served voice name, else "other" (bounded)."""
+        if not request.voice:
+            return VOICE_NAME
+        known = self._catalog.cached_names()
+        return request.voice if request.voice in known else names.VOICE_OTHER
+
+    @contextmanager
+    def _synthesis(
+        self, request: synthesizer_pb2.SynthesizeRequest, method: str
+    ) -> Iterator[_Outcome]:
+        """The `voxline.synthesis` span around one request, and its end-to-end metrics."""
+        outcome = _Outcome(time.perf_counter())
+        attributes = {
+            names.ATTR_SYNTHESIS_METHOD: method,
+            names.ATTR_TEXT_LENGTH: len(request.text),
+            names.ATTR_STAGE: names.STAGE_GATEWAY,
+        }
+        with self._rt.tracer.start_as_current_span(
+            names.SPAN_SYNTHESIS, attributes=attributes, record_exception=False
+        ) as span:
+            outcome.span = span
+            ok = False
+            try:
+                yield outcome
+                ok = True
+            finally:
+                voice = self._voice_label(request)
+                span.set_attribute(names.ATTR_VOICE, voice)
+                if outcome.audio_s is not None:
+                    span.set_attribute(names.ATTR_AUDIO_DURATION, outcome.audio_s)
+                self._metrics.record_request(
+                    voice=voice,
+                    method=method,
+                    outcome=names.OUTCOME_OK if ok else names.OUTCOME_ERROR,
+                    duration_s=time.perf_counter() - outcome.start,
+                    audio_s=outcome.audio_s,
+                    characters=len(request.text),
+                )
+
     @rpc_method
     def Synthesize(
         self, request: synthesizer_pb2.SynthesizeRequest, context: grpc.ServicerContext
     ) -> synthesizer_pb2.SynthesizeResponse:
-        t0 = time.perf_counter()
-        job, sample_rate = self._job(request, context)
-        pieces = [p.pcm for p in self._pipeline.synthesize(job)]
-        pcm = resample(np.concatenate(pieces), sample_rate)
-        seconds = len(pcm) / sample_rate
-        elapsed = time.perf_counter() - t0
-        log.info(
-            "synthesized",
-            extra={
-                "request_id": job.request_id,
-                "method": "unary",
-                "chars": len(request.text),
-                "audio_s": round(seconds, 3),
-                "elapsed_s": round(elapsed, 3),
-                "rtf": round(elapsed / seconds, 3) if seconds else None,
-            },
-        )
+        with self._synthesis(request, names.SYNTHESIS_METHOD_UNARY) as outcome:
+            job, sample_rate = self._job(request, context)
+            outcome.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
+            pieces = [p.pcm for p in self._pipeline.synthesize(job)]
+            with self._rt.phase(names.PHASE_POSTPROCESS):
+                pcm = resample(np.concatenate(pieces), sample_rate)
+                audio = wav_bytes(pcm, sample_rate)
+            outcome.audio_s = len(pcm) / sample_rate
+        self._log(job, "unary", request, outcome, None)
         return synthesizer_pb2.SynthesizeResponse(
-            audio=wav_bytes(pcm, sample_rate),
+            audio=audio,
             sample_rate_hz=sample_rate,
-            duration_seconds=seconds,
+            duration_seconds=outcome.audio_s,
             encoding=LINEAR16,
             request_id=job.request_id,
         )
@@ -125,35 +174,58 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
     def SynthesizeStream(
         self, request: synthesizer_pb2.SynthesizeRequest, context: grpc.ServicerContext
     ) -> Iterator[synthesizer_pb2.SynthesizeStreamResponse]:
-        t0 = time.perf_counter()
-        job, sample_rate = self._job(request, context)
-        resampler = StreamResampler(sample_rate)
-        samples = 0
-        first_audio_s: float | None = None
-        last_index = 0
-        for piece in self._pipeline.synthesize_stream(job):
-            pcm = resampler.process(piece.pcm)
-            last_index = piece.sentence_index
-            if not len(pcm):
-                continue
-            if first_audio_s is None:
-                first_audio_s = time.perf_counter() - t0
-            samples += len(pcm)
-            yield self._chunk(pcm, sample_rate, piece.sentence_index, job.request_id)
-        tail = resampler.process(np.zeros(0, dtype=np.int16), last=True)
-        if len(tail):
-            samples += len(tail)
-            yield self._chunk(tail, sample_rate, last_index, job.request_id)
-        seconds = samples / sample_rate
-        elapsed = time.perf_counter() - t0
+        root = trace.get_current_span()  # the gateway's server span: the trace's root
+        method = names.SYNTHESIS_METHOD_STREAM
+        with self._synthesis(request, method) as outcome:
+            job, sample_rate = self._job(request, context)
+            outcome.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
+            resampler = StreamResampler(sample_rate)
+            samples = 0
+            first_audio_s: float | None = None
+            last_index = 0
+            for piece in self._pipeline.synthesize_stream(job):
+                with self._rt.phase(names.PHASE_POSTPROCESS):
+                    pcm = resampler.process(piece.pcm)
+                    message = self._chunk(pcm, sample_rate, piece.sentence_index, job.request_id)
+                last_index = piece.sentence_index
+                if not len(pcm):
+                    continue
+                if first_audio_s is None:
+                    first_audio_s = time.perf_counter() - outcome.start
+                    event = {"voxline.time_to_first_audio": first_audio_s}
+                    root.add_event(names.EVENT_FIRST_AUDIO, event)
+                    outcome.span.add_event(names.EVENT_FIRST_AUDIO, event)
+                    self._metrics.record_time_to_first_audio(
+                        first_audio_s, voice=self._voice_label(request), method=method
+                    )
+                samples += len(pcm)
+                yield from self._rt.send(message)
+            with self._rt.phase(names.PHASE_POSTPROCESS):
+                tail = resampler.process(np.zeros(0, dtype=np.int16), last=True)
+            if len(tail):
+                samples += len(tail)
+                yield from self._rt.send(self._chunk(tail, sample_rate, last_index, job.request_id))
+            outcome.audio_s = samples / sample_rate
+        self._log(job, "stream", request, outcome, first_audio_s)
+
+    @staticmethod
+    def _log(
+        job: Job,
+        method: str,
+        request: synthesizer_pb2.SynthesizeRequest,
+        outcome: _Outcome,
+        first_audio_s: float | None,
+    ) -> None:
+        elapsed = time.perf_counter() - outcome.start
+        seconds = outcome.audio_s or 0.0
         log.info(
             "synthesized",
             extra={
                 "request_id": job.request_id,
-                "method": "stream",
+                "method": method,
                 "chars": len(request.text),
                 "audio_s": round(seconds, 3),
-                "ttfa_s": round(first_audio_s or 0.0, 3),
+                "ttfa_s": None if first_audio_s is None else round(first_audio_s, 3),
                 "elapsed_s": round(elapsed, 3),
                 "rtf": round(elapsed / seconds, 3) if seconds else None,
             },
@@ -180,6 +252,15 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         )
 
 
+class _Outcome:
+    """What the synthesis span/metrics need to know at the end of a request."""
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.audio_s: float | None = None
+        self.span: Span = trace.INVALID_SPAN
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser("gateway", "Voxline gateway: the public Synthesizer API")
     for stage in ("frontend", "acoustic", "vocoder"):
@@ -195,20 +276,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_flag(parser, "stream-chunk-frames", int, 32, "mel frames per acoustic->vocoder chunk")
     config = parse_config("gateway", parser, argv)
     x = config.extra
-    clients = StageClients(x["frontend_address"], x["acoustic_address"], x["vocoder_address"])
-    pipeline = Pipeline(clients, x["stream_chunk_frames"])
-    servicer = SynthesizerServicer(
-        pipeline, VoiceCatalog(clients), x["max_text_chars"], x["request_timeout_s"]
-    )
+    clients: list[StageClients] = []
 
     def register(server: grpc.Server, runtime: StageRuntime) -> list[str]:
+        # Channels are made here, after telemetry is up, so stage calls are traced.
+        stage_clients = StageClients(
+            x["frontend_address"],
+            x["acoustic_address"],
+            x["vocoder_address"],
+            wrap=runtime.telemetry.instrument_channel,
+        )
+        clients.append(stage_clients)
+        servicer = SynthesizerServicer(
+            runtime,
+            Pipeline(stage_clients, x["stream_chunk_frames"]),
+            VoiceCatalog(stage_clients),
+            x["max_text_chars"],
+            x["request_timeout_s"],
+        )
         synthesizer_pb2_grpc.add_SynthesizerServicer_to_server(servicer, server)
         return [synthesizer_pb2.DESCRIPTOR.services_by_name["Synthesizer"].full_name]
 
     try:
         return serve(config, None, register)
     finally:
-        clients.close()
+        for c in clients:
+            c.close()
 
 
 if __name__ == "__main__":

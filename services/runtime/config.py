@@ -37,6 +37,7 @@ class ServiceConfig:
     drain_seconds: float = 20.0
     max_connection_age_s: float = 300.0
     log_level: str = "INFO"
+    prometheus_port: int = 0
     run_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -68,6 +69,7 @@ def build_parser(service: str, description: str) -> argparse.ArgumentParser:
         "close client connections after this long so they re-resolve (scaling)",
     )
     add("log-level", str, "INFO", "DEBUG | INFO | WARNING | ERROR")
+    add("prometheus-port", int, 0, "serve Prometheus /metrics on this port (0 = off)")
     add("run-dir", str, "", "where local telemetry files go (empty: none)")
     return p
 
@@ -89,6 +91,7 @@ def parse_config(
         "drain_seconds",
         "max_connection_age_s",
         "log_level",
+        "prometheus_port",
         "run_dir",
     }
     cfg = ServiceConfig(service=service, **{k: ns[k] for k in common - {"run_dir"}})

@@ -9,15 +9,12 @@ the stage's queue time. (A dynamic batcher would replace this class behind the s
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 from services.runtime.errors import DeadlineExceeded, ResourceExhausted
 
 
 class InferenceLane:
-    """A lock with a bounded number of waiters; `acquire` yields the measured queue time."""
+    """A lock with a bounded number of waiters."""
 
     def __init__(self, stage: str, max_queue: int) -> None:
         self._stage = stage
@@ -31,10 +28,8 @@ class InferenceLane:
         """Requests currently waiting for the model."""
         return self._waiting
 
-    @contextmanager
-    def acquire(self, timeout: float | None) -> Iterator[float]:
-        """Hold the model; yields seconds spent queued. `timeout` is the caller's budget."""
-        start = time.perf_counter()
+    def acquire(self, timeout: float | None) -> None:
+        """Wait for the model within `timeout` seconds (the caller's remaining deadline)."""
         with self._count_lock:
             if self._waiting >= self._max_queue:
                 raise ResourceExhausted(
@@ -50,7 +45,6 @@ class InferenceLane:
                 self._waiting -= 1
         if not got:
             raise DeadlineExceeded(f"deadline passed while waiting for the {self._stage} model")
-        try:
-            yield time.perf_counter() - start
-        finally:
-            self._lock.release()
+
+    def release(self) -> None:
+        self._lock.release()

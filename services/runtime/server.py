@@ -8,13 +8,16 @@ structured logging, the `StageInfo` model-metadata service, and a graceful SIGTE
 
 from __future__ import annotations
 
+import contextvars
 import functools
+import gc
+import importlib.metadata
 import inspect
 import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -23,67 +26,112 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
 from voxline.v1 import stage_pb2, stage_pb2_grpc
 
 from services.runtime.config import ServiceConfig
 from services.runtime.errors import Unavailable, grpc_status_for
 from services.runtime.lane import InferenceLane
-from services.runtime.logs import configure_logging
 from services.runtime.stage import Stage
+from telemetry import StageMetrics, Telemetry, init_telemetry, names, phase_span
+from telemetry.grpc import mark_span_error
+from telemetry.logging import configure_logging
 
 log = logging.getLogger("voxline.runtime")
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 # Messages carry whole mels/audio for long texts: allow up to 64 MiB.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
+# The RPC method being served on this thread (for phase metrics' rpc.method attribute).
+_current_method: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "voxline_rpc_method", default=None
+)
+_runtime: StageRuntime | None = None
+
+
 def rpc_method(fn: F) -> F:
-    """Turn exceptions raised by a servicer method into a precise gRPC status.
+    """Wrap a servicer method: errors become precise statuses, and it is measured.
 
-    Works for unary methods and for server-streaming generator methods. The message sent
-    to the caller is the exception's own (written for humans); unexpected exceptions become
-    INTERNAL and are logged with their traceback (never with request text).
+    Exceptions become a gRPC status with the exception's own message (written for humans,
+    never containing request text); unexpected ones become INTERNAL and are logged with their
+    traceback. Every call is counted by outcome and status code, counted as active while it
+    runs, and a non-OK outcome marks the server span ERROR with the status code (the gRPC
+    instrumentation leaves several codes UNSET). Works for unary and streaming methods.
     """
+    method = fn.__name__
 
-    def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    def _fail(context: grpc.ServicerContext, exc: BaseException, tracker: Any) -> None:
         code, message = grpc_status_for(exc)
         if code == grpc.StatusCode.INTERNAL:
             log.exception("unhandled error in %s", fn.__qualname__)
         else:
-            log.info("%s -> %s: %s", fn.__qualname__, code.name, message)
+            log.info("%s -> %s: %s", method, code.name, message)
+        tracker.set_code(code)
+        mark_span_error(trace.get_current_span(), code, message)
         context.abort(code, message)
+
+    @contextmanager
+    def _measured() -> Iterator[Any]:
+        token = _current_method.set(method)
+        try:
+            if _runtime is None or _runtime.metrics is None:
+                yield _NullTracker()
+            else:
+                with _runtime.metrics.track_request(method) as tracker:
+                    yield tracker
+        finally:
+            _current_method.reset(token)
 
     if inspect.isgeneratorfunction(fn):
 
         @functools.wraps(fn)
         def stream_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            try:
-                yield from fn(self, request, context)
-            except Exception as exc:
-                _abort(context, exc)
+            with _measured() as tracker:
+                try:
+                    yield from fn(self, request, context)
+                except GeneratorExit:
+                    tracker.set_code(grpc.StatusCode.CANCELLED)
+                    raise
+                except Exception as exc:
+                    _fail(context, exc, tracker)
 
         return stream_wrapper  # type: ignore[return-value]
 
     @functools.wraps(fn)
     def unary_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return fn(self, request, context)
-        except Exception as exc:
-            _abort(context, exc)
+        with _measured() as tracker:
+            try:
+                return fn(self, request, context)
+            except Exception as exc:
+                _fail(context, exc, tracker)
 
     return unary_wrapper  # type: ignore[return-value]
 
 
-class StageRuntime:
-    """What a servicer needs from the runtime: readiness, the model lane and phases."""
+class _NullTracker:
+    def set_code(self, code: Any) -> None:
+        pass
 
-    def __init__(self, config: ServiceConfig, stage: Stage | None) -> None:
+
+class StageRuntime:
+    """What a servicer needs from the runtime: readiness, the model lane, phases, telemetry."""
+
+    def __init__(self, config: ServiceConfig, stage: Stage | None, telemetry: Telemetry) -> None:
         self.config = config
         self.stage = stage
+        self.telemetry = telemetry
+        self.tracer = telemetry.tracer
+        self.metrics = StageMetrics(telemetry.meter, config.service)
         self.lane = InferenceLane(config.service, config.max_queue)
         self.ready = threading.Event()
+
+    @property
+    def device(self) -> Any:
+        return getattr(self.stage, "device", None)
 
     def require_ready(self) -> None:
         """Refuse calls while the model is still loading (clients should retry)."""
@@ -91,15 +139,71 @@ class StageRuntime:
             raise Unavailable(f"{self.config.service} is still loading its model; retry shortly")
 
     @contextmanager
-    def model(self, context: grpc.ServicerContext) -> Iterator[float]:
-        """Wait for exclusive use of the model within the caller's deadline."""
-        with self.lane.acquire(context.time_remaining()) as queued:
-            yield queued
+    def model(self, context: grpc.ServicerContext) -> Iterator[None]:
+        """Hold exclusive use of the model; the wait for it is the `queue` phase."""
+        with self.phase(names.PHASE_QUEUE, waiting=self.lane.waiting):
+            self.lane.acquire(context.time_remaining())
+        try:
+            yield
+        finally:
+            self.lane.release()
 
     @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Mark a phase of the stage's work (the telemetry issue hangs spans/metrics here)."""
-        yield
+    def phase(self, name: str, **attributes: Any) -> Iterator[None]:
+        """Run a block as one phase of this stage's work: a child span plus the phase's
+        duration histogram (recorded inside the span, so its exemplar names this trace).
+
+        Inference on CUDA is synchronised before the span ends, so it measures GPU time.
+        `attributes` are sizes and counts only (keys from telemetry.names or short names
+        prefixed `voxline.`), never text.
+        """
+        attrs = {k if "." in k else f"voxline.{k}": v for k, v in attributes.items()}
+        device = self.device if name == names.PHASE_INFERENCE else None
+        with phase_span(
+            self.tracer,
+            self.metrics,
+            name,
+            method=_current_method.get(),
+            device=device,
+            attributes=attrs or None,
+        ):
+            yield
+
+    def annotate(self, attributes: Mapping[str, Any]) -> None:
+        """Add bounded attributes (sizes, counts, model facts) to the current server span."""
+        trace.get_current_span().set_attributes(dict(attributes))
+
+    def receive(self, iterator: Iterator[T]) -> Iterator[T]:
+        """Iterate a request stream, timing each wait for the next message as `transfer`."""
+        it = iter(iterator)
+        while True:
+            with self.phase(names.PHASE_TRANSFER):
+                try:
+                    item = next(it)
+                except StopIteration:
+                    return
+            yield item
+
+    def send(self, message: T) -> Iterator[T]:
+        """Yield one streamed response, timing flow-control back-pressure as `transfer`.
+
+        Use as `yield from runtime.send(message)`.
+        """
+        with self.phase(names.PHASE_TRANSFER):
+            yield message
+
+    def model_attributes(self) -> dict[str, Any]:
+        """Model facts for the server span, once the stage is loaded."""
+        if self.stage is None or not self.ready.is_set():
+            return {names.ATTR_STAGE: self.config.service}
+        d = self.stage.describe()
+        return {
+            names.ATTR_STAGE: d.stage,
+            names.ATTR_MODEL_NAME: d.model_name,
+            names.ATTR_MODEL_VERSION: d.model_version,
+            names.ATTR_DEVICE: d.device,
+            names.ATTR_DTYPE: d.dtype,
+        }
 
 
 class _StageInfoServicer(stage_pb2_grpc.StageInfoServicer):
@@ -134,14 +238,22 @@ def serve(
     `register` adds the service's servicers to the server and returns their full service
     names (for health and reflection).
     """
+    global _runtime
     configure_logging(config.service, config.log_level)
     torch.set_num_threads(max(1, config.torch_threads))
-    runtime = StageRuntime(config, stage)
+    telemetry = init_telemetry(
+        config.service,
+        service_version=_version(),
+        run_dir=config.run_dir,
+        prometheus_port=config.prometheus_port or None,
+    )
+    runtime = _runtime = StageRuntime(config, stage, telemetry)
 
     server = grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=config.workers, thread_name_prefix=f"{config.service}-rpc"
         ),
+        interceptors=telemetry.server_interceptors(),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -152,18 +264,18 @@ def serve(
             ("grpc.so_reuseport", 0),
         ],
     )
-    names = register(server, runtime)
+    service_names = register(server, runtime)
     if stage is not None:
         stage_pb2_grpc.add_StageInfoServicer_to_server(_StageInfoServicer(runtime), server)
-        names.append(stage_pb2.DESCRIPTOR.services_by_name["StageInfo"].full_name)
+        service_names.append(stage_pb2.DESCRIPTOR.services_by_name["StageInfo"].full_name)
 
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ["", *names]:
+    for name in ["", *service_names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     reflection.enable_server_reflection(
         [
-            *names,
+            *service_names,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ],
@@ -176,7 +288,7 @@ def serve(
         log.error("cannot bind %s: %s", config.address, exc)
         return 2
     server.start()
-    log.info("listening", extra={"address": f"{config.host}:{port}", "services": names})
+    log.info("listening", extra={"address": f"{config.host}:{port}", "services": service_names})
 
     stop = threading.Event()
     failed = threading.Event()
@@ -208,8 +320,11 @@ def serve(
                         config.service,
                         d.weights_source,
                     )
+            # Start-up objects never die: keep the garbage collector from rescanning them
+            # on every request (cuts traced tail latency, see docs/telemetry.md).
+            gc.freeze()
             runtime.ready.set()
-            for name in ["", *names]:
+            for name in ["", *service_names]:
                 health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
             log.info("serving")
         except Exception:
@@ -236,4 +351,12 @@ def serve(
     log.info("drained", extra={"drain_s": round(time.perf_counter() - t0, 3)})
     if stage is not None and runtime.ready.is_set():
         stage.finalize()
+    telemetry.shutdown()
     return 1 if failed.is_set() else 0
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("voxline")
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0+local"

@@ -15,6 +15,7 @@ from services.runtime.server import StageRuntime, rpc_method, serve
 from services.runtime.tensors import from_proto, to_proto
 from services.runtime.voice import N_MELS, VOICE_NAME
 from services.vocoder.stage import VocoderStage
+from telemetry import names
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 # Longest mel accepted in one message (~3 min of audio).
@@ -45,20 +46,33 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
         self, request: vocoder_pb2.VocodeRequest, context: grpc.ServicerContext
     ) -> vocoder_pb2.VocodeResponse:
         self._rt.require_ready()
-        with self._rt.phase("preprocess"):
+        self._rt.annotate(self._rt.model_attributes())
+        with self._rt.phase(names.PHASE_PREPROCESS):
             mel = self._mel(request, allow_empty=False)
-        with self._rt.model(context), self._rt.phase("inference"):
+        with self._rt.model(context), self._rt.phase(names.PHASE_INFERENCE):
             audio = self._stage.infer(mel)
-        with self._rt.phase("postprocess"):
-            return vocoder_pb2.VocodeResponse(
+        with self._rt.phase(names.PHASE_POSTPROCESS):
+            response = vocoder_pb2.VocodeResponse(
                 audio=to_proto(audio), sample_rate_hz=self._stage.sample_rate
             )
+        self._annotate_sizes(mel.shape[1], audio.shape[0])
+        return response
+
+    def _annotate_sizes(self, frames: int, samples: int) -> None:
+        self._rt.annotate(
+            {
+                names.ATTR_MEL_FRAMES: frames,
+                names.ATTR_AUDIO_DURATION: samples / self._stage.sample_rate,
+                names.ATTR_SAMPLE_RATE: self._stage.sample_rate,
+            }
+        )
 
     @rpc_method
     def VocodeStream(
         self, request_iterator: Iterator[vocoder_pb2.VocodeRequest], context: grpc.ServicerContext
     ) -> Iterator[vocoder_pb2.AudioChunk]:
         self._rt.require_ready()
+        self._rt.annotate(self._rt.model_attributes())
         stream = self._stage.stream()
         offset = 0
 
@@ -70,26 +84,28 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
             offset += audio.shape[0]
             return chunk
 
-        for request in request_iterator:
-            with self._rt.phase("preprocess"):
+        # Waiting for the caller's next mel chunk is `transfer` time, not this stage's work.
+        for request in self._rt.receive(request_iterator):
+            with self._rt.phase(names.PHASE_PREPROCESS):
                 mel = self._mel(request, allow_empty=True)
-            if stream.frames_pushed + mel.shape[1] > MAX_FRAMES:
-                raise InvalidArgument(f"stream exceeds {MAX_FRAMES} mel frames")
+                if stream.frames_pushed + mel.shape[1] > MAX_FRAMES:
+                    raise InvalidArgument(f"stream exceeds {MAX_FRAMES} mel frames")
             # Hold the model per chunk, not per stream, so concurrent streams interleave.
-            with self._rt.model(context), self._rt.phase("inference"):
+            with self._rt.model(context), self._rt.phase(names.PHASE_INFERENCE):
                 audio = stream.push(mel)
             if audio.numel():
-                with self._rt.phase("postprocess"):
+                with self._rt.phase(names.PHASE_POSTPROCESS):
                     message = emit(audio)
-                yield message
+                yield from self._rt.send(message)
         if stream.frames_pushed == 0:
             raise InvalidArgument("stream carried no mel frames")
-        with self._rt.model(context), self._rt.phase("inference"):
+        with self._rt.model(context), self._rt.phase(names.PHASE_INFERENCE):
             audio = stream.flush()
         if audio.numel():
-            with self._rt.phase("postprocess"):
+            with self._rt.phase(names.PHASE_POSTPROCESS):
                 message = emit(audio)
-            yield message
+            yield from self._rt.send(message)
+        self._annotate_sizes(stream.frames_pushed, offset)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
