@@ -324,6 +324,7 @@ def phase_span(
     method: str | None = None,
     device: Any = None,
     attributes: Mapping[str, Any] | None = None,
+    start_time_ns: int | None = None,
 ) -> Iterator[Span]:
     """Run a block as phase ``phase`` of ``stage``: child span ``"<stage>.<phase>"`` plus a
     ``voxline.stage.duration`` sample recorded *inside* the span (exemplar -> this trace).
@@ -331,7 +332,10 @@ def phase_span(
     ``device``: for a CUDA device the block's queued GPU work is awaited
     (:func:`cuda_synchronize_if_needed`) before the clock stops and the span ends, so the
     measured time is GPU time, not kernel-launch time. ``attributes``: extra span attributes
-    — bounded, non-text values only (counts, sizes, device), never input text. An exception
+    — bounded, non-text values only (counts, sizes, device), never input text.
+    ``start_time_ns``: start the phase at this earlier ``time.time_ns()`` instant instead of
+    now (callers that tile a handler into back-to-back phases pass the previous phase's end,
+    so the bookkeeping between phases is attributed to the next phase). An exception
     marks the span ERROR (type only, not its message) and is re-raised; the duration is
     recorded either way.
     """
@@ -343,13 +347,15 @@ def phase_span(
         span_attrs[names.ATTR_DEVICE] = str(device)
     if attributes:
         span_attrs.update(attributes)
-    with tracer.start_as_current_span(
+    start_ns = time.time_ns() if start_time_ns is None else start_time_ns
+    span = tracer.start_span(
         names.phase_span_name(stage.stage, phase),
         attributes=span_attrs,
+        start_time=start_ns,
         record_exception=False,  # the message may quote user text
         set_status_on_exception=False,
-    ) as span:
-        start = time.perf_counter()
+    )
+    with trace.use_span(span, end_on_exit=False):
         try:
             yield span
             cuda_synchronize_if_needed(device)
@@ -358,4 +364,7 @@ def phase_span(
             span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
             raise
         finally:
-            stage.record_phase(phase, time.perf_counter() - start, method=method)
+            end_ns = time.time_ns()
+            # Recorded while the span is still current, so the exemplar carries its trace.
+            stage.record_phase(phase, (end_ns - start_ns) / 1e9, method=method)
+            span.end(end_time=end_ns)

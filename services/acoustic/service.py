@@ -14,7 +14,7 @@ from services.runtime.config import add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.server import StageRuntime, rpc_method, serve
 from services.runtime.tensors import from_proto, to_proto
-from services.runtime.voice import VOICE_NAME
+from services.runtime.voice import check_voice
 from telemetry import names
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -30,20 +30,19 @@ class AcousticServicer(acoustic_pb2_grpc.AcousticModelServicer):
     def _run(
         self, request: acoustic_pb2.GenerateRequest, context: grpc.ServicerContext
     ) -> torch.Tensor:
-        self._rt.require_ready()
-        self._rt.annotate(self._rt.model_attributes())
         with self._rt.phase(names.PHASE_PREPROCESS):
-            if request.voice and request.voice != VOICE_NAME:
-                raise InvalidArgument(f"unknown voice {request.voice!r}; available: {VOICE_NAME}")
+            self._rt.require_ready()
+            self._rt.annotate(self._rt.model_attributes())
+            check_voice(request.voice)
             if request.chunk_frames < 0:
                 raise InvalidArgument(f"chunk_frames must be >= 0, got {request.chunk_frames}")
             features = from_proto(request.features, name="features", ndim=2, dtypes=FLOATS)
             durations = from_proto(request.durations, name="durations", ndim=1, dtypes=INTS)
             self._stage.validate(features, durations)
-        frames = int(durations.sum())
-        self._rt.annotate(
-            {names.ATTR_TOKEN_COUNT: int(features.shape[0]), names.ATTR_MEL_FRAMES: frames}
-        )
+            frames = int(durations.sum())
+            self._rt.annotate(
+                {names.ATTR_TOKEN_COUNT: int(features.shape[0]), names.ATTR_MEL_FRAMES: frames}
+            )
         with self._rt.model(context), self._rt.phase(names.PHASE_INFERENCE):
             return self._stage.generate(features, durations)
 

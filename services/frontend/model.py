@@ -1,8 +1,13 @@
 """The frontend's torch model: phoneme encoder + duration predictor (FastSpeech-style).
 
 Input: phoneme ids [B, T] in the teacher voice's map. Output: encoder features [B, T, D]
-(one row per phoneme id, consumed by the acoustic stage) and log-durations [B, T] in mel
-frames. Convolution-only so it is fast on CPU and trivially exportable.
+(one row per phoneme id, consumed by the acoustic stage) and log-durations [B, T]:
+``log(1 + frames)`` per id, in mel frames (`durations_to_frames` inverts it). Convolution-only
+so it is fast on CPU and trivially exportable.
+
+The trained weights (``models/voxline-en-us/frontend.safetensors``) are distilled from the
+Piper teacher voice by the ``training`` package; the defaults of `FrontendModelConfig` are the
+architecture those weights were trained with.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from torch import nn
 class FrontendModelConfig:
     n_symbols: int = 256
     d_model: int = 192
-    encoder_layers: int = 4
+    encoder_layers: int = 6
     encoder_kernel: int = 5
     duration_layers: int = 2
     duration_kernel: int = 3
@@ -77,7 +82,7 @@ class PhonemeEncoder(nn.Module):
 
 
 class DurationPredictor(nn.Module):
-    """Predicts log(frames) per phoneme id from encoder features."""
+    """Predicts log(1 + frames) per phoneme id from encoder features."""
 
     def __init__(self, cfg: FrontendModelConfig) -> None:
         super().__init__()
@@ -116,7 +121,7 @@ class FrontendModel(nn.Module):
         with torch.no_grad():
             # Small output weights + a bias of log(prior) make untrained durations plausible.
             self.duration.proj.weight.mul_(0.01)
-            self.duration.proj.bias.fill_(math.log(self.config.prior_frames_per_id))
+            self.duration.proj.bias.fill_(math.log1p(self.config.prior_frames_per_id))
 
     def forward(
         self, ids: torch.Tensor, lengths: torch.Tensor | None = None
@@ -132,6 +137,6 @@ class FrontendModel(nn.Module):
 
 
 def durations_to_frames(log_durations: torch.Tensor, speaking_rate: float) -> torch.Tensor:
-    """Log-durations -> integer frames, faster speech for rate > 1. Never negative."""
-    frames = torch.exp(log_durations.float()) / speaking_rate
+    """log(1 + frames) -> integer frames, faster speech for rate > 1. Never negative."""
+    frames = torch.expm1(log_durations.float()).clamp(min=0) / speaking_rate
     return torch.clamp(torch.round(frames), min=0, max=100).to(torch.int32)

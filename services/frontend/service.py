@@ -15,7 +15,7 @@ from services.runtime.config import add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.server import StageRuntime, rpc_method, serve
 from services.runtime.tensors import to_proto
-from services.runtime.voice import VOICE_NAME
+from services.runtime.voice import check_voice
 from telemetry import names
 
 log = logging.getLogger("voxline.frontend")
@@ -31,13 +31,12 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
     def Analyze(
         self, request: frontend_pb2.AnalyzeRequest, context: grpc.ServicerContext
     ) -> frontend_pb2.AnalyzeResponse:
-        self._rt.require_ready()
-        self._rt.annotate(
-            {**self._rt.model_attributes(), names.ATTR_TEXT_LENGTH: len(request.text)}
-        )
         with self._rt.phase(names.PHASE_PREPROCESS):
-            if request.voice and request.voice != VOICE_NAME:
-                raise InvalidArgument(f"unknown voice {request.voice!r}; available: {VOICE_NAME}")
+            self._rt.require_ready()
+            self._rt.annotate(
+                {**self._rt.model_attributes(), names.ATTR_TEXT_LENGTH: len(request.text)}
+            )
+            check_voice(request.voice)
             if len(request.text) > self._max_text_chars:
                 raise InvalidArgument(
                     f"text is {len(request.text)} characters; the limit is {self._max_text_chars}"
@@ -46,7 +45,7 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
             if not math.isfinite(rate) or rate <= 0:
                 raise InvalidArgument(f"speaking_rate must be > 0, got {rate}")
             prepared = self._stage.prepare(request.text)
-        tokens = sum(len(s.phoneme_ids) for s in prepared)
+            tokens = sum(len(s.phoneme_ids) for s in prepared)
         with (
             self._rt.model(context),
             self._rt.phase(names.PHASE_INFERENCE, **{names.ATTR_BATCH_SIZE: len(prepared)}),
@@ -65,13 +64,13 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
                         num_chars=s.num_chars,
                     )
                 )
-        self._rt.annotate(
-            {
-                names.ATTR_SENTENCE_COUNT: len(encoded),
-                names.ATTR_TOKEN_COUNT: tokens,
-                names.ATTR_MEL_FRAMES: sum(s.num_frames for s in response.sentences),
-            }
-        )
+            self._rt.annotate(
+                {
+                    names.ATTR_SENTENCE_COUNT: len(encoded),
+                    names.ATTR_TOKEN_COUNT: tokens,
+                    names.ATTR_MEL_FRAMES: sum(s.num_frames for s in response.sentences),
+                }
+            )
         log.debug("analyzed", extra={"sentences": len(encoded), "request_id": request.request_id})
         return response
 

@@ -9,7 +9,7 @@ from voxline.v1 import synthesizer_pb2
 from services.frontend.normalize import is_speakable
 from services.gateway.audio import SUPPORTED_SAMPLE_RATES
 from services.runtime.errors import InvalidArgument
-from services.runtime.voice import SAMPLE_RATE_HZ
+from services.runtime.voice import SAMPLE_RATE_HZ, check_voice
 
 MIN_RATE, MAX_RATE = 0.25, 4.0
 SUPPORTED_ENCODINGS = (
@@ -33,10 +33,7 @@ def validate(
     if not is_speakable(text):
         raise InvalidArgument("text contains nothing speakable (only control or punctuation)")
     voice = request.voice
-    if voice and voice not in voices:
-        raise InvalidArgument(
-            f"unknown voice {voice!r}; available: {', '.join(sorted(voices)) or 'none'}"
-        )
+    check_voice(voice, voices)
     rate = request.speaking_rate if request.HasField("speaking_rate") else 1.0
     if not math.isfinite(rate) or rate <= 0:
         raise InvalidArgument(f"speaking_rate must be a positive number, got {rate}")

@@ -50,6 +50,14 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _current_method: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "voxline_rpc_method", default=None
 )
+# The server span of the RPC being served (phase spans become current inside it).
+_server_span: contextvars.ContextVar[trace.Span] = contextvars.ContextVar(
+    "voxline_server_span", default=trace.INVALID_SPAN
+)
+# End (time.time_ns) of the RPC's previous phase: stage phases tile the handler's time.
+_phase_cursor: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "voxline_phase_cursor", default=None
+)
 _runtime: StageRuntime | None = None
 
 
@@ -71,12 +79,16 @@ def rpc_method(fn: F) -> F:
         else:
             log.info("%s -> %s: %s", method, code.name, message)
         tracker.set_code(code)
-        mark_span_error(trace.get_current_span(), code, message)
+        mark_span_error(_server_span.get(), code, message)
         context.abort(code, message)
 
     @contextmanager
     def _measured() -> Iterator[Any]:
         token = _current_method.set(method)
+        span = trace.get_current_span()
+        span_token = _server_span.set(span)
+        # The first phase starts where the server span started (SDK spans expose it).
+        cursor_token = _phase_cursor.set(getattr(span, "start_time", None))
         try:
             if _runtime is None or _runtime.metrics is None:
                 yield _NullTracker()
@@ -84,6 +96,8 @@ def rpc_method(fn: F) -> F:
                 with _runtime.metrics.track_request(method) as tracker:
                     yield tracker
         finally:
+            _phase_cursor.reset(cursor_token)
+            _server_span.reset(span_token)
             _current_method.reset(token)
 
     if inspect.isgeneratorfunction(fn):
@@ -128,6 +142,8 @@ class StageRuntime:
         self.metrics = StageMetrics(telemetry.meter, config.service)
         self.lane = InferenceLane(config.service, config.max_queue)
         self.ready = threading.Event()
+        self._model_attributes: dict[str, Any] | None = None
+        self._tile_phases = stage is not None
 
     @property
     def device(self) -> Any:
@@ -153,25 +169,36 @@ class StageRuntime:
         """Run a block as one phase of this stage's work: a child span plus the phase's
         duration histogram (recorded inside the span, so its exemplar names this trace).
 
+        In a model stage the phases of one RPC tile its handler: each phase starts where the
+        previous one ended (the first where the server span started), so the few
+        microseconds of bookkeeping between phases count towards the next phase and the
+        phases add up to the stage's time. The gateway's phases are not contiguous (stage
+        calls run between them), so there each phase starts when its block starts.
         Inference on CUDA is synchronised before the span ends, so it measures GPU time.
         `attributes` are sizes and counts only (keys from telemetry.names or short names
         prefixed `voxline.`), never text.
         """
         attrs = {k if "." in k else f"voxline.{k}": v for k, v in attributes.items()}
         device = self.device if name == names.PHASE_INFERENCE else None
-        with phase_span(
-            self.tracer,
-            self.metrics,
-            name,
-            method=_current_method.get(),
-            device=device,
-            attributes=attrs or None,
-        ):
-            yield
+        span: Any = None
+        try:
+            with phase_span(
+                self.tracer,
+                self.metrics,
+                name,
+                method=_current_method.get(),
+                device=device,
+                attributes=attrs or None,
+                start_time_ns=_phase_cursor.get() if self._tile_phases else None,
+            ) as span:
+                yield
+        finally:
+            if self._tile_phases:
+                _phase_cursor.set(getattr(span, "end_time", None) or time.time_ns())
 
     def annotate(self, attributes: Mapping[str, Any]) -> None:
-        """Add bounded attributes (sizes, counts, model facts) to the current server span."""
-        trace.get_current_span().set_attributes(dict(attributes))
+        """Add bounded attributes (sizes, counts, model facts) to the RPC's server span."""
+        _server_span.get().set_attributes(dict(attributes))
 
     def receive(self, iterator: Iterator[T]) -> Iterator[T]:
         """Iterate a request stream, timing each wait for the next message as `transfer`."""
@@ -196,6 +223,12 @@ class StageRuntime:
         """Model facts for the server span, once the stage is loaded."""
         if self.stage is None or not self.ready.is_set():
             return {names.ATTR_STAGE: self.config.service}
+        if self._model_attributes is None:
+            self._model_attributes = self._describe()
+        return self._model_attributes
+
+    def _describe(self) -> dict[str, Any]:
+        assert self.stage is not None
         d = self.stage.describe()
         return {
             names.ATTR_STAGE: d.stage,

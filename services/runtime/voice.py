@@ -11,3 +11,16 @@ LANGUAGE_CODE = "en-US"
 SAMPLE_RATE_HZ = 22050
 HOP_LENGTH = 256
 N_MELS = 80
+
+
+def check_voice(voice: str, available: frozenset[str] | set[str] = frozenset({VOICE_NAME})) -> None:
+    """Reject a voice this deployment does not serve (empty means the default voice).
+
+    The requested name is not echoed: it is caller input, and error messages end up in
+    span statuses and logs.
+    """
+    from services.runtime.errors import InvalidArgument
+
+    if voice and voice not in available:
+        names = ", ".join(sorted(available)) or "none"
+        raise InvalidArgument(f"unknown voice; available voices: {names}")

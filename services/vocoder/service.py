@@ -13,7 +13,7 @@ from services.runtime.config import add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.server import StageRuntime, rpc_method, serve
 from services.runtime.tensors import from_proto, to_proto
-from services.runtime.voice import N_MELS, VOICE_NAME
+from services.runtime.voice import N_MELS, check_voice
 from services.vocoder.stage import VocoderStage
 from telemetry import names
 
@@ -28,8 +28,7 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
         self._stage = stage
 
     def _mel(self, request: vocoder_pb2.VocodeRequest, *, allow_empty: bool) -> torch.Tensor:
-        if request.voice and request.voice != VOICE_NAME:
-            raise InvalidArgument(f"unknown voice {request.voice!r}; available: {VOICE_NAME}")
+        check_voice(request.voice)
         mel = from_proto(request.mel, name="mel", ndim=2, dtypes=FLOATS)
         if mel.shape[0] != N_MELS:
             raise InvalidArgument(f"mel: expected {N_MELS} bins, got {mel.shape[0]}")
@@ -45,9 +44,9 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
     def Vocode(
         self, request: vocoder_pb2.VocodeRequest, context: grpc.ServicerContext
     ) -> vocoder_pb2.VocodeResponse:
-        self._rt.require_ready()
-        self._rt.annotate(self._rt.model_attributes())
         with self._rt.phase(names.PHASE_PREPROCESS):
+            self._rt.require_ready()
+            self._rt.annotate(self._rt.model_attributes())
             mel = self._mel(request, allow_empty=False)
         with self._rt.model(context), self._rt.phase(names.PHASE_INFERENCE):
             audio = self._stage.infer(mel)
@@ -55,7 +54,7 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
             response = vocoder_pb2.VocodeResponse(
                 audio=to_proto(audio), sample_rate_hz=self._stage.sample_rate
             )
-        self._annotate_sizes(mel.shape[1], audio.shape[0])
+            self._annotate_sizes(mel.shape[1], audio.shape[0])
         return response
 
     def _annotate_sizes(self, frames: int, samples: int) -> None:
@@ -71,9 +70,10 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
     def VocodeStream(
         self, request_iterator: Iterator[vocoder_pb2.VocodeRequest], context: grpc.ServicerContext
     ) -> Iterator[vocoder_pb2.AudioChunk]:
-        self._rt.require_ready()
-        self._rt.annotate(self._rt.model_attributes())
-        stream = self._stage.stream()
+        with self._rt.phase(names.PHASE_PREPROCESS):
+            self._rt.require_ready()
+            self._rt.annotate(self._rt.model_attributes())
+            stream = self._stage.stream()
         offset = 0
 
         def emit(audio: torch.Tensor) -> vocoder_pb2.AudioChunk:
@@ -105,7 +105,8 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
             with self._rt.phase(names.PHASE_POSTPROCESS):
                 message = emit(audio)
             yield from self._rt.send(message)
-        self._annotate_sizes(stream.frames_pushed, offset)
+        with self._rt.phase(names.PHASE_POSTPROCESS):
+            self._annotate_sizes(stream.frames_pushed, offset)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,280 @@
+"""Telemetry across the four real services, exported over OTLP to a real receiver."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from otlp_receiver import OtlpReceiver
+from voxline.v1 import synthesizer_pb2 as pb
+from voxline.v1 import synthesizer_pb2_grpc
+
+from services.cli.stack import SERVICES, LocalStack, free_port
+from telemetry import flatten_spans, names, read_otlp_json_lines
+
+SERVER, CLIENT = 2, 3
+STAGES = ("frontend", "acoustic", "vocoder")
+# A marker no model or log would produce by itself: it must never leave the gateway's input.
+MARKER = "Zebulon" + secrets.token_hex(4)
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def traced_stack(receiver: OtlpReceiver, tmp_path_factory) -> Iterator[LocalStack]:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+    }
+    with LocalStack(tmp_path_factory.mktemp("traced"), env=env) as s:
+        with grpc.insecure_channel(s.gateway) as channel:
+            # Fill the gateway's voice catalogue first, so its StageInfo calls are not part
+            # of the traces under test.
+            synthesizer_pb2_grpc.SynthesizerStub(channel).ListVoices(pb.ListVoicesRequest())
+        yield s
+
+
+def _synthesize(stack: LocalStack, text: str, stream: bool, metadata=()) -> None:
+    with grpc.insecure_channel(stack.gateway) as channel:
+        stub = synthesizer_pb2_grpc.SynthesizerStub(channel)
+        request = pb.SynthesizeRequest(text=text)
+        if stream:
+            assert len(list(stub.SynthesizeStream(request, metadata=metadata, timeout=90))) > 0
+        else:
+            assert stub.Synthesize(request, metadata=metadata, timeout=90).duration_seconds > 0
+
+
+def _trace_of(receiver: OtlpReceiver, method: str, seen: set[str]) -> list[dict[str, Any]]:
+    """All spans of the newest trace whose gateway server span is `method`."""
+
+    def find() -> list[dict[str, Any]] | None:
+        spans = receiver.spans()
+        roots = [
+            s
+            for s in spans
+            if s["name"] == f"/voxline.v1.Synthesizer/{method}"
+            and s["kind"] == SERVER
+            and s["trace_id"] not in seen
+        ]
+        if not roots:
+            return None
+        trace_id = roots[-1]["trace_id"]
+        trace = [s for s in spans if s["trace_id"] == trace_id]
+        return trace if _complete(trace) else None
+
+    trace = receiver.wait_for(lambda r: find(), timeout=30)
+    seen.add(trace[0]["trace_id"])
+    return trace
+
+
+def _complete(trace: list[dict[str, Any]]) -> bool:
+    """Every service has exported its part: each client span has its server span, and each
+    stage server span its inference phase (processes export on their own schedules)."""
+    clients = [s for s in trace if s["kind"] == CLIENT]
+    servers = [s for s in trace if s["kind"] == SERVER]
+    parents = {s["parent_span_id"] for s in trace}
+    root = any(s["name"].startswith("/voxline.v1.Synthesizer/") for s in servers)
+    return (
+        root
+        and bool(clients)
+        and all(any(s["parent_span_id"] == c["span_id"] for s in servers) for c in clients)
+        and all(s["span_id"] in parents for s in servers)
+    )
+
+
+def _children(trace: list[dict[str, Any]], span: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s for s in trace if s["parent_span_id"] == span["span_id"]]
+
+
+def _covered(span: dict[str, Any], children: list[dict[str, Any]]) -> float:
+    """Fraction of `span` covered by the union of its children's intervals."""
+    start, end = span["start_time_unix_nano"], span["end_time_unix_nano"]
+    intervals = sorted(
+        (max(c["start_time_unix_nano"], start), min(c["end_time_unix_nano"], end)) for c in children
+    )
+    covered, cursor = 0, start
+    for a, b in intervals:
+        a = max(a, cursor)
+        if b > a:
+            covered += b - a
+            cursor = b
+    return covered / max(end - start, 1)
+
+
+def _check_structure(trace: list[dict[str, Any]], method: str) -> None:
+    assert len({s["trace_id"] for s in trace}) == 1
+    root = next(s for s in trace if s["name"] == f"/voxline.v1.Synthesizer/{method}")
+    synthesis = [s for s in _children(trace, root) if s["name"] == names.SPAN_SYNTHESIS]
+    assert len(synthesis) == 1
+    clients = [s for s in trace if s["kind"] == CLIENT]
+    assert {s["resource"]["service.name"] for s in clients} == {"gateway"}
+    for client in clients:
+        assert client["parent_span_id"] == synthesis[0]["span_id"]
+        servers = [s for s in _children(trace, client) if s["kind"] == SERVER]
+        assert len(servers) == 1, client["name"]
+    stage_servers = [
+        s for s in trace if s["kind"] == SERVER and s["resource"]["service.name"] in STAGES
+    ]
+    assert {s["resource"]["service.name"] for s in stage_servers} == set(STAGES)
+    for server in stage_servers:
+        stage = server["resource"]["service.name"]
+        phases = _children(trace, server)
+        assert {p["name"] for p in phases} >= {
+            f"{stage}.preprocess",
+            f"{stage}.queue",
+            f"{stage}.inference",
+        }, server["name"]
+        assert all(p["attributes"][names.ATTR_STAGE] == stage for p in phases)
+        assert server["attributes"][names.ATTR_MODEL_NAME]
+        assert server["attributes"][names.ATTR_DEVICE] == "cpu"
+        coverage = _covered(server, phases)
+        layout = [
+            (p["name"], (p["start_time_unix_nano"] - server["start_time_unix_nano"]) / 1e6,
+             (p["end_time_unix_nano"] - p["start_time_unix_nano"]) / 1e6)
+            for p in sorted(phases, key=lambda p: p["start_time_unix_nano"])
+        ]  # fmt: skip
+        span_ms = (server["end_time_unix_nano"] - server["start_time_unix_nano"]) / 1e6
+        assert coverage >= 0.95, (
+            f"{server['name']} ({span_ms:.2f} ms): phases explain only {coverage:.1%}: {layout}"
+        )
+
+
+def test_unary_one_trace_with_phases(traced_stack, receiver) -> None:
+    _synthesize(traced_stack, "Tracing one unary request. It has two sentences.", stream=False)
+    trace = _trace_of(receiver, "Synthesize", set())
+    _check_structure(trace, "Synthesize")
+    # Two sentences: one acoustic and one vocoder call each.
+    calls = [s["name"] for s in trace if s["kind"] == CLIENT]
+    assert calls.count("/voxline.v1.Vocoder/Vocode") == 2
+    assert calls.count("/voxline.v1.AcousticModel/Generate") == 2
+
+
+def test_stream_one_trace_with_first_audio_event(traced_stack, receiver) -> None:
+    _synthesize(traced_stack, "Tracing one streaming request.", stream=True)
+    trace = _trace_of(receiver, "SynthesizeStream", set())
+    _check_structure(trace, "SynthesizeStream")
+    root = next(s for s in trace if s["name"] == "/voxline.v1.Synthesizer/SynthesizeStream")
+    events = [e["name"] for e in root["events"]]
+    assert names.EVENT_FIRST_AUDIO in events
+    calls = {s["name"] for s in trace if s["kind"] == CLIENT}
+    assert {"/voxline.v1.AcousticModel/GenerateStream", "/voxline.v1.Vocoder/VocodeStream"} <= calls
+
+
+def test_incoming_traceparent_is_continued(traced_stack, receiver) -> None:
+    trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
+    metadata = (("traceparent", f"00-{trace_id}-{parent}-01"),)
+    _synthesize(traced_stack, "Continue my trace.", stream=False, metadata=metadata)
+
+    def spans() -> list[dict[str, Any]] | None:
+        got = [s for s in receiver.spans() if s["trace_id"] == trace_id]
+        return got if _complete(got) else None
+
+    got = receiver.wait_for(lambda r: spans(), timeout=30)
+    root = next(s for s in got if s["name"] == "/voxline.v1.Synthesizer/Synthesize")
+    assert root["parent_span_id"] == parent
+
+
+def test_metrics_names_units_labels_and_exemplar(traced_stack, receiver) -> None:
+    _synthesize(traced_stack, "Metrics, please.", stream=True)
+    trace_ids = {s["trace_id"] for s in receiver.spans()}
+    expected = {
+        names.METRIC_STAGE_DURATION: "s",
+        names.METRIC_STAGE_QUEUE_DURATION: "s",
+        names.METRIC_STAGE_ACTIVE_REQUESTS: "{request}",
+        names.METRIC_STAGE_REQUESTS: "{request}",
+        names.METRIC_SYNTHESIS_DURATION: "s",
+        names.METRIC_SYNTHESIS_TIME_TO_FIRST_AUDIO: "s",
+        names.METRIC_SYNTHESIS_REAL_TIME_FACTOR: "1",
+        names.METRIC_SYNTHESIS_AUDIO_DURATION: "s",
+        names.METRIC_SYNTHESIS_CHARACTERS: "{char}",
+        names.METRIC_RPC_SERVER_DURATION: "s",
+        names.METRIC_RPC_CLIENT_DURATION: "s",
+    }
+    receiver.wait_for(lambda r: all(r.metric(n) is not None for n in expected) or None, timeout=30)
+    metrics = receiver.metrics()
+    for name, unit in expected.items():
+        assert any(m["name"] == name and m["unit"] == unit for m in metrics), name
+    stage_points = [
+        p for m in metrics if m["name"] == names.METRIC_STAGE_DURATION for p in m["data_points"]
+    ]
+    stages = {p["attributes"][names.ATTR_STAGE] for p in stage_points}
+    assert stages >= {"gateway", "frontend", "acoustic", "vocoder"}
+    phases = {p["attributes"][names.ATTR_PHASE] for p in stage_points}
+    assert phases <= names.PHASES and {"queue", "inference"} <= phases
+    synth = [
+        p for m in metrics if m["name"] == names.METRIC_SYNTHESIS_DURATION for p in m["data_points"]
+    ]
+    assert {p["attributes"][names.ATTR_SYNTHESIS_METHOD] for p in synth} <= names.SYNTHESIS_METHODS
+    assert all(p["attributes"][names.ATTR_VOICE] == "voxline-en-us" for p in synth)
+    exemplar_traces = {e["trace_id"] for p in stage_points + synth for e in p.get("exemplars", [])}
+    assert exemplar_traces & trace_ids, "latency histograms carry no exemplar of our traces"
+
+
+def test_input_text_never_exported_or_logged(traced_stack, receiver) -> None:
+    text = f"My secret is {MARKER}. Please keep it."
+    _synthesize(traced_stack, text, stream=False)
+    _synthesize(traced_stack, text, stream=True)
+    # Bad input with the marker, too: error paths must not echo it either.
+    with grpc.insecure_channel(traced_stack.gateway) as channel:
+        stub = synthesizer_pb2_grpc.SynthesizerStub(channel)
+        with pytest.raises(grpc.RpcError):
+            stub.Synthesize(pb.SynthesizeRequest(text=MARKER, voice=MARKER), timeout=30)
+    time.sleep(3)  # one more export interval
+    blob = json.dumps([receiver.trace_requests(), receiver.metric_requests()])
+    assert receiver.spans() and MARKER.lower() not in blob.lower()
+    for log in traced_stack.run_dir.glob("*.log"):
+        assert MARKER.lower() not in log.read_text().lower(), log.name
+
+
+def test_collector_unreachable_costs_nothing(tmp_path: Path) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": dead, "OTEL_METRIC_EXPORT_INTERVAL": "500"}
+    with LocalStack(tmp_path, env=env) as stack:
+        for stream in (False, True, False):
+            _synthesize(stack, "The collector is down, but I am not.", stream=stream)
+        for service in SERVICES:
+            with grpc.insecure_channel(stack.address(service)) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=5
+                )
+                assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_local_mode_writes_otlp_json_files(stack: LocalStack, synthesizer) -> None:
+    """The default (no endpoint): each service writes OTLP-JSON lines that parse back."""
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in os.environ
+    synthesizer.Synthesize(pb.SynthesizeRequest(text="Local files."), timeout=60)
+
+    def spans() -> list[dict[str, Any]] | None:
+        files = {s: stack.run_dir / f"{s}.traces.jsonl" for s in SERVICES}
+        if not all(f.exists() for f in files.values()):
+            return None
+        got = flatten_spans(r for f in files.values() for r in read_otlp_json_lines(f))
+        roots = [s for s in got if s["name"] == "/voxline.v1.Synthesizer/Synthesize"]
+        if not roots:
+            return None
+        trace = [s for s in got if s["trace_id"] == roots[-1]["trace_id"]]
+        return trace if _complete(trace) else None
+
+    deadline = time.monotonic() + 30
+    trace = spans()
+    while trace is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+        trace = spans()
+    assert trace is not None, "local OTLP-JSON files never held a whole trace"
+    assert all(len(s["trace_id"]) == 32 and len(s["span_id"]) == 16 for s in trace)
+    metrics = read_otlp_json_lines(stack.run_dir / "gateway.metrics.jsonl")
+    assert metrics and "resourceMetrics" in metrics[0]
