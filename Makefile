@@ -11,13 +11,14 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard protos/voxline/v1/*.proto)
 GEN    := gen/voxline/v1/.generated-stamp
 
-.PHONY: help venv proto run serve test lint fmt clean
+.PHONY: help venv proto run serve test lint fmt clean bench
 
 help:
 	@echo "make run    - start the local stack, synthesise out/demo.wav, print TTFA/RTF, stop"
 	@echo "make serve  - start the local stack and keep it up until Ctrl-C"
 	@echo "make test   - lint + the whole test suite"
 	@echo "make proto  - regenerate gRPC code into gen/ (never edit gen/)"
+	@echo "make bench  - latency/TTFA/RTF, telemetry on vs off, concurrency -> bench/results/*.json"
 
 # The venv is rebuilt when pyproject.toml changes. torch is installed first and alone so pip
 # takes the pinned CPU build from local disk instead of resolving a CUDA build.
@@ -64,3 +65,6 @@ test: proto lint
 
 clean:
 	rm -rf gen out runs .pytest_cache .ruff_cache
+
+bench: proto
+	$(PY) -m bench.run --out bench/results/latest.json
