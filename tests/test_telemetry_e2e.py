@@ -278,3 +278,30 @@ def test_local_mode_writes_otlp_json_files(stack: LocalStack, synthesizer) -> No
     assert all(len(s["trace_id"]) == 32 and len(s["span_id"]) == 16 for s in trace)
     metrics = read_otlp_json_lines(stack.run_dir / "gateway.metrics.jsonl")
     assert metrics and "resourceMetrics" in metrics[0]
+
+
+def test_client_cancel_cancels_upstream_streams(traced_stack, receiver) -> None:
+    """A caller that hangs up mid-stream stops the stages' work (their spans say CANCELLED)."""
+    trace_id = secrets.token_hex(16)
+    metadata = (("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01"),)
+    text = "This single long sentence keeps the vocoder busy for many seconds of audio output"
+    with grpc.insecure_channel(traced_stack.gateway) as channel:
+        stub = synthesizer_pb2_grpc.SynthesizerStub(channel)
+        call = stub.SynthesizeStream(pb.SynthesizeRequest(text=text), metadata=metadata)
+        next(call)
+        call.cancel()
+
+    def vocoder_span() -> dict[str, Any] | None:
+        return next(
+            (
+                s
+                for s in receiver.spans()
+                if s["trace_id"] == trace_id and s["name"] == "/voxline.v1.Vocoder/VocodeStream"
+                and s["kind"] == SERVER
+            ),
+            None,
+        )  # fmt: skip
+
+    span = receiver.wait_for(lambda r: vocoder_span(), timeout=60)
+    assert span["attributes"].get("rpc.grpc.status_code") == grpc.StatusCode.CANCELLED.value[0]
+    assert span["status"]["code"] == 2  # ERROR

@@ -14,6 +14,7 @@ import grpc
 
 from services.cli.client import list_voices, synthesize
 from services.cli.stack import LocalStack, StackError
+from services.cli.trace import add_trace_commands, print_attribution
 from services.runtime.config import DEFAULT_PORTS
 
 DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORTS['gateway']}"
@@ -87,9 +88,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with stack:
         print(f"all four services SERVING after {time.perf_counter() - t0:.1f} s")
-        for line in list_voices(stack.gateway).voices:
-            if not line.trained:
-                print(f"note: voice {line.name} is UNTRAINED: {line.description}")
+        for voice in list_voices(stack.gateway).voices:
+            if not voice.trained:
+                print(f"note: voice {voice.name}: {voice.description}")
         result = synthesize(stack.gateway, args.text, stream=True)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -100,6 +101,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
         print(f"  TTFA            {(result.first_audio_s or 0) * 1000:.0f} ms (streaming)")
         print(f"  RTF             {result.rtf:.3f} (elapsed {result.elapsed_s:.2f} s)")
+    # After the stack stopped, every service has flushed its telemetry files.
+    print()
+    print_attribution(stack.run_dir)
     return 0
 
 
@@ -131,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo.wav")
     demo.add_argument("--run-dir", default="runs")
     demo.set_defaults(fn=cmd_demo)
+
+    add_trace_commands(sub)
     return p
 
 

@@ -55,6 +55,22 @@ from telemetry.attribution import (
     select_trace,
 )
 
+DESCRIPTION = """\
+Which stage made a request slow: a waterfall of the trace, its critical path, self time per
+span and a per-stage table (wall, busy, queue, pre/post-processing, inference, waits,
+network, critical path, blame = critical path with streaming waits handed to the stage that
+was working, unattributed gateway time). `voxline trace report` aggregates many requests:
+per-stage p50/p95 and the stage that dominates the slow tail.
+
+  voxline trace [TRACE_ID] [SOURCE] [--last] [--json] [--full] [--depth N] [--width N]
+  voxline trace report     [SOURCE] [--since 1h | --start T --end T] [--limit N]
+                           [--query TRACEQL] [--service NAME] [--json]
+
+SOURCE is one of --run-dir DIR (Voxline's local *.traces.jsonl; a directory of runs means its
+newest), --file PATH (a saved Tempo/Jaeger/OTLP response or OTLP/JSON-lines file), --tempo URL,
+--jaeger URL, --jaeger-v3 URL; the default is --run-dir runs (where `voxline demo`/`serve`
+write). Without TRACE_ID the most recent synthesis request is shown.
+"""
 #: Where `voxline demo`/`serve` put their run directories (services/cli/main.py).
 DEFAULT_RUN_DIR = "runs"
 DEFAULT_SINCE = "1h"
@@ -82,7 +98,7 @@ def add_trace_commands(subparsers: Any) -> None:
         "trace",
         help="which stage made a request slow (waterfall, critical path, per-stage table); "
         "`trace report` aggregates many requests",
-        description=__doc__.split("Argparse design")[0],
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     configure_parser(p)
@@ -326,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     """Standalone entry point (``python -m services.cli.trace ...``), same arguments."""
     parser = argparse.ArgumentParser(
         prog="voxline trace",
-        description=__doc__.split("Argparse design")[0],
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     configure_parser(parser)

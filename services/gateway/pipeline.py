@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -20,6 +20,35 @@ from voxline.v1 import acoustic_pb2, frontend_pb2, vocoder_pb2
 from services.gateway.stages import StageClients, UpstreamStream
 from services.runtime.errors import DeadlineExceeded, VoxlineError
 from services.runtime.tensors import from_proto
+
+
+class CancelScope:
+    """The upstream streams of one request, cancelled together when the request ends.
+
+    gRPC runs `cancel_all` (registered with `context.add_callback`) as soon as the caller
+    cancels or the deadline passes, even while the handler is blocked waiting on a stage,
+    so no stage keeps working for a caller that is gone.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._streams: list[UpstreamStream] = []
+        self._cancelled = False
+
+    def add(self, stream: UpstreamStream) -> UpstreamStream:
+        with self._lock:
+            self._streams.append(stream)
+            cancelled = self._cancelled
+        if cancelled:
+            stream.cancel()
+        return stream
+
+    def cancel_all(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            streams, self._streams = self._streams, []
+        for stream in streams:
+            stream.cancel()
 
 
 @dataclass
@@ -31,6 +60,7 @@ class Job:
     speaking_rate: float
     request_id: str
     deadline: float  # time.monotonic() by which everything must be done
+    scope: CancelScope = field(default_factory=CancelScope)
 
 
 @dataclass
@@ -93,11 +123,15 @@ class Pipeline:
             yield from self._stream_sentence(job, sentence)
 
     def _stream_sentence(self, job: Job, sentence: frontend_pb2.Sentence) -> Iterator[AudioPiece]:
-        mel_chunks = self._clients.generate_stream(
-            self._generate_request(job, sentence), self._remaining(job)
+        mel_chunks = job.scope.add(
+            self._clients.generate_stream(
+                self._generate_request(job, sentence), self._remaining(job)
+            )
         )
         feeder = _Feeder(mel_chunks, job)
-        audio_chunks = self._clients.vocode_stream(iter(feeder), self._remaining(job))
+        audio_chunks = job.scope.add(
+            self._clients.vocode_stream(iter(feeder), self._remaining(job))
+        )
         try:
             for chunk in audio_chunks:
                 yield AudioPiece(sentence.index, _pcm(chunk.audio))

@@ -178,6 +178,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         method = names.SYNTHESIS_METHOD_STREAM
         with self._synthesis(request, method) as outcome:
             job, sample_rate = self._job(request, context)
+            context.add_callback(job.scope.cancel_all)
             outcome.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
             resampler = StreamResampler(sample_rate)
             samples = 0

@@ -22,6 +22,8 @@ Voxline part (when Voxline names are present)
       (``queue``, ``preprocess``, ``inference``, ``postprocess``, ``transfer``);
     - a CLIENT span with a SERVER child -> the callee's stage, category ``network``: its self
       time is serialisation + wire + the peer's gRPC plumbing outside its server span;
+    - a CLIENT span to a Voxline stage whose server span is missing (that process did not
+      export) -> the callee's stage, category ``other``: the best that can be said;
     - anything else -> the span's stage (``voxline.stage``, else its ``service.name``),
       category ``other`` (handler code outside any phase span).
 
@@ -47,6 +49,8 @@ Streaming accounting (why there are two critical-path numbers)
     corrects exactly that: critical-path time inside a (non-root) stage's ``transfer`` phase
     is handed to the other stage(s) that were busy (work phases) at that instant, split evenly
     if several were; if none was busy the wait stays with the waiting stage (it was the wire).
+    The root stage's own waits (the gateway blocked sending audio to its caller) stay with it:
+    that is the end client's back-pressure, not a stage's doing.
     Nothing else moves, so per-stage blame plus network still sums to the end-to-end time and
     the blame percentages add up to 100 %. ``busy`` percentages, in contrast, may add up to
     more than 100 % in streaming -- that overlap is the pipelining -- and the concurrency
@@ -261,11 +265,23 @@ class SpanTree:
                 state[id(p)] = 2
 
     def _annotate(self) -> None:
-        """Depth, clipped interval and self time of every node (iteratively: deep traces)."""
-        stack: list[Node] = list(reversed(self.roots))
         for root in self.roots:
             root.depth = 0
-            root.clip_start, root.clip_end = root.span.start_ns, root.span.end_ns
+        self.reclip(self.roots)
+
+    def reclip(self, tops: Iterable[Node]) -> None:
+        """Give each of ``tops`` its own, unclipped interval and recompute depth, clipped
+        interval and self time below it (iteratively: deep traces).
+
+        :func:`analyze` calls this on an end-to-end root that has a parent (the caller's
+        client span, maybe on a host with a skewed clock): the request's own interval is
+        then authoritative, not its caller's.
+        """
+        stack: list[Node] = []
+        for top in tops:
+            top.clip_start, top.clip_end = top.span.start_ns, top.span.end_ns
+            stack.append(top)
+        stack.reverse()
         while stack:
             node = stack.pop()
             s = node.span
@@ -761,7 +777,7 @@ def _concurrency(
 def _choose_root(tree: SpanTree, root_span_id: str | None) -> tuple[Node, bool]:
     """The node whose interval is "end to end", and whether it is a Voxline synthesis root."""
     if root_span_id:
-        node = tree.by_id.get(root_span_id.lower())
+        node = tree.by_id.get(root_span_id.strip().lower().rjust(16, "0"))
         if node is None:
             raise TraceNotFoundError(f"span {root_span_id} is not in trace {tree.trace.trace_id}")
         return node, is_synthesis_root(node.span)
@@ -788,6 +804,8 @@ def analyze(trace: Trace, root_span_id: str | None = None) -> Attribution:
         raise TraceNotFoundError(f"trace {trace.trace_id} has no spans")
     tree = SpanTree(trace)
     root, synthesis_root = _choose_root(tree, root_span_id)
+    if root.parent is not None:
+        tree.reclip([root])
     nodes = list(tree.subtree(root))
     root_stage = TRACE_STAGE if root.virtual else stage_of(root.span)
     voxline = synthesis_root or any(

@@ -40,6 +40,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from telemetry.attribution.analysis import is_synthesis_root
 from telemetry.attribution.model import (
     KIND_CLIENT,
     KIND_CONSUMER,
@@ -664,7 +665,12 @@ def parse_document(doc: Any, source: str = "") -> TraceSet:
         raise _not_a_trace(doc, fmt, source)
     if fmt not in FORMATS:
         where = f"{source}: " if source else ""
-        keys = ", ".join(list(doc)[:6]) if isinstance(doc, dict) else type(doc).__name__
+        if isinstance(doc, dict):
+            keys = ", ".join(list(doc)[:6]) or "an empty object"
+        else:
+            keys = "a JSON " + {list: "array", str: "string", type(None): "null"}.get(
+                type(doc), type(doc).__name__
+            )
         raise TraceFormatError(
             f"{where}not a trace format this tool knows (top-level: {keys}); expected one of "
             + ", ".join(FORMATS)
@@ -821,13 +827,6 @@ def load_run_dir(path: str | Path) -> TraceSet:
 # ---------------------------------------------------------------------------------------------
 
 
-def _is_synthesis_root(span: Span) -> bool:
-    # Local import: analysis imports this module.
-    from telemetry.attribution.analysis import is_synthesis_root
-
-    return is_synthesis_root(span)
-
-
 def latest_trace(traces: list[Trace]) -> Trace:
     """The trace whose root span started last, preferring Voxline synthesis requests (so a
     later ``ListVoices`` call does not hide the request one wants to look at)."""
@@ -835,9 +834,9 @@ def latest_trace(traces: list[Trace]) -> Trace:
         raise TraceNotFoundError("no traces")
 
     def root_start(t: Trace, only_synthesis: bool) -> int | None:
-        roots = [s for s in t.roots() if not only_synthesis or _is_synthesis_root(s)]
+        roots = [s for s in t.roots() if not only_synthesis or is_synthesis_root(s)]
         if only_synthesis and not roots:
-            roots = [s for s in t.spans if _is_synthesis_root(s)]
+            roots = [s for s in t.spans if is_synthesis_root(s)]
         return max((s.start_ns for s in roots), default=None)
 
     synthesis = [(root_start(t, True), t) for t in traces]

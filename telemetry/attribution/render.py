@@ -197,15 +197,16 @@ def render_waterfall(
 
 def _stage_table(attr: Attribution) -> list[str]:
     e2e = attr.e2e_ns
+    w = max([12, *(len(s.stage) + 1 for s in attr.stages)])
     head = (
-        f"{'stage':<12}{'calls':>5}{'wall':>10}{'busy':>10}{'queue':>9}{'pre+post':>10}"
+        f"{'stage':<{w}}{'calls':>5}{'wall':>10}{'busy':>10}{'queue':>9}{'pre+post':>10}"
         f"{'infer':>10}{'wait':>9}{'other':>9}{'net':>8}{'crit.path':>11}{'blame':>10}"
         f"{'share':>7}"
     )
     lines = [head, "-" * len(head)]
     for s in attr.stages:
         lines.append(
-            f"{s.stage[:12]:<12}{s.calls:>5}{_fmt_ms(s.wall_ns):>10}{_fmt_ms(s.busy_ns):>10}"
+            f"{s.stage:<{w}}{s.calls:>5}{_fmt_ms(s.wall_ns):>10}{_fmt_ms(s.busy_ns):>10}"
             f"{_fmt_ms(s.phases[names.PHASE_QUEUE]):>9}{_fmt_ms(s.pre_post_ns):>10}"
             f"{_fmt_ms(s.phases[names.PHASE_INFERENCE]):>10}"
             f"{_fmt_ms(s.phases[names.PHASE_TRANSFER]):>9}{_fmt_ms(s.other_ns):>9}"
@@ -214,14 +215,14 @@ def _stage_table(attr: Attribution) -> list[str]:
         )
     net_cp = attr.blame.network_ns
     lines.append(
-        f"{'network':<12}{'':>5}{'':>10}{'':>10}{'':>9}{'':>10}{'':>10}{'':>9}{'':>9}"
+        f"{'network':<{w}}{'':>5}{'':>10}{'':>10}{'':>9}{'':>10}{'':>10}{'':>9}{'':>9}"
         f"{_fmt_ms(attr.network_ns):>8}{_fmt_ms(net_cp):>11}{_fmt_ms(net_cp):>10}"
         f"{_pct(net_cp, e2e):>6.1f}%"
     )
     lines.append("-" * len(head))
     total = sum(s.blame_ns for s in attr.stages) + net_cp
     lines.append(
-        f"{'end-to-end':<12}{'':>5}{_fmt_ms(e2e):>10}{'':>10}{'':>9}{'':>10}{'':>10}{'':>9}"
+        f"{'end-to-end':<{w}}{'':>5}{_fmt_ms(e2e):>10}{'':>10}{'':>9}{'':>10}{'':>10}{'':>9}"
         f"{'':>9}{'':>8}{_fmt_ms(attr.blame.total_ns):>11}{_fmt_ms(total):>10}"
         f"{_pct(total, e2e):>6.1f}%"
     )

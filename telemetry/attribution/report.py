@@ -194,15 +194,16 @@ def render_report(report: Report) -> str:
             f"p95 {percentile(report.ttfa_ms, 95):.1f} ms"
         )
     lines.append("")
+    w = max([12, *(len(s.stage) + 1 for s in report.stages)])
     head = (
-        f"{'stage':<12}{'blame p50':>11}{'p95':>9}{'share p50':>11}{'p95':>7}"
+        f"{'stage':<{w}}{'blame p50':>11}{'p95':>9}{'share p50':>11}{'p95':>7}"
         f"{'busy p50':>10}{'p95':>9}{'tail share':>12}"
     )
     lines += [head, "-" * len(head)]
     for s in report.stages:
         d = s.to_dict()
         lines.append(
-            f"{s.stage[:12]:<12}{d['blame_ms']['p50']:>11.1f}{d['blame_ms']['p95']:>9.1f}"
+            f"{s.stage:<{w}}{d['blame_ms']['p50']:>11.1f}{d['blame_ms']['p95']:>9.1f}"
             f"{d['share_pct']['p50']:>10.1f}%{d['share_pct']['p95']:>6.1f}%"
             f"{d['busy_ms']['p50']:>10.1f}{d['busy_ms']['p95']:>9.1f}"
             f"{d['tail_mean_share_pct']:>11.1f}%"
