@@ -86,3 +86,50 @@ def test_default_voice_by_name(synthesizer) -> None:
         pb.SynthesizeRequest(text="Named voice.", voice=name), timeout=60
     )
     assert reply.duration_seconds > 0.3
+
+
+def test_reflection_lists_every_service(stack: LocalStack) -> None:
+    """What `grpcurl list` sees, via the reflection client."""
+    import grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    expected = {
+        "gateway": "voxline.v1.Synthesizer",
+        "frontend": "voxline.v1.TextFrontend",
+        "acoustic": "voxline.v1.AcousticModel",
+        "vocoder": "voxline.v1.Vocoder",
+    }
+    for service, name in expected.items():
+        with grpc.insecure_channel(stack.address(service)) as channel:
+            services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
+        assert name in services and "grpc.health.v1.Health" in services, service
+        if service != "gateway":
+            assert "voxline.v1.StageInfo" in services
+
+
+def test_cli_say_and_voices(stack: LocalStack, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "hello.wav"
+    cli = [sys.executable, "-m", "services.cli.main"]
+    said = subprocess.run(
+        [*cli, "say", "Hello from the CLI.", "-o", str(out), "--stream", "--server", stack.gateway,
+         "--sample-rate", "16000"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert said.returncode == 0, said.stderr
+    assert "TTFA" in said.stdout and "RTF" in said.stdout
+    channels, width, rate, frames = read_wav(out.read_bytes())
+    assert (channels, width, rate) == (1, 2, 16000) and len(frames) > 16000
+    voices = subprocess.run(
+        [*cli, "voices", "--server", stack.gateway], capture_output=True, text=True, timeout=60
+    )
+    assert voices.returncode == 0 and "voxline-en-us (default)" in voices.stdout
+    bad = subprocess.run(
+        [*cli, "say", "", "-o", str(tmp_path / "x.wav"), "--server", stack.gateway],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
