@@ -61,10 +61,16 @@ def cmd_voices(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    stack = LocalStack.on_default_ports(_run_dir(args.run_dir))
+    # /metrics on 9464-9467, the ports deploy/prometheus/prometheus-local.yml scrapes.
+    metrics_ports = {"gateway": 9464, "frontend": 9465, "acoustic": 9466, "vocoder": 9467}
+    stack = LocalStack.on_default_ports(
+        _run_dir(args.run_dir),
+        extra_args={s: ["--prometheus-port", str(p)] for s, p in metrics_ports.items()},
+    )
     print(f"starting the local stack (logs and telemetry in {stack.run_dir}) ...", flush=True)
     stack.start()
     print(f"Voxline is serving. Gateway: {stack.gateway}   Ctrl-C to stop.")
+    print("  metrics: http://127.0.0.1:9464/metrics (gateway) ... :9467 (vocoder)")
     print(f'  try: voxline say "Hello there." -o out/hello.wav --server {stack.gateway}')
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
