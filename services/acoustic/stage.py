@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 
 from services.acoustic.model import AcousticModel
-from services.runtime.checkpoint import initialise_weights
-from services.runtime.device import dtype_name, resolve_device, resolve_dtype, synchronize
+from services.runtime.device import synchronize
 from services.runtime.errors import InvalidArgument
-from services.runtime.stage import ModelDescription
-from services.runtime.voice import N_MELS, SAMPLE_RATE_HZ, VOICE_NAME
+from services.runtime.model_stage import TorchModelStage
+from services.runtime.voice import N_MELS
 
 MODEL_NAME = "voxline-acoustic-conv"
 MODEL_VERSION = "0.1.0"
@@ -17,10 +16,12 @@ MODEL_VERSION = "0.1.0"
 MAX_FRAMES = 16_000
 
 
-class AcousticStage:
+class AcousticStage(TorchModelStage[AcousticModel]):
     """Length regulation + conv mel decoder."""
 
     name = "acoustic"
+    model_name = MODEL_NAME
+    model_version = MODEL_VERSION
 
     def __init__(
         self,
@@ -29,47 +30,19 @@ class AcousticStage:
         checkpoint: str | None = None,
         seed: int = 4321,
     ) -> None:
-        self._device_name = device
-        self._dtype_name = dtype
-        self._checkpoint = checkpoint or None
-        self._seed = seed
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32
-        self.model: AcousticModel | None = None
-        self._trained = False
-        self._source = ""
+        super().__init__(device, dtype, checkpoint, seed)
+
+    def build_model(self) -> AcousticModel:
+        return AcousticModel()
 
     @property
     def feature_dim(self) -> int:
-        return AcousticModel().config.d_model if self.model is None else self.model.config.d_model
-
-    def load(self) -> None:
-        self.device = resolve_device(self._device_name)
-        self.dtype = resolve_dtype(self._dtype_name, self.device)
-        model = AcousticModel()
-        self._trained, self._source = initialise_weights(model, self._checkpoint, self._seed)
-        self.model = model.eval().to(self.device, self.dtype)
+        return (self.model or AcousticModel()).config.d_model
 
     def warmup(self) -> None:
         d = self.feature_dim
         for n in (8, 64):
             self.generate(torch.zeros(n, d), torch.full((n,), 4, dtype=torch.int32))
-
-    def finalize(self) -> None:
-        self.model = None
-
-    def describe(self) -> ModelDescription:
-        return ModelDescription(
-            stage=self.name,
-            model_name=MODEL_NAME,
-            model_version=MODEL_VERSION,
-            trained=self._trained,
-            device=str(self.device),
-            dtype=dtype_name(self.dtype),
-            voices=(VOICE_NAME,),
-            sample_rate_hz=SAMPLE_RATE_HZ,
-            weights_source=self._source,
-        )
 
     def validate(self, features: torch.Tensor, durations: torch.Tensor) -> None:
         """Reject inputs the model cannot take, with messages naming the problem."""

@@ -15,11 +15,9 @@ from services.frontend.g2p import PhonemeIdMapper, Phonemizer
 from services.frontend.model import FrontendModel, durations_to_frames
 from services.frontend.normalize import is_speakable, normalize
 from services.frontend.sentences import split_sentences
-from services.runtime.checkpoint import initialise_weights
-from services.runtime.device import dtype_name, resolve_device, resolve_dtype, synchronize
+from services.runtime.device import synchronize
 from services.runtime.errors import InvalidArgument
-from services.runtime.stage import ModelDescription
-from services.runtime.voice import SAMPLE_RATE_HZ, VOICE_NAME
+from services.runtime.model_stage import TorchModelStage
 
 MODEL_NAME = "voxline-frontend-conv"
 MODEL_VERSION = "0.1.0"
@@ -45,10 +43,12 @@ class EncodedSentence:
     num_chars: int
 
 
-class FrontendStage:
+class FrontendStage(TorchModelStage[FrontendModel]):
     """Text analysis + phoneme encoder/duration model."""
 
     name = "frontend"
+    model_name = MODEL_NAME
+    model_version = MODEL_VERSION
 
     def __init__(
         self,
@@ -58,47 +58,22 @@ class FrontendStage:
         seed: int = 1234,
         max_sentence_chars: int = 400,
     ) -> None:
-        self._device_name = device
-        self._dtype_name = dtype
-        self._checkpoint = checkpoint or None
-        self._seed = seed
+        super().__init__(device, dtype, checkpoint, seed)
         self._max_sentence_chars = max_sentence_chars
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32
-        self.model: FrontendModel | None = None
         self._phonemizer: Phonemizer | None = None
         self._mapper: PhonemeIdMapper | None = None
-        self._trained = False
-        self._source = ""
+
+    def build_model(self) -> FrontendModel:
+        return FrontendModel()
 
     def load(self) -> None:
-        self.device = resolve_device(self._device_name)
-        self.dtype = resolve_dtype(self._dtype_name, self.device)
-        model = FrontendModel()
-        self._trained, self._source = initialise_weights(model, self._checkpoint, self._seed)
-        self.model = model.eval().to(self.device, self.dtype)
+        super().load()
         self._phonemizer = Phonemizer()
         self._mapper = PhonemeIdMapper()
 
     def warmup(self) -> None:
         for _ in range(2):
             self.encode(self.prepare("Warm-up: the 3 quick foxes cost $4.50. Done!"), 1.0)
-
-    def finalize(self) -> None:
-        self.model = None
-
-    def describe(self) -> ModelDescription:
-        return ModelDescription(
-            stage=self.name,
-            model_name=MODEL_NAME,
-            model_version=MODEL_VERSION,
-            trained=self._trained,
-            device=str(self.device),
-            dtype=dtype_name(self.dtype),
-            voices=(VOICE_NAME,),
-            sample_rate_hz=SAMPLE_RATE_HZ,
-            weights_source=self._source,
-        )
 
     def prepare(self, text: str) -> list[PreparedSentence]:
         """The text half (CPU): normalise, split, G2P, map to ids."""
