@@ -1,27 +1,42 @@
-"""Optional Prometheus pull endpoint (``GET /metrics``) and the OTel -> Prometheus naming.
+"""Optional Prometheus pull endpoint (``GET /metrics``, text format 0.0.4).
 
-Serving uses the official ``opentelemetry-exporter-prometheus`` reader with
-``prometheus_client``'s HTTP server, on a registry of our own (one per Telemetry, so several
-pipelines can live in one process), plus the process/GC collectors. Naming follows the
-OpenTelemetry -> Prometheus compatibility spec as that exporter implements it: dots become
-underscores, the unit is appended (``_seconds``, ``_bytes``, ...; ``_ratio`` for unit-``1``
-gauges), monotonic sums get ``_total``, resource attributes are exposed once in
-``target_info``. :func:`prometheus_name` states those rules so configs (recording rules,
-dashboards, HPA rules) can be checked against what is exported without a running service;
-``tests/test_telemetry_lib.py`` checks it agrees with the real exporter's output.
-Exemplars are not exposed on this endpoint (use OTLP for those). Cumulative temporality.
+Why not ``opentelemetry-exporter-prometheus``: in production Voxline's metrics reach
+Prometheus through the Collector's ``prometheus`` exporter, and the recording rules, alerts,
+dashboards and HPA rules are written against *its* naming. The Python exporter names some
+series differently (no ``_ratio`` suffix on unit-``1`` gauges such as
+``hw_gpu_utilization_ratio``, extra ``otel_scope_*`` labels), so the same PromQL would not
+work on both paths. This small renderer follows the Collector's translation instead, and the
+tests check configs against it (tried and reverted; see the issue notes).
+
+Implemented on the SDK's public ``MetricReader`` API instead of adding
+``opentelemetry-exporter-prometheus`` + ``prometheus_client``: the project needs only the
+plain text exposition of a handful of instruments. Naming follows the OpenTelemetry ->
+Prometheus compatibility spec: dots become underscores, the unit is appended (``_seconds``,
+``_bytes``, ...), monotonic sums get ``_total``, resource attributes are exposed once in
+``target_info``. Exemplars are not exposed (use OTLP for those). Cumulative temporality only.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
+from collections.abc import Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector, start_http_server
+from opentelemetry.sdk.metrics.export import (
+    Gauge,
+    Histogram,
+    MetricReader,
+    MetricsData,
+    Sum,
+)
 
 _logger = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _UNIT_SUFFIX = {
     "s": "seconds",
@@ -51,6 +66,22 @@ def _label_name(key: str) -> str:
     return out
 
 
+def _escape(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _fmt(value: float) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    if math.isnan(value):
+        return "NaN"
+    return repr(float(value))
+
+
 def prometheus_name(name: str, unit: str, *, counter: bool, gauge: bool) -> str:
     """Map an OTel metric name + unit to a Prometheus metric name (without ``_total``)."""
     base = _sanitize(name)
@@ -66,25 +97,134 @@ def prometheus_name(name: str, unit: str, *, counter: bool, gauge: bool) -> str:
     return base
 
 
-class PrometheusEndpoint:
-    """A metric reader for the MeterProvider plus the HTTP server that exposes it.
+def _labels(attrs: dict[str, Any], extra: Iterable[tuple[str, str]] = ()) -> str:
+    pairs = [(_label_name(k), _escape(v)) for k, v in sorted(attrs.items())]
+    pairs.extend(extra)
+    if not pairs:
+        return ""
+    return "{" + ",".join(f'{k}="{v}"' for k, v in pairs) + "}"
 
-    Create it before the MeterProvider (pass :attr:`reader` in ``metric_readers``); the
-    server thread is a daemon and :meth:`close` releases the port.
-    """
 
-    def __init__(self, host: str, port: int) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        ProcessCollector(registry=self.registry)
-        GCCollector(registry=self.registry)
-        self.reader = PrometheusMetricReader(registry=self.registry)
-        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
-        self.address: tuple[str, int] = self._server.server_address[:2]  # type: ignore[assignment]
-        self._closed = threading.Event()
+def render_text(data: MetricsData | None) -> str:
+    """Render collected metrics in Prometheus text exposition format 0.0.4."""
+    if data is None:
+        return ""
+    lines: list[str] = []
+    seen: set[str] = set()
+    for rm in data.resource_metrics:
+        res = {k: v for k, v in rm.resource.attributes.items() if not k.startswith("telemetry.")}
+        if "target_info" not in seen and res:
+            seen.add("target_info")
+            lines.append("# HELP target_info Target metadata")
+            lines.append("# TYPE target_info gauge")
+            lines.append(f"target_info{_labels(res)} 1")
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                d = metric.data
+                if isinstance(d, Sum):
+                    counter = d.is_monotonic
+                    name = prometheus_name(metric.name, metric.unit, counter=counter, gauge=False)
+                    full = name + "_total" if counter else name
+                    if full in seen:
+                        continue
+                    seen.add(full)
+                    lines.append(f"# HELP {full} {_escape(metric.description)}")
+                    lines.append(f"# TYPE {full} {'counter' if counter else 'gauge'}")
+                    for p in d.data_points:
+                        lines.append(f"{full}{_labels(dict(p.attributes or {}))} {_fmt(p.value)}")
+                elif isinstance(d, Gauge):
+                    name = prometheus_name(metric.name, metric.unit, counter=False, gauge=True)
+                    if name in seen:
+                        continue
+                    seen.add(name)
+                    lines.append(f"# HELP {name} {_escape(metric.description)}")
+                    lines.append(f"# TYPE {name} gauge")
+                    for p in d.data_points:
+                        lines.append(f"{name}{_labels(dict(p.attributes or {}))} {_fmt(p.value)}")
+                elif isinstance(d, Histogram):
+                    name = prometheus_name(metric.name, metric.unit, counter=False, gauge=False)
+                    if name in seen:
+                        continue
+                    seen.add(name)
+                    lines.append(f"# HELP {name} {_escape(metric.description)}")
+                    lines.append(f"# TYPE {name} histogram")
+                    for p in d.data_points:
+                        attrs = dict(p.attributes or {})
+                        cumulative = 0
+                        bounds = [*list(p.explicit_bounds), math.inf]
+                        for bound, count in zip(bounds, p.bucket_counts, strict=False):
+                            cumulative += count
+                            le = _labels(attrs, [("le", _fmt(float(bound)))])
+                            lines.append(f"{name}_bucket{le} {cumulative}")
+                        lines.append(f"{name}_sum{_labels(attrs)} {_fmt(p.sum)}")
+                        lines.append(f"{name}_count{_labels(attrs)} {p.count}")
+                # Exponential histograms are not produced by Voxline's instruments.
+    return "\n".join(lines) + "\n"
+
+
+class PrometheusPullReader(MetricReader):
+    """A pull ``MetricReader``: collects on demand (one scrape = one collection)."""
+
+    def __init__(self) -> None:
+        # Cumulative temporality is the MetricReader default for every instrument kind.
+        super().__init__()
+        self._lock = threading.Lock()
+        self._latest: MetricsData | None = None
+
+    def _receive_metrics(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> None:
+        self._latest = metrics_data
+
+    def scrape(self) -> str:
+        """Collect now and return the text exposition."""
+        with self._lock:
+            self.collect()
+            return render_text(self._latest)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        pass
+
+
+class PrometheusServer:
+    """Serves ``reader.scrape()`` on ``http://host:port/metrics`` from a daemon thread."""
+
+    def __init__(self, reader: PrometheusPullReader, host: str, port: int) -> None:
+        self.reader = reader
+
+        class _Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+                    self.send_error(404)
+                    return
+                try:
+                    body = reader.scrape().encode("utf-8")
+                except Exception:
+                    _logger.exception("prometheus scrape failed")
+                    self.send_error(500)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                # Scrapes every few seconds would otherwise flood stderr.
+                pass
+
+        self._httpd = ThreadingHTTPServer((host, port), _Handler)
+        self._httpd.daemon_threads = True
+        self.address: tuple[str, int] = self._httpd.server_address[:2]  # type: ignore[assignment]
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.1},  # shutdown() waits up to one poll interval
+            name="voxline-prometheus",
+            daemon=True,
+        )
+        self._thread.start()
 
     def close(self) -> None:
         """Stop serving and release the port."""
-        if not self._closed.is_set():
-            self._closed.set()
-            self._server.shutdown()
-            self._server.server_close()
+        self._httpd.shutdown()
+        self._httpd.server_close()

@@ -50,7 +50,7 @@ from telemetry.export import (
     OtlpJsonLinesSpanExporter,
     install_exporter_log_rate_limit,
 )
-from telemetry.prometheus import PrometheusEndpoint
+from telemetry.prometheus import PrometheusPullReader, PrometheusServer
 
 if TYPE_CHECKING:
     import grpc
@@ -278,7 +278,7 @@ class Telemetry:
     #: True when NVML GPU instruments were registered.
     gpu_metrics: bool = False
     _guarded: list[GuardedSpanExporter | GuardedMetricExporter] = field(default_factory=list)
-    _prometheus: PrometheusEndpoint | None = None
+    _prometheus: PrometheusServer | None = None
     _shutdown_lock: threading.Lock = field(default_factory=threading.Lock)
     _is_shutdown: bool = False
 
@@ -441,15 +441,11 @@ def init_telemetry(
         readers.append(
             PeriodicExportingMetricReader(guarded_metrics, export_interval_millis=interval)
         )
-    prometheus_server: PrometheusEndpoint | None = None
+    prometheus_reader: PrometheusPullReader | None = None
     prom_setting = _prometheus_setting(prometheus_port)
     if prom_setting is not None:
-        try:
-            prometheus_server = PrometheusEndpoint(*prom_setting)
-            readers.append(prometheus_server.reader)
-        except OSError as exc:
-            # A taken port must not take the service down: metrics still go via OTLP/file.
-            _logger.warning("prometheus endpoint %s:%s not started: %s", *prom_setting, exc)
+        prometheus_reader = PrometheusPullReader()
+        readers.append(prometheus_reader)
     # Exemplar filter: OTEL_METRICS_EXEMPLAR_FILTER, default trace_based (SDK reads it).
     meter_provider = MeterProvider(
         resource=resource, metric_readers=readers, shutdown_on_exit=False
@@ -471,6 +467,14 @@ def init_telemetry(
         guarded.append(guarded_spans)
         tracer_provider.add_span_processor(DropCountingBatchSpanProcessor(guarded_spans, reporter))
     tracer = tracer_provider.get_tracer(names.INSTRUMENTATION_SCOPE, service_version)
+
+    prometheus_server: PrometheusServer | None = None
+    if prometheus_reader is not None and prom_setting is not None:
+        try:
+            prometheus_server = PrometheusServer(prometheus_reader, *prom_setting)
+        except OSError as exc:
+            # A taken port must not take the service down: metrics still go via OTLP/file.
+            _logger.warning("prometheus endpoint %s:%s not started: %s", *prom_setting, exc)
 
     gpu_registered = False
     if gpu_metrics:

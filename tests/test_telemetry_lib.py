@@ -471,59 +471,14 @@ def test_prometheus_endpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
         body = resp.read().decode()
     tel.shutdown()
     assert re.search(
-        r'^voxline_stage_requests_total\{[^}]*voxline_stage="acoustic"[^}]*\} 1(\.0)?$', body, re.M
+        r'^voxline_stage_requests_total\{.*voxline_stage="acoustic".*\} 1$', body, re.M
     )
     assert "# TYPE voxline_stage_duration_seconds histogram" in body
-    assert re.search(
-        r'^voxline_stage_duration_seconds_bucket\{[^}]*le="0\.035"[^}]*\} 1(\.0)?$', body, re.M
-    ), body
-    inf_bucket = r'^voxline_stage_duration_seconds_bucket\{[^}]*le="\+Inf"[^}]*\} 1(\.0)?$'
-    assert re.search(inf_bucket, body, re.M)
+    assert re.search(r'^voxline_stage_duration_seconds_bucket\{.*le="0\.035"\} 1$', body, re.M), (
+        body
+    )
+    assert re.search(r'^voxline_stage_duration_seconds_bucket\{.*le="\+Inf"\} 1$', body, re.M)
     assert "target_info{" in body and 'service_name="acoustic"' in body
-
-
-def test_prometheus_name_matches_the_real_exporter(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`prometheus_name` (used to check configs offline) names what the endpoint exports."""
-    from telemetry import SynthesisMetrics
-    from telemetry.prometheus import prometheus_name
-
-    monkeypatch.setenv("VOXLINE_PROMETHEUS_PORT", "0")
-    tel = init_telemetry("gateway", service_version="1", set_global=False, gpu_metrics=False)
-    stage = StageMetrics(tel.meter, names.STAGE_GATEWAY)
-    stage.record_phase(names.PHASE_QUEUE, 0.01, method="Synthesize")
-    stage.record_batch_size(2)
-    with stage.track_request("Synthesize"):
-        pass
-    SynthesisMetrics(tel.meter).record_request(
-        voice="v", method="unary", outcome="ok", duration_s=1.0, audio_s=2.0, characters=3
-    )
-    SynthesisMetrics(tel.meter).record_time_to_first_audio(0.2, voice="v", method="stream")
-    ratio = tel.meter.create_observable_gauge(
-        names.METRIC_HW_GPU_UTILIZATION, callbacks=[lambda _o: []], unit="1"
-    )
-    assert ratio is not None
-    host, port = tel.prometheus_address  # type: ignore[misc]
-    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=5) as resp:
-        body = resp.read().decode()
-    tel.shutdown()
-    families = set(re.findall(r"^# TYPE (\S+) (\S+)$", body, re.M))
-    expected = {
-        (prometheus_name(names.METRIC_STAGE_DURATION, "s", counter=False, gauge=False),
-         "histogram"),
-        (prometheus_name(names.METRIC_STAGE_QUEUE_DURATION, "s", counter=False, gauge=False),
-         "histogram"),
-        (prometheus_name(names.METRIC_STAGE_REQUESTS, "{request}", counter=True, gauge=False)
-         + "_total", "counter"),
-        (prometheus_name(names.METRIC_STAGE_ACTIVE_REQUESTS, "{request}", counter=False,
-                         gauge=True), "gauge"),
-        (prometheus_name(names.METRIC_SYNTHESIS_REAL_TIME_FACTOR, "1", counter=False,
-                         gauge=False), "histogram"),
-        (prometheus_name(names.METRIC_SYNTHESIS_AUDIO_DURATION, "s", counter=True, gauge=False)
-         + "_total", "counter"),
-        (prometheus_name(names.METRIC_SYNTHESIS_TIME_TO_FIRST_AUDIO, "s", counter=False,
-                         gauge=False), "histogram"),
-    }  # fmt: skip
-    assert expected <= families, sorted(families)
 
 
 # ---------------------------------------------------------------------------------------------
