@@ -292,7 +292,12 @@ TEXTS = ("Hello there.", "Streaming works.")
 def _ready(prom: PrometheusServer) -> bool:
     stages = set(by_label(prom.query(STAGE_P95), "voxline_stage"))
     pods = set(by_label(prom.query(QUEUE_RATIO), "pod"))
-    return set(MODEL_STAGES) <= stages and {f"{s}-0" for s in MODEL_STAGES} <= pods
+    ttfa = set(by_label(finite(prom.query(TTFA_P95)), "voxline_synthesis_method"))
+    return (
+        set(MODEL_STAGES) <= stages
+        and {f"{s}-0" for s in MODEL_STAGES} <= pods
+        and "stream" in ttfa
+    )
 
 
 @pytest.mark.timeout(900)
