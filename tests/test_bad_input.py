@@ -92,3 +92,47 @@ def test_unavailable_stage_is_named(stack: LocalStack, tmp_path) -> None:
     finally:
         gateway.terminate()
         gateway.wait(30)
+
+
+def test_overload_is_resource_exhausted(tmp_path) -> None:
+    """More waiters than --max-queue: RESOURCE_EXHAUSTED naming the stage; others succeed."""
+    import threading
+
+    import torch
+    from voxline.v1 import vocoder_pb2, vocoder_pb2_grpc
+
+    from services.runtime.tensors import to_proto
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.vocoder", "--port", str(port), "--max-queue", "1",
+         "--torch-threads", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_serving(f"127.0.0.1:{port}", 120, proc)
+        request = vocoder_pb2.VocodeRequest(mel=to_proto(torch.full((80, 200), -5.0)))
+        codes: list[grpc.StatusCode] = []
+        details: list[str] = []
+
+        def call() -> None:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                try:
+                    vocoder_pb2_grpc.VocoderStub(channel).Vocode(request, timeout=120)
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as exc:
+                    codes.append(exc.code())
+                    details.append(exc.details())
+
+        threads = [threading.Thread(target=call) for _ in range(5)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(180)
+        # One runs, one waits, the rest are turned away at once.
+        assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 2, codes
+        assert codes.count(grpc.StatusCode.OK) >= 2, codes
+        assert all("vocoder queue is full" in d for d in details), details
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -30,6 +30,8 @@ class InferenceLane:
 
     def acquire(self, timeout: float | None) -> None:
         """Wait for the model within `timeout` seconds (the caller's remaining deadline)."""
+        if self._lock.acquire(blocking=False):  # idle model: no queueing at all
+            return
         with self._count_lock:
             if self._waiting >= self._max_queue:
                 raise ResourceExhausted(
