@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -154,3 +155,36 @@ def test_service_with_bad_checkpoint_exits_with_message(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode != 0
     assert "does not fit the model" in proc.stderr and "missing keys" in proc.stderr
+
+
+def test_max_connection_age_does_not_cut_streams_in_flight(tmp_path: Path) -> None:
+    """Connections age out (so clients re-resolve DNS when pods scale), but a stream in flight
+    when that happens finishes, and the next call reconnects transparently."""
+    from voxline.v1 import vocoder_pb2, vocoder_pb2_grpc
+
+    from services.runtime.tensors import to_proto
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.vocoder", "--port", str(port),
+         "--max-connection-age-s", "1", "--drain-seconds", "1", "--torch-threads", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def slow_mel() -> Iterator[vocoder_pb2.VocodeRequest]:
+        for _ in range(8):  # fed over ~3 s, well past the 1 s connection age
+            time.sleep(0.4)
+            yield vocoder_pb2.VocodeRequest(mel=to_proto(torch.full((80, 8), -5.0)))
+
+    try:
+        from services.cli.stack import wait_serving
+
+        wait_serving(f"127.0.0.1:{port}", 120, proc)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = vocoder_pb2_grpc.VocoderStub(channel)
+            for _ in range(2):
+                chunks = list(stub.VocodeStream(slow_mel(), timeout=120))
+                assert sum(c.audio.shape[0] for c in chunks) == 64 * 256
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -36,6 +36,7 @@ class ServiceConfig:
     max_queue: int = 16
     drain_seconds: float = 20.0
     max_connection_age_s: float = 300.0
+    max_connection_age_grace_s: float = 600.0
     log_level: str = "INFO"
     prometheus_port: int = 0
     run_dir: Path | None = None
@@ -68,6 +69,12 @@ def build_parser(service: str, description: str) -> argparse.ArgumentParser:
         300.0,
         "close client connections after this long so they re-resolve (scaling)",
     )
+    add(
+        "max-connection-age-grace-s",
+        float,
+        600.0,
+        "calls in flight on an aged-out connection may finish within this (> longest call)",
+    )
     add("log-level", str, "INFO", "DEBUG | INFO | WARNING | ERROR")
     add("prometheus-port", int, 0, "serve Prometheus /metrics on this port (0 = off)")
     add("run-dir", str, "", "where local telemetry files go (empty: none)")
@@ -90,6 +97,7 @@ def parse_config(
         "max_queue",
         "drain_seconds",
         "max_connection_age_s",
+        "max_connection_age_grace_s",
         "log_level",
         "prometheus_port",
         "run_dir",

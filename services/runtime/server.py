@@ -293,7 +293,8 @@ def serve(
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             # Clients re-resolve DNS when a connection ages out, so new replicas get traffic.
             ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
-            ("grpc.max_connection_age_grace_ms", int(config.drain_seconds * 1000)),
+            # ...but a call already in flight (a long stream) must not be cut off by it.
+            ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace_s * 1000)),
             ("grpc.so_reuseport", 0),
         ],
     )
