@@ -74,7 +74,7 @@ class AudioPiece:
 class Pipeline:
     """Runs jobs against the stage clients."""
 
-    def __init__(self, clients: StageClients, stream_chunk_frames: int = 32) -> None:
+    def __init__(self, clients: StageClients, stream_chunk_frames: int = 48) -> None:
         self._clients = clients
         self._chunk_frames = stream_chunk_frames
 

@@ -274,7 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     add_flag(parser, "max-text-chars", int, 5000, "longest accepted text")
     add_flag(parser, "request-timeout-s", float, 120.0, "upper bound on one synthesis")
-    add_flag(parser, "stream-chunk-frames", int, 32, "mel frames per acoustic->vocoder chunk")
+    # 48 = the vocoder's window: each pushed chunk is vocoded as one constant-shape window.
+    add_flag(parser, "stream-chunk-frames", int, 48, "mel frames per acoustic->vocoder chunk")
     config = parse_config("gateway", parser, argv)
     x = config.extra
     clients: list[StageClients] = []
