@@ -11,13 +11,14 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard protos/voxline/v1/*.proto)
 GEN    := gen/voxline/v1/.generated-stamp
 
-.PHONY: help venv proto run serve test lint fmt clean bench k8s-validate
+.PHONY: help venv proto run serve test lint fmt clean bench k8s-validate train
 
 help:
 	@echo "make run    - start the local stack, synthesise out/demo.wav, print TTFA/RTF, stop"
 	@echo "make serve  - start the local stack and keep it up until Ctrl-C"
 	@echo "make test   - lint + the whole test suite"
 	@echo "make proto  - regenerate gRPC code into gen/ (never edit gen/)"
+	@echo "make train  - regenerate the teacher data and retrain models/voxline-en-us (CPU, ~1 h)"
 	@echo "make bench  - latency/TTFA/RTF, telemetry on vs off, concurrency -> bench/results/*.json"
 
 # The venv is rebuilt when pyproject.toml changes. torch is installed first and alone so pip
@@ -70,6 +71,11 @@ test: proto lint k8s-validate
 
 clean:
 	rm -rf gen out runs .pytest_cache .ruff_cache
+
+# Distil the voice from the Piper teacher (CPU-feasible; see docs/models.md), then evaluate.
+train: proto
+	$(PY) -m pip install -q -e '.[dev,train]'
+	$(PY) -m training all
 
 bench: proto
 	$(PY) -m bench.run --out bench/results/latest.json

@@ -70,14 +70,40 @@ def test_speaking_rate_changes_duration(stack: LocalStack) -> None:
     assert fast.duration_s < 0.7 * normal.duration_s
 
 
-def test_list_voices_says_untrained(synthesizer) -> None:
+def test_list_voices_reports_the_trained_voice(synthesizer) -> None:
     reply = synthesizer.ListVoices(pb.ListVoicesRequest(), timeout=10)
     assert reply.default_voice in [v.name for v in reply.voices]
     voice = reply.voices[0]
     assert voice.native_sample_rate_hz == 22050
     assert 16000 in voice.supported_sample_rates_hz
-    assert not voice.trained
-    assert "UNTRAINED" in voice.description
+    assert voice.trained, "the shipped models/ weights should load by default"
+    assert "UNTRAINED" not in voice.description
+
+
+def test_checkpoint_none_is_reported_untrained(tmp_path) -> None:
+    """`--checkpoint none` runs the seeded initialisation, and says so plainly."""
+    import subprocess
+    import sys
+
+    import grpc
+    from voxline.v1 import stage_pb2, stage_pb2_grpc
+
+    from services.cli.stack import free_port, wait_serving
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "services.acoustic", "--port", str(port), "--checkpoint", "none"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_serving(f"127.0.0.1:{port}", 60, proc)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            info = stage_pb2_grpc.StageInfoStub(channel).GetModelInfo(
+                stage_pb2.GetModelInfoRequest(), timeout=10
+            )
+        assert not info.trained and info.weights_source.startswith("seeded-init:")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert "UNTRAINED" in err
 
 
 def test_default_voice_by_name(synthesizer) -> None:

@@ -14,7 +14,7 @@ from services.runtime.config import add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.server import StageRuntime, rpc_method, serve
 from services.runtime.tensors import from_proto, to_proto
-from services.runtime.voice import check_voice
+from services.runtime.voice import check_voice, resolve_checkpoint
 from telemetry import names
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -75,14 +75,20 @@ class AcousticServicer(acoustic_pb2_grpc.AcousticModelServicer):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser("acoustic", "Voxline acoustic model: phoneme features -> mel")
-    add_flag(parser, "checkpoint", str, "", "acoustic model weights (empty: seeded init)")
+    add_flag(
+        parser,
+        "checkpoint",
+        str,
+        "auto",
+        "weights: auto (the shipped models/ weights) | none (seeded, untrained) | PATH",
+    )
     add_flag(parser, "seed", int, 4321, "seed of the untrained initialisation")
     add_flag(parser, "chunk-frames", int, 32, "default mel frames per streamed chunk")
     config = parse_config("acoustic", parser, argv)
     stage = AcousticStage(
         device=config.device,
         dtype=config.dtype,
-        checkpoint=config.extra["checkpoint"] or None,
+        checkpoint=resolve_checkpoint(config.extra["checkpoint"], "acoustic"),
         seed=config.extra["seed"],
     )
 

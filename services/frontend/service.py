@@ -15,7 +15,7 @@ from services.runtime.config import add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.server import StageRuntime, rpc_method, serve
 from services.runtime.tensors import to_proto
-from services.runtime.voice import check_voice
+from services.runtime.voice import check_voice, resolve_checkpoint
 from telemetry import names
 
 log = logging.getLogger("voxline.frontend")
@@ -77,14 +77,20 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser("frontend", "Voxline text frontend: text -> phonemes -> features")
-    add_flag(parser, "checkpoint", str, "", "frontend model weights (empty: seeded init)")
+    add_flag(
+        parser,
+        "checkpoint",
+        str,
+        "auto",
+        "weights: auto (the shipped models/ weights) | none (seeded, untrained) | PATH",
+    )
     add_flag(parser, "seed", int, 1234, "seed of the untrained initialisation")
     add_flag(parser, "max-text-chars", int, 5000, "longest accepted text")
     config = parse_config("frontend", parser, argv)
     stage = FrontendStage(
         device=config.device,
         dtype=config.dtype,
-        checkpoint=config.extra["checkpoint"] or None,
+        checkpoint=resolve_checkpoint(config.extra["checkpoint"], "frontend"),
         seed=config.extra["seed"],
     )
 

@@ -24,3 +24,24 @@ def check_voice(voice: str, available: frozenset[str] | set[str] = frozenset({VO
     if voice and voice not in available:
         names = ", ".join(sorted(available)) or "none"
         raise InvalidArgument(f"unknown voice; available voices: {names}")
+
+
+def shipped_checkpoint(stage: str) -> str | None:
+    """The trained weights committed under `models/<voice>/` for `stage`, if present.
+
+    Looked up next to the source tree (editable installs, containers that copy `models/`).
+    """
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "models" / VOICE_NAME / f"{stage}.safetensors"
+    return str(path) if path.is_file() else None
+
+
+def resolve_checkpoint(flag: str, stage: str) -> str | None:
+    """`--checkpoint` semantics: `auto` = the shipped weights (seeded init if none are
+    shipped), `none` = the seeded initialisation, anything else = a path."""
+    if flag == "auto":
+        return shipped_checkpoint(stage)
+    if flag in ("", "none"):
+        return None
+    return flag

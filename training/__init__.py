@@ -1,0 +1,25 @@
+"""Voxline voice training: distil the Piper `en_US-joe-medium` teacher into the conv student.
+
+The pipeline (``python -m training all`` runs every step; ``make train`` calls it):
+
+1. ``corpus``   -- write the text corpus (deterministic generator + hand-written sentences),
+                   normalised and split exactly as the frontend does, into train/val/test.
+2. ``teacher``  -- read every sentence with the teacher (onnxruntime, with VITS's ``w_ceil``
+                   exposed) -> phoneme ids, per-id durations in mel frames, HiFi-GAN log-mels.
+3. ``train``    -- train the frontend (encoder + duration predictor) and the acoustic decoder
+                   jointly, for a fixed wall-clock budget.
+4. ``export``   -- fp16 safetensors + ``config.json`` into ``models/voxline-en-us/``.
+5. ``evaluate`` -- pocketsphinx word error rate of teacher and student (through the shipped
+                   HiFi-GAN) on the held-out test sentences -> ``metrics.json``.
+
+Generated data lives under ``build/training/`` (git-ignored); only the exported weights and
+metrics are meant to be committed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUILD_DIR = REPO_ROOT / "build" / "training"
+MODEL_DIR = REPO_ROOT / "models" / "voxline-en-us"

@@ -1,0 +1,145 @@
+"""``python -m training {corpus,teacher,train,export,evaluate,all}``: the voice pipeline.
+
+Each step reads what the previous one wrote under ``--build-dir`` (default
+``build/training``). ``all`` runs every step; the teacher step is skipped when its output
+already matches the current corpus (``--force`` regenerates).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from training import BUILD_DIR, MODEL_DIR
+
+_LOG = logging.getLogger("training")
+SPLITS = ("train", "val", "test")
+
+
+def _corpus(args: argparse.Namespace) -> None:
+    from training.corpus import build_corpus
+
+    corpus = build_corpus(templated=args.templated, prose=args.prose, seed=args.seed)
+    corpus.write(args.build_dir / "corpus")
+    _LOG.info(
+        "corpus: %d train, %d val, %d test sentences -> %s",
+        len(corpus.train),
+        len(corpus.val),
+        len(corpus.test),
+        args.build_dir / "corpus",
+    )
+
+
+def _corpus_hash(corpus_dir: Path, scales: tuple[float, ...]) -> str:
+    h = hashlib.sha256(json.dumps(scales).encode())
+    for split in SPLITS:
+        h.update((corpus_dir / f"{split}.txt").read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _teacher(args: argparse.Namespace) -> None:
+    from training.corpus import read_split
+    from training.teacher import Teacher, generate_split
+
+    corpus_dir, out_dir = args.build_dir / "corpus", args.build_dir / "teacher"
+    scales = tuple(args.scales)
+    stamp = out_dir / "stamp.json"
+    digest = _corpus_hash(corpus_dir, scales)
+    if not args.force and stamp.exists() and json.loads(stamp.read_text())["hash"] == digest:
+        _LOG.info("teacher: data for this corpus already in %s (use --force to redo)", out_dir)
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    teacher = Teacher(threads=args.threads, seed=args.seed)
+    start = time.monotonic()
+    stats = {}
+    for split in SPLITS:
+        sentences = read_split(corpus_dir, split)
+        # Test WAVs are kept: the evaluation transcribes the teacher's own audio too.
+        wav_dir = out_dir / "test_wav" if split == "test" else None
+        examples = generate_split(sentences, teacher, scales=scales, wav_dir=wav_dir)
+        torch.save([asdict(e) for e in examples], out_dir / f"{split}.pt")
+        frames = sum(int(e.durations.sum()) for e in examples)
+        stats[split] = {"sentences": len(examples), "audio_s": round(frames * 256 / 22050, 1)}
+        _LOG.info("teacher: %s: %s", split, stats[split])
+    elapsed = time.monotonic() - start
+    stamp.write_text(
+        json.dumps({"hash": digest, "scales": scales, "splits": stats, "seconds": elapsed}) + "\n"
+    )
+    _LOG.info("teacher: done in %.0f s", elapsed)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from training.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        minutes=args.minutes, max_steps=args.max_steps, seed=args.seed, threads=args.threads
+    )
+    train(args.build_dir / "teacher", args.build_dir / "checkpoints", cfg)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from training.export import export
+
+    export(args.build_dir / "checkpoints" / "student.pt", args.model_dir)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from training.evaluate import evaluate
+
+    evaluate(args.build_dir, args.model_dir, threads=args.threads)
+
+
+def _all(args: argparse.Namespace) -> None:
+    for step in (_corpus, _teacher, _train, _export, _evaluate):
+        step(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    parser.add_argument("step", choices=("corpus", "teacher", "train", "export", "evaluate", "all"))
+    parser.add_argument("--build-dir", type=Path, default=BUILD_DIR)
+    parser.add_argument("--model-dir", type=Path, default=MODEL_DIR)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="torch/onnxruntime threads")
+    parser.add_argument("--templated", type=int, default=1400, help="generated sentences")
+    parser.add_argument("--prose", type=int, default=350, help="Python-docs prose sentences")
+    parser.add_argument(
+        "--scales",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("NOISE", "LENGTH", "NOISE_W"),
+        help="teacher scales (default 0.333 1.0 0.333)",
+    )
+    parser.add_argument("--force", action="store_true", help="regenerate teacher data")
+    parser.add_argument("--minutes", type=float, default=20.0, help="training time budget")
+    parser.add_argument("--max-steps", type=int, default=0, help="stop after N steps (0: none)")
+    args = parser.parse_args(argv)
+    if args.scales is None:
+        from training.teacher import DEFAULT_SCALES
+
+        args.scales = list(DEFAULT_SCALES)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    torch.set_num_threads(args.threads)
+    step = {
+        "corpus": _corpus,
+        "teacher": _teacher,
+        "train": _train,
+        "export": _export,
+        "evaluate": _evaluate,
+        "all": _all,
+    }[args.step]
+    step(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
