@@ -75,7 +75,7 @@ clean:
 # Distil the voice from the Piper teacher (CPU-feasible; see docs/models.md), then evaluate.
 train: proto
 	$(PY) -m pip install -q -e '.[dev,train]'
-	$(PY) -m training all
+	nice -n 15 $(PY) -m training all --minutes 20
 
 bench: proto
 	$(PY) -m bench.run --out bench/results/latest.json
