@@ -408,7 +408,8 @@ class _SpyMeter:
         return create
 
 
-def _fake_pynvml() -> Any:
+def fake_pynvml() -> Any:
+    """NVML stand-in with one GPU, so GPU instruments register without a GPU."""
     from types import SimpleNamespace
 
     return SimpleNamespace(
@@ -452,7 +453,7 @@ def voxline_instruments() -> list[Instrument]:
     clean_env = {k: v for k, v in os.environ.items() if k not in drop_env}
     with (
         mock.patch.dict(os.environ, {**clean_env, **env}, clear=True),
-        mock.patch.dict(sys.modules, {"pynvml": _fake_pynvml()}),
+        mock.patch.dict(sys.modules, {"pynvml": fake_pynvml()}),
         mock.patch.object(MeterProvider, "get_meter", spy_get_meter),
     ):
         gpu._reset_for_tests()

@@ -18,7 +18,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
-from typing import Any, ClassVar
+from typing import Any
 
 import grpc
 import pytest
@@ -26,7 +26,6 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from telemetry import names
-from telemetry.prometheus import prometheus_name
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "voxline"
@@ -59,94 +58,24 @@ OVERLAYS = [p.name for p in kv.overlays()]
 # ---------------------------------------------------------------------------------------------
 
 
-class _RecordingMeter:
-    """A real SDK meter that also records (kind, unit) of every instrument created on it."""
-
-    _KINDS: ClassVar[dict[str, str]] = {
-        "create_counter": "counter",
-        "create_observable_counter": "counter",
-        "create_up_down_counter": "updown",
-        "create_observable_up_down_counter": "updown",
-        "create_histogram": "histogram",
-        "create_gauge": "gauge",
-        "create_observable_gauge": "gauge",
-    }
-
-    def __init__(self, meter: Any, seen: dict[str, tuple[str, str]]) -> None:
-        self._meter = meter
-        self._seen = seen
-
-    def __getattr__(self, attr: str) -> Any:
-        target = getattr(self._meter, attr)
-        kind = self._KINDS.get(attr)
-        if kind is None:
-            return target
-
-        def create(name: str, *args: Any, **kwargs: Any) -> Any:
-            self._seen[name] = (kind, kwargs.get("unit", args[1] if len(args) > 1 else ""))
-            return target(name, *args, **kwargs)
-
-        return create
-
-
-def _fake_pynvml() -> SimpleNamespace:
-    """NVML stand-in with one GPU, so the GPU instruments get registered without a GPU."""
-    return SimpleNamespace(
-        NVMLError=RuntimeError,
-        NVML_TEMPERATURE_GPU=0,
-        nvmlInit=lambda: None,
-        nvmlDeviceGetCount=lambda: 1,
-        nvmlDeviceGetHandleByIndex=lambda i: f"h{i}",
-        nvmlDeviceGetUUID=lambda h: "GPU-00000000-test",
-        nvmlDeviceGetName=lambda h: b"NVIDIA Test GPU",
-        nvmlDeviceGetUtilizationRates=lambda h: SimpleNamespace(gpu=42, memory=10),
-        nvmlDeviceGetMemoryInfo=lambda h: SimpleNamespace(used=1 << 30, total=16 << 30),
-        nvmlDeviceGetTemperature=lambda h, sensor: 50,
-        nvmlDeviceGetPowerUsage=lambda h: 100_000,
-    )
-
-
-def prometheus_names_of(instruments: dict[str, tuple[str, str]]) -> set[str]:
-    """Prometheus series names of OTel instruments, by the rules of telemetry/prometheus.py
-    (`render_text`: monotonic sums are counters + `_total`, non-monotonic sums are gauges
-    named like sums, gauges may get `_ratio`, histograms expose _bucket/_sum/_count)."""
-    out: set[str] = set()
-    for name, (kind, unit) in instruments.items():
-        if kind == "counter":
-            out.add(prometheus_name(name, unit, counter=True, gauge=False) + "_total")
-        elif kind == "updown":
-            out.add(prometheus_name(name, unit, counter=False, gauge=False))
-        elif kind == "gauge":
-            out.add(prometheus_name(name, unit, counter=False, gauge=True))
-        else:
-            base = prometheus_name(name, unit, counter=False, gauge=False)
-            out.update({base + "_bucket", base + "_sum", base + "_count"})
-    return out
-
-
 def _metric_constants() -> set[str]:
     return {v for k, v in vars(names).items() if k.startswith("METRIC_") and isinstance(v, str)}
 
 
 @pytest.fixture(scope="module")
 def exported() -> Iterator[SimpleNamespace]:
-    """Every instrument a Voxline service can register (stage, gateway, RPC, telemetry, GPU with
-    a fake NVML), created through the real code paths on a recording meter, plus the names a
-    real scrape of that meter's /metrics endpoint shows."""
-    import telemetry.sdk as sdk
+    """Every instrument a Voxline service can register and its Prometheus names (derived from
+    the telemetry library by tests/prometheus_harness.py), plus the names a real scrape of a
+    service's /metrics endpoint shows (GPU instruments via a fake NVML)."""
+    from prometheus_harness import fake_pynvml, voxline_instruments, voxline_metric_names
+
+    import telemetry.sdk as sdk  # noqa: F401 - imported before patching pynvml
     from telemetry import StageMetrics, SynthesisMetrics, gpu, init_telemetry
-    from telemetry.grpc import instrument_channel
 
-    seen: dict[str, tuple[str, str]] = {}
-    real_provider = sdk.MeterProvider
-
-    class RecordingProvider(real_provider):  # type: ignore[misc, valid-type]
-        def get_meter(self, *args: Any, **kwargs: Any) -> Any:
-            return _RecordingMeter(super().get_meter(*args, **kwargs), seen)
-
+    instruments = {i.name for i in voxline_instruments()}
+    derived = set(voxline_metric_names())
     mp = pytest.MonkeyPatch()
-    mp.setattr(sdk, "MeterProvider", RecordingProvider)
-    mp.setitem(sys.modules, "pynvml", _fake_pynvml())
+    mp.setitem(sys.modules, "pynvml", fake_pynvml())
     mp.setenv("OTEL_TRACES_EXPORTER", "none")
     mp.setenv("OTEL_METRICS_EXPORTER", "none")
     gpu._reset_for_tests()
@@ -159,27 +88,23 @@ def exported() -> Iterator[SimpleNamespace]:
             for phase in names.PHASES:
                 stage.record_phase(phase, 0.01, method="Vocode")
         stage.record_batch_size(1, method="Vocode")
-        synthesis = SynthesisMetrics(tel.meter)
-        synthesis.record_time_to_first_audio(0.1, voice="v", method="unary")
-        synthesis.record_request(
+        SynthesisMetrics(tel.meter).record_request(
             voice="v", method="unary", outcome="ok", duration_s=0.2, audio_s=1.0, characters=3
         )
-        tel.server_interceptors()
-        channel = instrument_channel(grpc.insecure_channel("127.0.0.1:9"), tel)
-        channel.close()
-        scraped = set()
         assert tel.prometheus_address is not None
         host, port = tel.prometheus_address
         with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10) as reply:
             text = reply.read().decode()
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                scraped.add(re.split(r"[{ ]", line, maxsplit=1)[0])
+        scraped = {
+            re.split(r"[{ ]", line, maxsplit=1)[0]
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        }
     finally:
         tel.shutdown()
         mp.undo()
         gpu._reset_for_tests()
-    yield SimpleNamespace(instruments=seen, names=prometheus_names_of(seen), scraped=scraped)
+    yield SimpleNamespace(instruments=instruments, names=derived, scraped=scraped)
 
 
 def test_exported_names_cover_every_metric_constant(exported: SimpleNamespace) -> None:
