@@ -120,8 +120,16 @@ def main(argv: list[str] | None = None) -> int:
         help="teacher scales (default 0.333 1.0 0.333)",
     )
     parser.add_argument("--force", action="store_true", help="regenerate teacher data")
-    parser.add_argument("--minutes", type=float, default=20.0, help="training time budget")
-    parser.add_argument("--max-steps", type=int, default=0, help="stop after N steps (0: none)")
+    parser.add_argument(
+        "--minutes", type=float, default=40.0, help="training wall-clock cap (minutes)"
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=1200,
+        help="training steps; the LR schedule follows steps or time, whichever is further "
+        "along (0: time only)",
+    )
     args = parser.parse_args(argv)
     if args.scales is None:
         from training.teacher import DEFAULT_SCALES

@@ -11,10 +11,12 @@ The two halves are trained as one network, FastSpeech-style, with the teacher's 
 At inference the split is the same, across two services: the frontend sends features and its
 own predicted durations, the acoustic stage regulates and decodes.
 
-Training is bounded by wall-clock time (``TrainConfig.minutes``): the learning-rate schedule
-(linear warm-up, cosine decay) runs on the fraction of the budget used, so the run always
-finishes its schedule whatever the machine's speed. An exponential moving average of the
-weights is kept and is what gets validated and exported.
+Training is bounded by a step count (``TrainConfig.max_steps``) and a wall-clock cap
+(``TrainConfig.minutes``): the learning-rate schedule (linear warm-up, cosine decay) follows
+whichever is further along, so a run always finishes its schedule. Step count is what decides
+quality: on a busy machine a time-only budget spends most of its few steps at a low learning
+rate (a 20-minute, 690-step run was unintelligible, see docs/models.md). An exponential moving
+average of the weights is kept and is what gets validated and exported.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ _LOG = logging.getLogger(__name__)
 class TrainConfig:
     """Hyperparameters of one training run."""
 
-    minutes: float = 20.0
-    max_steps: int = 0  # 0: only the time budget stops training
+    minutes: float = 40.0  # wall-clock cap
+    max_steps: int = 1200  # 0: only the time budget stops training
     seed: int = 0
     threads: int = 2
     batch_frames: int = 5000  # mel frames per batch (the decoder's cost)
