@@ -276,6 +276,8 @@ def test_collector_unreachable_costs_nothing(tmp_path: Path) -> None:
 def test_local_mode_writes_otlp_json_files(stack: LocalStack, synthesizer) -> None:
     """The default (no endpoint): each service writes OTLP-JSON lines that parse back."""
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in os.environ
+    # Fill the voice catalogue first (its StageInfo calls have no model phases).
+    synthesizer.ListVoices(pb.ListVoicesRequest(), timeout=30)
     synthesizer.Synthesize(pb.SynthesizeRequest(text="Local files."), timeout=60)
 
     def spans() -> list[dict[str, Any]] | None:
@@ -296,7 +298,12 @@ def test_local_mode_writes_otlp_json_files(stack: LocalStack, synthesizer) -> No
         trace = spans()
     assert trace is not None, "local OTLP-JSON files never held a whole trace"
     assert all(len(s["trace_id"]) == 32 and len(s["span_id"]) == 16 for s in trace)
-    metrics = read_otlp_json_lines(stack.run_dir / "gateway.metrics.jsonl")
+    # Metrics are exported on an interval (15 s by default): wait for the first export.
+    path = stack.run_dir / "gateway.metrics.jsonl"
+    deadline = time.monotonic() + 40
+    while not (path.exists() and read_otlp_json_lines(path)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    metrics = read_otlp_json_lines(path)
     assert metrics and "resourceMetrics" in metrics[0]
 
 
