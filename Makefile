@@ -18,7 +18,7 @@ help:
 	@echo "make serve  - start the local stack and keep it up until Ctrl-C"
 	@echo "make test   - lint + the whole test suite"
 	@echo "make proto  - regenerate gRPC code into gen/ (never edit gen/)"
-	@echo "make train  - regenerate the teacher data and retrain models/voxline-en-us (CPU, ~35 min)"
+	@echo "make train  - regenerate the teacher data and retrain services/voices/voxline-en-us (CPU, ~35 min)"
 	@echo "make bench  - latency/TTFA/RTF, telemetry on vs off, concurrency -> bench/results/*.json"
 
 # The venv is rebuilt when pyproject.toml changes. torch is installed first and alone so pip

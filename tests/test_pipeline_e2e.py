@@ -76,7 +76,7 @@ def test_list_voices_reports_the_trained_voice(synthesizer) -> None:
     voice = reply.voices[0]
     assert voice.native_sample_rate_hz == 22050
     assert 16000 in voice.supported_sample_rates_hz
-    assert voice.trained, "the shipped models/ weights should load by default"
+    assert voice.trained, "the shipped voice weights should load by default"
     assert "UNTRAINED" not in voice.description
 
 

@@ -1,6 +1,6 @@
 """Voice quality of the trained checkpoints, end to end through the real local stack.
 
-The stack runs with ``models/voxline-en-us/{frontend,acoustic}.safetensors``; every held-out
+The stack runs with the shipped ``services/voices/voxline-en-us/`` weights; every held-out
 test sentence (never trained on, `training.corpus.HELD_OUT`) is synthesised through the
 gateway at 16 kHz and transcribed offline with pocketsphinx. Checks: word error rate, that
 streaming and unary audio say the same, no clipping, no long silences inside speech, duration
@@ -26,7 +26,7 @@ from services.frontend.normalize import normalize
 from training.asr import ASR_RATE, Recognizer, edit_distance, normalize_words, wer
 from training.corpus import HELD_OUT
 
-MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "voxline-en-us"
+MODEL_DIR = Path(__file__).resolve().parent.parent / "services" / "voices" / "voxline-en-us"
 FRONTEND = MODEL_DIR / "frontend.safetensors"
 ACOUSTIC = MODEL_DIR / "acoustic.safetensors"
 

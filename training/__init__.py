@@ -8,7 +8,7 @@ The pipeline (``python -m training all`` runs every step; ``make train`` calls i
                    exposed) -> phoneme ids, per-id durations in mel frames, HiFi-GAN log-mels.
 3. ``train``    -- train the frontend (encoder + duration predictor) and the acoustic decoder
                    jointly, for a fixed wall-clock budget.
-4. ``export``   -- fp16 safetensors + ``config.json`` into ``models/voxline-en-us/``.
+4. ``export``   -- fp16 safetensors + ``config.json`` into ``services/voices/voxline-en-us/``.
 5. ``evaluate`` -- pocketsphinx word error rate of teacher and student (through the shipped
                    HiFi-GAN) on the held-out test sentences -> ``metrics.json``.
 
@@ -28,4 +28,4 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUILD_DIR = REPO_ROOT / "build" / "training"
-MODEL_DIR = REPO_ROOT / "models" / "voxline-en-us"
+MODEL_DIR = REPO_ROOT / "services" / "voices" / "voxline-en-us"

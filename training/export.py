@@ -1,6 +1,6 @@
 """Export a trained student as the services' checkpoints.
 
-Writes into the model directory (``models/voxline-en-us/``):
+Writes into the model directory (``services/voices/voxline-en-us/``):
 
 * ``frontend.safetensors`` -- `services.frontend.model.FrontendModel` state dict, fp16;
 * ``acoustic.safetensors`` -- `services.acoustic.model.AcousticModel` state dict, fp16;
@@ -14,7 +14,6 @@ them if the architecture (the config defaults) does not match.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from services.acoustic.model import AcousticModel, AcousticModelConfig
 from services.frontend.model import FrontendModel, FrontendModelConfig
 from services.runtime.checkpoint import load_checked, read_state_dict
+from services.voices import file_sha256
 
 __all__ = ["ACOUSTIC_FILE", "CONFIG_FILE", "FRONTEND_FILE", "export"]
 
@@ -41,7 +41,7 @@ def _save(state: dict[str, torch.Tensor], path: Path, config: dict, name: str) -
     tensors = {k: v.detach().to(torch.float16).contiguous() for k, v in state.items()}
     metadata = {"model": name, "config": json.dumps(config, sort_keys=True)}
     save_file(tensors, str(path), metadata=metadata)
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_sha256(path)
 
 
 def export(student_path: Path, model_dir: Path) -> None:

@@ -8,8 +8,8 @@ phonemes. A conv decoder turns the frame-level sequence into an 80-bin natural-l
 spectrogram (HiFi-GAN's convention) and a Tacotron-2-style postnet adds a residual refinement
 (FastSpeech 2 / FastPitch layout, convolution-only for CPU speed).
 
-The trained weights (``models/voxline-en-us/acoustic.safetensors``) come from the ``training``
-package; `AcousticModelConfig`'s defaults are the architecture they were trained with.
+The trained weights (``services/voices/voxline-en-us/acoustic.safetensors``) come from the
+``training`` package; `AcousticModelConfig`'s defaults are the architecture they were trained with.
 """
 
 from __future__ import annotations

@@ -80,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "checkpoint",
         str,
         "auto",
-        "weights: auto (the shipped models/ weights) | none (seeded, untrained) | PATH",
+        "weights: auto (the shipped voice; VOXLINE_MODEL_DIR overrides its folder) | "
+        "none (seeded, untrained) | PATH",
     )
     add_flag(parser, "seed", int, 4321, "seed of the untrained initialisation")
     add_flag(parser, "chunk-frames", int, 32, "default mel frames per streamed chunk")

@@ -5,7 +5,7 @@ Input: phoneme ids [B, T] in the teacher voice's map. Output: encoder features [
 ``log(1 + frames)`` per id, in mel frames (`durations_to_frames` inverts it). Convolution-only
 so it is fast on CPU and trivially exportable.
 
-The trained weights (``models/voxline-en-us/frontend.safetensors``) are distilled from the
+The trained weights (``services/voices/voxline-en-us/frontend.safetensors``) are distilled from the
 Piper teacher voice by the ``training`` package; the defaults of `FrontendModelConfig` are the
 architecture those weights were trained with.
 """

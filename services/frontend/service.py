@@ -82,7 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "checkpoint",
         str,
         "auto",
-        "weights: auto (the shipped models/ weights) | none (seeded, untrained) | PATH",
+        "weights: auto (the shipped voice; VOXLINE_MODEL_DIR overrides its folder) | "
+        "none (seeded, untrained) | PATH",
     )
     add_flag(parser, "seed", int, 1234, "seed of the untrained initialisation")
     add_flag(parser, "max-text-chars", int, 5000, "longest accepted text")

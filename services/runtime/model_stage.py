@@ -6,6 +6,7 @@ and precision selection, checkpoint-or-seeded weights and the model description 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Generic, TypeVar
 
 import torch
@@ -14,6 +15,7 @@ from services.runtime.checkpoint import initialise_weights
 from services.runtime.device import dtype_name, resolve_device, resolve_dtype
 from services.runtime.stage import ModelDescription
 from services.runtime.voice import SAMPLE_RATE_HZ, VOICE_NAME
+from services.voices import file_sha256
 
 M = TypeVar("M", bound=torch.nn.Module)
 
@@ -45,6 +47,7 @@ class TorchModelStage(Generic[M]):
         self.model: M | None = None
         self._trained = False
         self._source = ""
+        self._sha256 = ""
 
     def build_model(self) -> M:
         """A fresh, untrained model instance."""
@@ -55,6 +58,7 @@ class TorchModelStage(Generic[M]):
         self.dtype = resolve_dtype(self._dtype_name, self.device)
         model = self.build_model()
         self._trained, self._source = initialise_weights(model, self._checkpoint, self._seed)
+        self._sha256 = file_sha256(Path(self._checkpoint)) if self._checkpoint else ""
         self.model = model.eval().to(self.device, self.dtype)
 
     def finalize(self) -> None:
@@ -71,4 +75,5 @@ class TorchModelStage(Generic[M]):
             voices=(VOICE_NAME,),
             sample_rate_hz=SAMPLE_RATE_HZ,
             weights_source=self._source,
+            weights_sha256=self._sha256,
         )

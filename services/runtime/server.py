@@ -258,6 +258,7 @@ class _StageInfoServicer(stage_pb2_grpc.StageInfoServicer):
             voices=list(d.voices),
             sample_rate_hz=d.sample_rate_hz,
             weights_source=d.weights_source,
+            weights_sha256=d.weights_sha256,
         )
 
 

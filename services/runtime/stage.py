@@ -23,6 +23,8 @@ class ModelDescription:
     voices: tuple[str, ...]
     sample_rate_hz: int
     weights_source: str
+    #: Hex sha256 of the loaded weights file; empty for a seeded initialisation.
+    weights_sha256: str = ""
 
 
 class Stage(Protocol):

@@ -26,22 +26,21 @@ def check_voice(voice: str, available: frozenset[str] | set[str] = frozenset({VO
         raise InvalidArgument(f"unknown voice; available voices: {names}")
 
 
-def shipped_checkpoint(stage: str) -> str | None:
-    """The trained weights committed under `models/<voice>/` for `stage`, if present.
-
-    Looked up next to the source tree (editable installs, containers that copy `models/`).
-    """
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "models" / VOICE_NAME / f"{stage}.safetensors"
-    return str(path) if path.is_file() else None
-
-
 def resolve_checkpoint(flag: str, stage: str) -> str | None:
-    """`--checkpoint` semantics: `auto` = the shipped weights (seeded init if none are
-    shipped), `none` = the seeded initialisation, anything else = a path."""
+    """`--checkpoint` semantics: `auto` = the shipped voice's weights for `stage` (verified
+    against its config.json), `none` = the seeded, untrained initialisation (only when asked
+    for), anything else = a path.
+
+    Exits the process with a one-line error when the shipped voice cannot be found: a stage
+    must never fall back to untrained weights on its own.
+    """
+    from services.voices import VoiceNotFound, stage_weights
+
     if flag == "auto":
-        return shipped_checkpoint(stage)
+        try:
+            return str(stage_weights(VOICE_NAME, stage).path)
+        except VoiceNotFound as exc:
+            raise SystemExit(f"error: {stage}: {exc}") from None
     if flag in ("", "none"):
         return None
     return flag

