@@ -11,7 +11,8 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard protos/voxline/v1/*.proto)
 GEN    := gen/voxline/v1/.generated-stamp
 
-.PHONY: help venv proto run serve test lint fmt clean bench k8s-validate train
+.PHONY: help venv proto run serve test test-deps lint fmt clean bench k8s-config k8s-validate \
+        train image container-test
 
 help:
 	@echo "make run    - start the local stack, synthesise out/demo.wav, print TTFA/RTF, stop"
@@ -20,6 +21,9 @@ help:
 	@echo "make proto  - regenerate gRPC code into gen/ (never edit gen/)"
 	@echo "make train  - regenerate the teacher data and retrain services/voices/voxline-en-us (CPU, ~35 min)"
 	@echo "make bench  - latency/TTFA/RTF, telemetry on vs off, concurrency -> bench/results/*.json"
+	@echo "make image  - build the CPU service image with podman (voxline:0.1.0-cpu)"
+	@echo "make container-test - the image's four services as four containers, end to end"
+	@echo "make k8s-config - copy the observability configs into k8s/ (after editing them)"
 
 # The venv is rebuilt when pyproject.toml changes. torch is installed first and alone so pip
 # takes the pinned CPU build from local disk instead of resolving a CUDA build.
@@ -61,12 +65,25 @@ fmt: proto
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Offline: yamllint k8s/, kubectl kustomize every overlay, kubernetes-validate --strict
-# -k 1.30.0, KEDA ScaledObjects against the vendored CRD schema (k8s/crds/).
+# Debian packages the tests run for real: Prometheus and promtool (rule tests, integration
+# tests). Installed with apt-get when running as root or with passwordless sudo; otherwise
+# make stops at once, naming the package to install.
+TEST_DEBS := prometheus:prometheus prometheus:promtool
+
+test-deps:
+	@deploy/ensure-debian-packages.sh $(TEST_DEBS)
+
+# The collector/Prometheus/Grafana configs, copied where `kubectl apply -k` can read them.
+k8s-config:
+	python3 deploy/k8s_config.py
+
+# Offline: the copies above are current, yamllint k8s/, kubectl kustomize every overlay (no
+# flags, as `kubectl apply -k`), kubernetes-validate --strict -k 1.30.0, KEDA ScaledObjects
+# against the vendored CRD schema (k8s/crds/).
 k8s-validate: proto
 	$(PY) deploy/k8s_validate.py
 
-test: proto lint k8s-validate
+test: test-deps proto lint k8s-validate
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 clean:

@@ -1,9 +1,10 @@
 """Offline checks of the Kubernetes manifests in k8s/ (`make k8s-validate`, CI).
 
+0. the observability configs copied into k8s/observability/files/ match their sources
+   (deploy/k8s_config.py; `make k8s-config` refreshes them);
 1. yamllint over k8s/ (config k8s/.yamllint);
-2. every overlay in k8s/overlays/ renders with `kubectl kustomize --load-restrictor
-   LoadRestrictionsNone` (the collector config, Prometheus config/rules and Grafana
-   dashboards live outside k8s/);
+2. every overlay in k8s/overlays/ renders with plain `kubectl kustomize` (the default load
+   restrictor, exactly as `kubectl apply -k` renders it);
 3. the rendered built-in kinds validate with `kubernetes-validate --strict -k 1.30.0 -`
    (schema only, reads the multi-document YAML from stdin);
 4. custom resources (kubernetes-validate only warns about them) validate against the vendored
@@ -32,6 +33,9 @@ from typing import Any
 
 import jsonschema
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import k8s_config  # a sibling script, not an installed module
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
@@ -84,7 +88,7 @@ def render(overlay: Path | str) -> str:
     if not path.is_absolute():
         path = OVERLAYS / path if (OVERLAYS / path).is_dir() else ROOT / path
     proc = subprocess.run(
-        [tool("kubectl"), "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(path)],
+        [tool("kubectl"), "kustomize", str(path)],
         capture_output=True,
         text=True,
         check=False,
@@ -200,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
 
     failed = False
     lines: list[str] = []
+
+    stale = k8s_config.stale()
+    lines += _report(not stale, "k8s/observability/files/ matches its sources", "\n".join(stale))
+    failed |= bool(stale)
 
     rc, out = yamllint([K8S])
     lines += _report(rc == 0, "yamllint k8s/", out)

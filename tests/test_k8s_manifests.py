@@ -784,6 +784,25 @@ def test_collector_rbac_for_k8sattributes(rendered: dict[str, list[dict[str, Any
     assert binding["subjects"][0]["name"] == dep["spec"]["template"]["spec"]["serviceAccountName"]
 
 
+def test_observability_copies_match_their_sources() -> None:
+    """k8s/observability/files/ (what `kubectl apply -k` reads) equals collector-config/ and
+    deploy/ byte for byte, and holds nothing else: `make k8s-config` was run after each edit."""
+    assert kv.k8s_config.stale() == []
+    assert set(kv.k8s_config.sources()) == {
+        p.name for p in (ROOT / "k8s/observability/files").iterdir()
+    }
+
+
+def test_overlays_build_with_the_default_load_restrictor() -> None:
+    """`kubectl apply -k` renders with kustomize's default load restrictor: no flag may be
+    needed (kv.render passes none; this pins that)."""
+    import inspect
+
+    assert "load-restrictor" not in inspect.getsource(kv.render)
+    for overlay in OVERLAYS:
+        assert kv.documents(kv.render(overlay)), overlay
+
+
 def test_prometheus_and_grafana_files(rendered: dict[str, list[dict[str, Any]]]) -> None:
     """Every rule file and dashboard of deploy/ ships; configs are the repository's files."""
     rule_files = sorted(p.name for p in (ROOT / "deploy/prometheus/rules").glob("*.yml"))
