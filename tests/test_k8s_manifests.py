@@ -573,6 +573,21 @@ def test_every_container_has_requests_and_memory_limits(
             assert "memory" in res.get("limits", {}), (overlay, c["name"])
 
 
+def test_model_stage_threads_follow_the_cpu_limit(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """torch threads come from the container's own CPU limit (downward API), never a number
+    that can disagree with it or the node's core count; OpenMP waits passively."""
+    for overlay, docs in rendered.items():
+        for stage in ("frontend", "acoustic", "vocoder"):
+            (c,) = _named(docs, "Deployment", stage)["spec"]["template"]["spec"]["containers"]
+            env = {e["name"]: e for e in c["env"]}
+            ref = env["VOXLINE_TORCH_THREADS"].get("valueFrom", {}).get("resourceFieldRef")
+            assert ref == {"resource": "limits.cpu", "divisor": "1"}, (overlay, stage)
+            assert "cpu" in c["resources"]["limits"], (overlay, stage)
+            assert env["OMP_WAIT_POLICY"]["value"] == "PASSIVE", (overlay, stage)
+
+
 # ---------------------------------------------------------------------------------------------
 # Autoscaling: HPAs, prometheus-adapter rules, KEDA ScaledObjects
 # ---------------------------------------------------------------------------------------------

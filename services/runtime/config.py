@@ -30,7 +30,7 @@ class ServiceConfig:
     port: int = 0
     device: str = "auto"
     dtype: str = "auto"
-    torch_threads: int = 1
+    torch_threads: int = 0
     workers: int = 8
     max_concurrent_rpcs: int = 32
     max_queue: int = 16
@@ -58,7 +58,12 @@ def build_parser(service: str, description: str) -> argparse.ArgumentParser:
     add("port", int, DEFAULT_PORTS.get(service, 0), "gRPC port (0 = pick a free one)")
     add("device", str, "auto", "torch device: auto | cpu | cuda | cuda:N")
     add("dtype", str, "auto", "inference precision: auto (fp16 on CUDA) | fp32 | fp16 | bf16")
-    add("torch-threads", int, 1, "torch intra-op threads (keep small when stages share cores)")
+    add(
+        "torch-threads",
+        int,
+        0,
+        "torch intra-op threads; 0 = the CPUs the container's limit grants (cgroup quota)",
+    )
     add("workers", int, 8, "gRPC handler threads")
     add("max-concurrent-rpcs", int, 32, "beyond this, calls get RESOURCE_EXHAUSTED")
     add("max-queue", int, 16, "requests allowed to wait for the model before RESOURCE_EXHAUSTED")

@@ -30,6 +30,7 @@ from opentelemetry import trace
 from voxline.v1 import stage_pb2, stage_pb2_grpc
 
 from services.runtime.config import ServiceConfig
+from services.runtime.cpus import torch_threads
 from services.runtime.errors import Unavailable, grpc_status_for
 from services.runtime.lane import InferenceLane
 from services.runtime.stage import Stage
@@ -274,7 +275,7 @@ def serve(
     """
     global _runtime
     configure_logging(config.service, config.log_level)
-    torch.set_num_threads(max(1, config.torch_threads))
+    torch.set_num_threads(torch_threads(config.torch_threads))
     telemetry = init_telemetry(
         config.service,
         service_version=_version(),
