@@ -85,6 +85,19 @@ k8s-validate: proto
 
 test: test-deps proto lint k8s-validate
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory container-test
+
+# The CPU service image, built with podman from deploy/docker/Dockerfile on a local Debian
+# base (no Docker engine or registry needed; installs podman, mmdebstrap and runc like
+# test-deps installs prometheus). IMAGE=name:tag to change the tag.
+IMAGE ?= voxline:0.1.0-cpu
+
+image:
+	IMAGE=$(IMAGE) deploy/container/build-image.sh
+
+# The image's four services as four containers on loopback, end to end (tests/test_container.py).
+container-test: proto image
+	VOXLINE_IMAGE=$(IMAGE) $(PY) -m pytest -q -m container tests/test_container.py
 
 clean:
 	rm -rf gen out runs .pytest_cache .ruff_cache

@@ -275,7 +275,8 @@ def serve(
     """
     global _runtime
     configure_logging(config.service, config.log_level)
-    torch.set_num_threads(torch_threads(config.torch_threads))
+    threads = torch_threads(config.torch_threads)
+    torch.set_num_threads(threads)
     telemetry = init_telemetry(
         config.service,
         service_version=_version(),
@@ -345,6 +346,7 @@ def serve(
                         "trained": d.trained,
                         "device": d.device,
                         "dtype": d.dtype,
+                        "torch_threads": threads,
                         "load_s": round(t1 - t0, 3),
                         "warmup_s": round(time.perf_counter() - t1, 3),
                     },
