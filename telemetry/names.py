@@ -106,6 +106,13 @@ ATTR_VOICE: Final = "voxline.voice"
 ATTR_SYNTHESIS_METHOD: Final = "voxline.synthesis.method"
 #: Span attribute: number of requests in a model batch (int).
 ATTR_BATCH_SIZE: Final = "voxline.batch.size"
+#: Span attribute: share of a padded batch that is padding, 0..1 (double).
+ATTR_BATCH_PADDING: Final = "voxline.batch.padding_ratio"
+#: Scheduling class of a request (:data:`PRIORITIES`): bounded, usable as a metric label.
+ATTR_PRIORITY: Final = "voxline.priority"
+PRIORITY_INTERACTIVE: Final = "interactive"
+PRIORITY_BULK: Final = "bulk"
+PRIORITIES: Final = frozenset({PRIORITY_INTERACTIVE, PRIORITY_BULK})
 #: Span attribute: length of the input text in characters (int) — never the text itself.
 ATTR_TEXT_LENGTH: Final = "voxline.text.length"
 #: Span attribute: number of phonemes / tokens fed to the acoustic model (int).

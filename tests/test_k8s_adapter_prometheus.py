@@ -129,6 +129,9 @@ class Vocoder:
                 "--torch-threads=1",
                 "--drain-seconds=1",
                 "--max-queue=32",
+                # One request per model execution: the contention test below needs callers
+                # that queue for the model rather than share its batches.
+                "--max-batch-size=1",
             ],
             env=env,
             cwd=ROOT,
@@ -299,7 +302,7 @@ def test_queue_compute_ratio_sees_the_contention(
 ) -> None:
     server, at, _ = prom
     ratio = _per_pod(server, _rule("voxline_queue_compute_ratio"), at)
-    # Four callers on one model lane wait ~3x as long as they compute; one caller never waits.
+    # Four callers on one unbatched model wait ~3x as long as they compute; one never waits.
     assert ratio[BUSY] > 1.0, ratio
     assert ratio[IDLE] < 0.25, ratio
 

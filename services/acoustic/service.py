@@ -9,7 +9,7 @@ import grpc
 import torch
 from voxline.v1 import acoustic_pb2, acoustic_pb2_grpc
 
-from services.acoustic.stage import AcousticStage
+from services.acoustic.stage import AcousticInput, AcousticStage
 from services.runtime.config import add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.server import StageRuntime, rpc_method, serve
@@ -32,6 +32,7 @@ class AcousticServicer(acoustic_pb2_grpc.AcousticModelServicer):
     ) -> torch.Tensor:
         with self._rt.phase(names.PHASE_PREPROCESS):
             self._rt.require_ready()
+            start = self._rt.playback_start(context)
             self._rt.annotate(self._rt.model_attributes())
             check_voice(request.voice)
             if request.chunk_frames < 0:
@@ -43,8 +44,7 @@ class AcousticServicer(acoustic_pb2_grpc.AcousticModelServicer):
             self._rt.annotate(
                 {names.ATTR_TOKEN_COUNT: int(features.shape[0]), names.ATTR_MEL_FRAMES: frames}
             )
-        with self._rt.model(context), self._rt.phase(names.PHASE_INFERENCE):
-            return self._stage.generate(features, durations)
+        return self._rt.infer(context, AcousticInput(features, durations), urgency=start)
 
     @rpc_method
     def Generate(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from services.acoustic.model import AcousticModel
@@ -14,6 +16,14 @@ MODEL_NAME = "voxline-acoustic-conv"
 MODEL_VERSION = "0.1.0"
 # Longest mel one request may ask for (~3 min of audio): bounds memory per call.
 MAX_FRAMES = 16_000
+
+
+@dataclass
+class AcousticInput:
+    """One request's validated input: phoneme features [T, D] and durations [T] in frames."""
+
+    features: torch.Tensor
+    durations: torch.Tensor
 
 
 class AcousticStage(TorchModelStage[AcousticModel]):
@@ -66,13 +76,38 @@ class AcousticStage(TorchModelStage[AcousticModel]):
         if not bool(torch.isfinite(features).all()):
             raise InvalidArgument("features contain NaN or infinity")
 
-    @torch.inference_mode()
     def generate(self, features: torch.Tensor, durations: torch.Tensor) -> torch.Tensor:
-        """[T, D] features + [T] frames -> [80, frames] float32 log-mel on CPU."""
-        assert self.model is not None
+        """[T, D] features + [T] frames -> [80, frames] float32 log-mel on CPU (a batch of
+        one; see :meth:`execute`)."""
         self.validate(features, durations)
-        mel = self.model(features.to(self.device, self.dtype), durations.to(self.device))
+        return self.execute([AcousticInput(features, durations)])[0]
+
+    @torch.inference_mode()
+    def execute(self, requests: list[AcousticInput]) -> list[torch.Tensor]:
+        """Validated inputs of several requests -> one log-mel [80, frames_i] each (float32,
+        CPU). One padded batch: padding phonemes last 0 frames, and the decoder and postnet
+        mask the padded frames, so each row is computed as it would be alone."""
+        assert self.model is not None
+        features = torch.nn.utils.rnn.pad_sequence(
+            [r.features.to(self.dtype) for r in requests], batch_first=True
+        )
+        durations = torch.nn.utils.rnn.pad_sequence(
+            [r.durations.to(torch.int64) for r in requests], batch_first=True
+        )
+        frames, mask = self.model.expand(
+            features.to(self.device, self.dtype), durations.to(self.device)
+        )
+        _, mel = self.model.decode(frames, mask)
         synchronize(self.device)
         mel = mel.float().cpu()
-        assert mel.shape[0] == N_MELS
-        return mel
+        out = []
+        for i, r in enumerate(requests):
+            row = mel[i, : int(r.durations.sum())].transpose(0, 1).contiguous()
+            assert row.shape[0] == N_MELS
+            out.append(row)
+        return out
+
+    @staticmethod
+    def batch_length(request: AcousticInput) -> int:
+        """Padded length of a request's row: its mel frames."""
+        return int(request.durations.sum())

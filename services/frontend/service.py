@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import grpc
 from voxline.v1 import frontend_pb2, frontend_pb2_grpc
 
-from services.frontend.stage import MODEL_VERSION, FrontendStage
+from services.frontend.stage import MODEL_VERSION, FrontendInput, FrontendStage
 from services.runtime.config import add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.server import StageRuntime, rpc_method, serve
@@ -44,13 +44,10 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
             rate = request.speaking_rate or 1.0
             if not math.isfinite(rate) or rate <= 0:
                 raise InvalidArgument(f"speaking_rate must be > 0, got {rate}")
+            start = self._rt.playback_start(context)
             prepared = self._stage.prepare(request.text)
             tokens = sum(len(s.phoneme_ids) for s in prepared)
-        with (
-            self._rt.model(context),
-            self._rt.phase(names.PHASE_INFERENCE, **{names.ATTR_BATCH_SIZE: len(prepared)}),
-        ):
-            encoded = self._stage.encode(prepared, rate)
+        encoded = self._rt.infer(context, FrontendInput(prepared, rate), urgency=start)
         with self._rt.phase(names.PHASE_POSTPROCESS):
             response = frontend_pb2.AnalyzeResponse(model_version=MODEL_VERSION)
             for s in encoded:

@@ -43,6 +43,14 @@ class EncodedSentence:
     num_chars: int
 
 
+@dataclass
+class FrontendInput:
+    """One request's input to the model: its prepared sentences and speaking rate."""
+
+    sentences: list[PreparedSentence]
+    speaking_rate: float
+
+
 class FrontendStage(TorchModelStage[FrontendModel]):
     """Text analysis + phoneme encoder/duration model."""
 
@@ -92,29 +100,50 @@ class FrontendStage(TorchModelStage[FrontendModel]):
             raise InvalidArgument("text produced no pronounceable phonemes")
         return out
 
-    @torch.inference_mode()
     def encode(
         self, sentences: list[PreparedSentence], speaking_rate: float
     ) -> list[EncodedSentence]:
-        """The torch half: one padded batch through encoder + duration predictor."""
+        """The torch half for one request (a batch of one; see :meth:`execute`)."""
+        return self.execute([FrontendInput(sentences, speaking_rate)])[0]
+
+    @torch.inference_mode()
+    def execute(self, requests: list[FrontendInput]) -> list[list[EncodedSentence]]:
+        """The torch half for a batch of requests: every sentence of every request in one
+        padded batch through encoder + duration predictor (the model masks the padding), then
+        durations at each request's own speaking rate."""
         assert self.model is not None
-        if speaking_rate <= 0:
-            raise InvalidArgument(f"speaking_rate must be > 0, got {speaking_rate}")
+        for r in requests:
+            if r.speaking_rate <= 0:
+                raise InvalidArgument(f"speaking_rate must be > 0, got {r.speaking_rate}")
+        sentences = [s for r in requests for s in r.sentences]
         lengths = torch.tensor([len(s.phoneme_ids) for s in sentences])
         ids = torch.nn.utils.rnn.pad_sequence(
             [s.phoneme_ids for s in sentences], batch_first=True, padding_value=0
         )
         features, log_durations = self.model(ids.to(self.device), lengths.to(self.device))
         synchronize(self.device)
-        features = features.float().cpu()
-        frames = durations_to_frames(log_durations, speaking_rate).cpu()
-        out = []
-        for i, s in enumerate(sentences):
-            n = int(lengths[i])
-            durations = frames[i, :n].clone()
-            if int(durations.sum()) == 0:  # a very high rate can round everything away
-                durations[n // 2] = 1
-            out.append(
-                EncodedSentence(s.index, s.phoneme_ids, features[i, :n], durations, s.num_chars)
-            )
+        features, log_durations = features.float().cpu(), log_durations.float().cpu()
+        out: list[list[EncodedSentence]] = []
+        row = 0
+        for r in requests:
+            rows = slice(row, row + len(r.sentences))
+            frames = durations_to_frames(log_durations[rows], r.speaking_rate)
+            encoded = []
+            for i, s in enumerate(r.sentences):
+                n = int(lengths[row + i])
+                durations = frames[i, :n].clone()
+                if int(durations.sum()) == 0:  # a very high rate can round everything away
+                    durations[n // 2] = 1
+                encoded.append(
+                    EncodedSentence(
+                        s.index, s.phoneme_ids, features[row + i, :n], durations, s.num_chars
+                    )
+                )
+            out.append(encoded)
+            row += len(r.sentences)
         return out
+
+    @staticmethod
+    def batch_length(request: FrontendInput) -> int:
+        """Padded length of a request's rows: its longest sentence in phoneme ids."""
+        return max(len(s.phoneme_ids) for s in request.sentences)

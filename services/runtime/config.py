@@ -21,6 +21,21 @@ def _env(name: str, default: Any) -> Any:
     return os.environ.get("VOXLINE_" + name.upper().replace("-", "_"), default)
 
 
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """A stage's batching settings (flags `--max-batch-size`, `--max-queue-delay-ms`,
+    `--max-queue`, `--instances`)."""
+
+    max_batch_size: int = 8
+    max_queue_delay_s: float = 0.0
+    max_queue: int = 16
+    instances: int = 1
+
+
+#: The scheduler defaults, stated once (ServiceConfig and the flags take them from here).
+SCHEDULER_DEFAULTS = SchedulerConfig()
+
+
 @dataclass
 class ServiceConfig:
     """What every Voxline service understands (stage-specific extras live in `extra`)."""
@@ -33,7 +48,10 @@ class ServiceConfig:
     torch_threads: int = 0
     workers: int = 8
     max_concurrent_rpcs: int = 32
-    max_queue: int = 16
+    max_queue: int = SCHEDULER_DEFAULTS.max_queue
+    max_batch_size: int = SCHEDULER_DEFAULTS.max_batch_size
+    max_queue_delay_ms: float = SCHEDULER_DEFAULTS.max_queue_delay_s * 1000.0
+    instances: int = SCHEDULER_DEFAULTS.instances
     drain_seconds: float = 20.0
     max_connection_age_s: float = 300.0
     max_connection_age_grace_s: float = 600.0
@@ -45,6 +63,16 @@ class ServiceConfig:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def scheduler(self) -> SchedulerConfig:
+        """The model scheduler's settings (services/runtime/scheduler.py)."""
+        return SchedulerConfig(
+            max_batch_size=self.max_batch_size,
+            max_queue_delay_s=self.max_queue_delay_ms / 1000.0,
+            max_queue=self.max_queue,
+            instances=self.instances,
+        )
 
 
 def build_parser(service: str, description: str) -> argparse.ArgumentParser:
@@ -66,7 +94,16 @@ def build_parser(service: str, description: str) -> argparse.ArgumentParser:
     )
     add("workers", int, 8, "gRPC handler threads")
     add("max-concurrent-rpcs", int, 32, "beyond this, calls get RESOURCE_EXHAUSTED")
-    add("max-queue", int, 16, "requests allowed to wait for the model before RESOURCE_EXHAUSTED")
+    d = SCHEDULER_DEFAULTS
+    add("max-queue", int, d.max_queue, "requests waiting for the model before RESOURCE_EXHAUSTED")
+    add("max-batch-size", int, d.max_batch_size, "most requests one model execution serves")
+    add(
+        "max-queue-delay-ms",
+        float,
+        d.max_queue_delay_s * 1000.0,
+        "how long a request may wait for others to batch with (0: batch what is queued)",
+    )
+    add("instances", int, d.instances, "model instances (worker threads) running batches")
     add("drain-seconds", float, 20.0, "on SIGTERM, time allowed for in-flight calls to finish")
     add(
         "max-connection-age-s",
@@ -100,6 +137,9 @@ def parse_config(
         "workers",
         "max_concurrent_rpcs",
         "max_queue",
+        "max_batch_size",
+        "max_queue_delay_ms",
+        "instances",
         "drain_seconds",
         "max_connection_age_s",
         "max_connection_age_grace_s",

@@ -64,6 +64,11 @@ class TorchModelStage(Generic[M]):
     def finalize(self) -> None:
         self.model = None
 
+    @staticmethod
+    def batch_key(request: object) -> None:
+        """Every input may share a batch with every other (the models mask padding)."""
+        return None
+
     def describe(self) -> ModelDescription:
         return ModelDescription(
             stage=self.name,

@@ -14,6 +14,7 @@ import gc
 import importlib.metadata
 import inspect
 import logging
+import math
 import signal
 import threading
 import time
@@ -32,7 +33,7 @@ from voxline.v1 import stage_pb2, stage_pb2_grpc
 from services.runtime.config import ServiceConfig
 from services.runtime.cpus import torch_threads
 from services.runtime.errors import Unavailable, grpc_status_for
-from services.runtime.lane import InferenceLane
+from services.runtime.scheduler import BatchScheduler, Job
 from services.runtime.stage import Stage
 from telemetry import StageMetrics, Telemetry, init_telemetry, names, phase_span
 from telemetry.grpc import mark_span_error
@@ -42,6 +43,11 @@ log = logging.getLogger("voxline.runtime")
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
+
+#: Request metadata from the gateway: audio (ms) its listener has buffered when it calls.
+PLAYBACK_BUFFER_METADATA = "voxline-playback-buffer-ms"
+# A hint beyond this is not believable (and must not push a job to the back forever).
+MAX_PLAYBACK_BUFFER_MS = 600_000.0
 
 # Messages carry whole mels/audio for long texts: allow up to 64 MiB.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -133,7 +139,7 @@ class _NullTracker:
 
 
 class StageRuntime:
-    """What a servicer needs from the runtime: readiness, the model lane, phases, telemetry."""
+    """What a servicer needs from the runtime: readiness, the model scheduler, phases, telemetry."""
 
     def __init__(self, config: ServiceConfig, stage: Stage | None, telemetry: Telemetry) -> None:
         self.config = config
@@ -141,7 +147,17 @@ class StageRuntime:
         self.telemetry = telemetry
         self.tracer = telemetry.tracer
         self.metrics = StageMetrics(telemetry.meter, config.service)
-        self.lane = InferenceLane(config.service, config.max_queue)
+        self.scheduler: BatchScheduler[Any, Any] | None = None
+        if stage is not None:
+            self.scheduler = BatchScheduler(
+                config.service,
+                stage.execute,
+                config.scheduler,
+                metrics=self.metrics,
+                tracer=self.tracer,
+                key_of=stage.batch_key,
+                size_of=stage.batch_length,
+            )
         self.ready = threading.Event()
         self._model_attributes: dict[str, Any] | None = None
         self._tile_phases = stage is not None
@@ -155,15 +171,69 @@ class StageRuntime:
         if not self.ready.is_set():
             raise Unavailable(f"{self.config.service} is still loading its model; retry shortly")
 
-    @contextmanager
-    def model(self, context: grpc.ServicerContext) -> Iterator[None]:
-        """Hold exclusive use of the model; the wait for it is the `queue` phase."""
-        with self.phase(names.PHASE_QUEUE, waiting=self.lane.waiting):
-            self.lane.acquire(context.time_remaining())
+    def playback_start(self, context: grpc.ServicerContext) -> float:
+        """When this call's listener would run out of the audio already sent to them
+        (`time.monotonic()`): now plus the `voxline-playback-buffer-ms` the gateway sends
+        (0 when absent: the listener is waiting). Add the audio this call has produced so
+        far to get a job's urgency (playback-aware earliest deadline first)."""
+        hint = dict(context.invocation_metadata() or ()).get(PLAYBACK_BUFFER_METADATA, "0")
         try:
-            yield
-        finally:
-            self.lane.release()
+            buffered_ms = float(hint)
+        except ValueError:
+            buffered_ms = 0.0  # a malformed hint only costs the call its place in line
+        if not math.isfinite(buffered_ms):
+            buffered_ms = 0.0
+        buffered_ms = min(max(buffered_ms, 0.0), MAX_PLAYBACK_BUFFER_MS)
+        return time.monotonic() + buffered_ms / 1000.0
+
+    def infer(
+        self, context: grpc.ServicerContext, payload: Any, *, urgency: float | None = None
+    ) -> Any:
+        """Run one input through the stage's model via the scheduler (batched with others).
+
+        The wait until its batch starts is the `queue` phase; the batch's execution is the
+        `inference` phase. The caller's deadline and cancellation reach the queued job.
+        `urgency` (a `time.monotonic()` instant by which the output is needed) orders the
+        queue; default: now.
+        """
+        return self.infer_many(context, [payload], [urgency])[0]
+
+    def infer_many(
+        self,
+        context: grpc.ServicerContext,
+        payloads: list[Any],
+        urgencies: list[float | None] | None = None,
+    ) -> list[Any]:
+        """`infer` for several inputs of one request, submitted together (they may share a
+        batch with each other and with other requests); outputs in input order."""
+        assert self.scheduler is not None, "infer() needs a model stage"
+        deadline = _deadline(context)
+        urgencies = urgencies or [None] * len(payloads)
+        jobs: list[Job[Any, Any]] = []
+        try:
+            with self.phase(names.PHASE_QUEUE, waiting=self.scheduler.waiting):
+                jobs = self.scheduler.submit_many(
+                    payloads, urgencies, deadline=deadline, is_active=context.is_active
+                )
+                self.scheduler.wait_started(jobs[0])
+            # The jobs may run in several batches, interleaved with other requests' work:
+            # each wait for the next job to start is `queue`, each stretch of running is
+            # `inference`, so the phases keep telling waiting from computing.
+            outputs: list[Any] = []
+            while len(outputs) < len(jobs):
+                job = jobs[len(outputs)]
+                if not job.started.is_set():
+                    with self.phase(names.PHASE_QUEUE, waiting=self.scheduler.waiting):
+                        self.scheduler.wait_started(job)
+                with self.phase(names.PHASE_INFERENCE):
+                    outputs.append(self.scheduler.wait_result(job))
+                    while len(outputs) < len(jobs) and jobs[len(outputs)].started.is_set():
+                        outputs.append(self.scheduler.wait_result(jobs[len(outputs)]))
+            return outputs
+        except BaseException:
+            for job in jobs:  # nothing left queued for a request that failed
+                self.scheduler.abandon(job)
+            raise
 
     @contextmanager
     def phase(self, name: str, **attributes: Any) -> Iterator[None]:
@@ -358,6 +428,8 @@ def serve(
                         config.service,
                         d.weights_source,
                     )
+            if runtime.scheduler is not None:
+                runtime.scheduler.start()
             # Start-up objects never die: keep the garbage collector from rescanning them
             # on every request (cuts traced tail latency, see docs/telemetry.md).
             gc.freeze()
@@ -387,10 +459,21 @@ def serve(
     t0 = time.perf_counter()
     server.stop(grace=config.drain_seconds).wait()
     log.info("drained", extra={"drain_s": round(time.perf_counter() - t0, 3)})
+    if runtime.scheduler is not None:
+        runtime.scheduler.stop()
     if stage is not None and runtime.ready.is_set():
         stage.finalize()
     telemetry.shutdown()
     return 1 if failed.is_set() else 0
+
+
+def _deadline(context: grpc.ServicerContext) -> float | None:
+    """The caller's deadline as a time.monotonic() instant (None: no deadline)."""
+    remaining = context.time_remaining()
+    # grpc reports "no deadline" as a huge number.
+    if remaining is None or remaining > 10 * 365 * 24 * 3600:
+        return None
+    return time.monotonic() + max(0.0, remaining)
 
 
 def _version() -> str:

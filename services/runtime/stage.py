@@ -6,8 +6,9 @@ owns threads, queues, health, gRPC and telemetry around it.
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,14 @@ class ModelDescription:
 
 
 class Stage(Protocol):
-    """Lifecycle of a model stage. `infer`-style methods are stage-specific and typed."""
+    """A model stage: its lifecycle, and one batch-shaped entry point for its model.
+
+    `execute` takes a *list* of inputs (one per request, already validated) and returns one
+    output per input, in order, so batching never changes the interface (a batch of one is
+    the trivial case). The runtime's scheduler (services/runtime/scheduler.py) owns when and
+    with whom an input runs; `batch_key` says which inputs may share a batch (equal keys)
+    and `batch_length` an input's length along the padded axis.
+    """
 
     name: str
 
@@ -43,3 +51,12 @@ class Stage(Protocol):
 
     def describe(self) -> ModelDescription:
         """Model name, version, device, precision, voices; valid after `load`."""
+
+    def execute(self, requests: list[Any]) -> Sequence[Any]:
+        """Run the model once for all `requests`; one output per request, in order."""
+
+    def batch_key(self, request: Any) -> Hashable:
+        """Inputs with equal keys may share a batch (a shape bucket; None: any)."""
+
+    def batch_length(self, request: Any) -> int:
+        """The input's length along the padded axis (for padding-waste telemetry)."""

@@ -14,7 +14,7 @@ from services.runtime.errors import InvalidArgument
 from services.runtime.server import StageRuntime, rpc_method, serve
 from services.runtime.tensors import from_proto, to_proto
 from services.runtime.voice import N_MELS, check_voice
-from services.vocoder.stage import VocoderStage
+from services.vocoder.stage import VocoderStage, Window
 from telemetry import names
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -46,11 +46,19 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
     ) -> vocoder_pb2.VocodeResponse:
         with self._rt.phase(names.PHASE_PREPROCESS):
             self._rt.require_ready()
+            start = self._rt.playback_start(context)
             self._rt.annotate(self._rt.model_attributes())
             mel = self._mel(request, allow_empty=False)
-        with self._rt.model(context), self._rt.phase(names.PHASE_INFERENCE):
-            audio = self._stage.infer(mel)
+            # Vocoded in bounded windows, like a stream: shapes and memory stay bounded, the
+            # windows batch with each other and with other requests, and a long utterance
+            # never holds the model while a short one waits: each window is due when its
+            # audio would start playing.
+            stream = self._stage.stream()
+            windows = [*stream.plan(mel), *stream.plan_flush()]
+            due = [start + w.start / self._stage.sample_rate for w in windows]
+        outputs = self._rt.infer_many(context, [w.mel for w in windows], due)
         with self._rt.phase(names.PHASE_POSTPROCESS):
+            audio = stream.finish(windows, outputs)
             response = vocoder_pb2.VocodeResponse(
                 audio=to_proto(audio), sample_rate_hz=self._stage.sample_rate
             )
@@ -72,6 +80,7 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
     ) -> Iterator[vocoder_pb2.AudioChunk]:
         with self._rt.phase(names.PHASE_PREPROCESS):
             self._rt.require_ready()
+            start = self._rt.playback_start(context)
             self._rt.annotate(self._rt.model_attributes())
             stream = self._stage.stream()
         offset = 0
@@ -84,27 +93,27 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
             offset += audio.shape[0]
             return chunk
 
+        def vocode(windows: list[Window]) -> Iterator[vocoder_pb2.AudioChunk]:
+            # One message per window: the first (small) window's audio leaves at once.
+            for window in windows:
+                # Due when the listener has played what this stream has sent so far.
+                due = start + stream.samples_emitted / self._stage.sample_rate
+                output = self._rt.infer(context, window.mel, urgency=due)
+                with self._rt.phase(names.PHASE_POSTPROCESS):
+                    message = emit(stream.finish([window], [output]))
+                yield from self._rt.send(message)
+
         # Waiting for the caller's next mel chunk is `transfer` time, not this stage's work.
         for request in self._rt.receive(request_iterator):
             with self._rt.phase(names.PHASE_PREPROCESS):
                 mel = self._mel(request, allow_empty=True)
                 if stream.frames_pushed + mel.shape[1] > MAX_FRAMES:
                     raise InvalidArgument(f"stream exceeds {MAX_FRAMES} mel frames")
-            # Hold the model per chunk, not per stream, so concurrent streams interleave.
-            with self._rt.model(context), self._rt.phase(names.PHASE_INFERENCE):
-                audio = stream.push(mel)
-            if audio.numel():
-                with self._rt.phase(names.PHASE_POSTPROCESS):
-                    message = emit(audio)
-                yield from self._rt.send(message)
+                windows = stream.plan(mel)
+            yield from vocode(windows)
         if stream.frames_pushed == 0:
             raise InvalidArgument("stream carried no mel frames")
-        with self._rt.model(context), self._rt.phase(names.PHASE_INFERENCE):
-            audio = stream.flush()
-        if audio.numel():
-            with self._rt.phase(names.PHASE_POSTPROCESS):
-                message = emit(audio)
-            yield from self._rt.send(message)
+        yield from vocode(stream.plan_flush())
         with self._rt.phase(names.PHASE_POSTPROCESS):
             self._annotate_sizes(stream.frames_pushed, offset)
 
@@ -113,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser("vocoder", "Voxline vocoder: mel -> waveform (HiFi-GAN V1)")
     add_flag(parser, "variant", str, "universal", "HiFi-GAN weights: universal | LJSpeech")
     add_flag(parser, "chunk-frames", int, 48, "mel frames vocoded per streaming window")
+    add_flag(parser, "first-chunk-frames", int, 16, "new frames of a stream's first window")
     add_flag(parser, "context-frames", int, 12, "mel frames of context on each side of a window")
     config = parse_config("vocoder", parser, argv)
     stage = VocoderStage(
@@ -121,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dtype=config.dtype,
         chunk_frames=config.extra["chunk_frames"],
         context_frames=config.extra["context_frames"],
+        first_chunk_frames=config.extra["first_chunk_frames"],
     )
 
     def register(server: grpc.Server, runtime: StageRuntime) -> list[str]:

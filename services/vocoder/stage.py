@@ -10,6 +10,7 @@ import contextlib
 import importlib.metadata
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -27,12 +28,12 @@ from services.vocoder.hifigan import (
 )
 from services.voices import file_sha256
 
-__all__ = ["StreamingVocoder", "VocoderStage", "to_pcm16"]
+__all__ = ["StreamingVocoder", "VocoderStage", "Window", "to_pcm16"]
 
 MODEL_NAME = "hifigan-v1"
 
-# Frames of the unary-sized warm-up pass: about 2.3 s of audio, a typical sentence.
-_WARMUP_UNARY_FRAMES = 200
+# Frames streamed by the warm-up: about 2.3 s of audio, a typical sentence.
+_WARMUP_FRAMES = 200
 
 
 def to_pcm16(audio: torch.Tensor) -> torch.Tensor:
@@ -70,6 +71,8 @@ class VocoderStage:
             ``"bf16"`` (weights cast on CUDA; autocast on CPU, where it is only fast with
             native bf16 support — AVX512-BF16/AMX).
         chunk_frames: Most new frames one streaming window vocodes (48 frames ≈ 0.56 s).
+        first_chunk_frames: New frames of a stream's first window (it doubles per window up
+            to ``chunk_frames``): a small first pass brings the first audio sooner.
         context_frames: Frames of mel context on each side of a streaming window. HiFi-GAN V1
             is a non-causal CNN whose receptive field spans about ±13 frames. Measured on a 2 s
             test signal against one-pass output: 8 frames give ~33–40 dB SNR with pushes of
@@ -86,13 +89,18 @@ class VocoderStage:
         dtype: str = "auto",
         chunk_frames: int = 48,
         context_frames: int = 12,
+        first_chunk_frames: int = 16,
     ) -> None:
-        if chunk_frames < 1:
-            raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
+        if chunk_frames < 1 or first_chunk_frames < 1:
+            raise ValueError(
+                f"chunk_frames and first_chunk_frames must be >= 1, got "
+                f"{chunk_frames}, {first_chunk_frames}"
+            )
         if context_frames < 0:
             raise ValueError(f"context_frames must be >= 0, got {context_frames}")
         self.variant = variant
         self.chunk_frames = chunk_frames
+        self.first_chunk_frames = first_chunk_frames
         self.context_frames = context_frames
         self._device_spec = device
         self._dtype_spec = dtype
@@ -137,14 +145,15 @@ class VocoderStage:
         self._weights_sha256 = file_sha256(path)
 
     def warmup(self) -> None:
-        """Run a streaming-window-sized and a unary-sized pass so first requests are not slow.
+        """Run every window shape a stream uses, twice, so first requests are not slow.
 
         (cuDNN picks its algorithms and the CUDA caching allocator sizes its pools per shape.)
         """
-        silence = MEL_CONFIG.log_floor
-        window = self.chunk_frames + 2 * self.context_frames
-        for frames in (window, window, _WARMUP_UNARY_FRAMES):
-            self._vocode(torch.full((N_MELS, frames), silence))
+        silence = torch.full((N_MELS, _WARMUP_FRAMES), MEL_CONFIG.log_floor)
+        for _ in range(2):
+            stream = self.stream()
+            stream.push(silence)
+            stream.flush()
         synchronize(self.device)
 
     def finalize(self) -> None:
@@ -217,16 +226,48 @@ class VocoderStage:
 
     def _vocode(self, mel: torch.Tensor) -> torch.Tensor:
         """Vocode a checked ``[80, frames]`` mel into a float32 waveform on the model device."""
+        return self._vocode_batch(mel.unsqueeze(0))[0]
+
+    def _vocode_batch(self, mels: torch.Tensor) -> torch.Tensor:
+        """``[B, 80, frames]`` (equal lengths) -> float32 waveforms ``[B, frames * 256]``."""
         if self._model is None:
             raise RuntimeError("VocoderStage.load() has not been called (or was finalized)")
-        if mel.shape[1] == 0:
-            return torch.zeros(0, device=self.device)
+        if mels.shape[2] == 0:
+            return torch.zeros(mels.shape[0], 0, device=self.device)
         # Under autocast the input stays fp32 and autocast casts; otherwise match the weights.
         input_dtype = torch.float32 if self._autocast else self.dtype
-        x = mel.to(device=self.device, dtype=input_dtype, non_blocking=True).unsqueeze(0)
+        x = mels.to(device=self.device, dtype=input_dtype, non_blocking=True)
         with torch.inference_mode(), self._precision():
             audio = self._model(x)
-        return audio.reshape(-1).float()
+        return audio.reshape(mels.shape[0], -1).float()
+
+    # -- the scheduler's interface -----------------------------------------------------------
+
+    def execute(self, mels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Vocode a batch of mel windows ``[80, n_i]``; float32 waveforms on CPU, in order.
+
+        Windows of equal length run as one batched pass (HiFi-GAN is a CNN without state, so
+        each batch row is computed exactly as it would be alone); different lengths run as
+        separate passes. The scheduler only batches equal lengths (:meth:`batch_key`).
+        """
+        out: list[torch.Tensor | None] = [None] * len(mels)
+        by_length: dict[int, list[int]] = {}
+        for i, mel in enumerate(mels):
+            by_length.setdefault(mel.shape[1], []).append(i)
+        for indices in by_length.values():
+            audio = self._vocode_batch(torch.stack([mels[i].float() for i in indices])).cpu()
+            for row, i in enumerate(indices):
+                out[i] = audio[row]
+        return out  # type: ignore[return-value]
+
+    @staticmethod
+    def batch_key(mel: torch.Tensor) -> int:
+        """Windows batch with windows of the same length (no padding, exact results)."""
+        return int(mel.shape[1])
+
+    @staticmethod
+    def batch_length(mel: torch.Tensor) -> int:
+        return int(mel.shape[1])
 
     def infer(self, mel: torch.Tensor) -> torch.Tensor:
         """Vocode a whole utterance in one pass.
@@ -241,15 +282,32 @@ class VocoderStage:
         return to_pcm16(self._vocode(mel))
 
     def stream(
-        self, chunk_frames: int | None = None, context_frames: int | None = None
+        self,
+        chunk_frames: int | None = None,
+        context_frames: int | None = None,
+        first_chunk_frames: int | None = None,
     ) -> StreamingVocoder:
         """Start a streaming session for one utterance (see :class:`StreamingVocoder`).
 
-        ``chunk_frames``/``context_frames`` override the stage's settings for this stream.
+        ``chunk_frames``/``context_frames``/``first_chunk_frames`` override the stage's
+        settings for this stream.
         """
         if self._model is None:
             raise RuntimeError("VocoderStage.load() has not been called (or was finalized)")
-        return StreamingVocoder(self, chunk_frames, context_frames)
+        return StreamingVocoder(self, chunk_frames, context_frames, first_chunk_frames)
+
+
+@dataclass(frozen=True)
+class Window:
+    """One vocoder pass of a stream: ``[left context | new frames | right context]``.
+
+    ``mel`` is the window's input; its output audio is cropped to ``keep`` (sample indices of
+    the new frames). ``start`` is where that audio begins in the utterance (samples).
+    """
+
+    mel: torch.Tensor
+    keep: slice
+    start: int
 
 
 class StreamingVocoder:
@@ -257,13 +315,19 @@ class StreamingVocoder:
 
     HiFi-GAN is a non-causal CNN: a frame's audio depends on neighbouring frames. A frame is
     therefore vocoded only once ``context_frames`` frames to its right have arrived (or the
-    utterance ended), in windows ``[left context | new frames | right context]`` whose output
-    is cropped to the new frames. Windows hold at most ``chunk_frames`` new frames, so cost and
-    shapes stay bounded however large a push is. At the utterance start the window has no left
-    context, exactly as the one-pass :meth:`VocoderStage.infer` sees zero padding there; at the
-    end :meth:`flush` vocodes the tail without right context, likewise. Pushes plus flush
-    concatenate to exactly ``infer(full_mel)``'s length, and to nearly its samples.
+    utterance ended), in :class:`Window` passes ``[left context | new frames | right
+    context]`` whose output is cropped to the new frames. Windows hold at most
+    ``chunk_frames`` new frames, so cost and shapes stay bounded however large a push is;
+    the first window holds only ``first_chunk_frames`` and each next one doubles up to
+    ``chunk_frames``, so the first audio comes after a small pass (time to first audio) while
+    the steady state keeps the efficient size. At the utterance start the window has no left
+    context, exactly as the one-pass :meth:`VocoderStage.infer` sees zero padding there; at
+    the end the tail is vocoded without right context, likewise. All windows' audio
+    concatenates to exactly ``infer(full_mel)``'s length, and to nearly its samples.
 
+    Two ways to use it: :meth:`push`/:meth:`flush` vocode on the stage directly; or
+    :meth:`plan`/:meth:`plan_flush` return the windows, the caller runs them (through the
+    stage's scheduler, batched with other streams) and hands the outputs to :meth:`finish`.
     Not thread-safe; use one instance per utterance.
     """
 
@@ -272,19 +336,23 @@ class StreamingVocoder:
         stage: VocoderStage,
         chunk_frames: int | None = None,
         context_frames: int | None = None,
+        first_chunk_frames: int | None = None,
     ) -> None:
         self._stage = stage
         self._chunk = stage.chunk_frames if chunk_frames is None else chunk_frames
         self._context = stage.context_frames if context_frames is None else context_frames
-        if self._chunk < 1 or self._context < 0:
+        first = stage.first_chunk_frames if first_chunk_frames is None else first_chunk_frames
+        if self._chunk < 1 or self._context < 0 or first < 1:
             raise ValueError(
-                f"need chunk_frames >= 1 and context_frames >= 0, got "
-                f"{self._chunk}, {self._context}"
+                f"need chunk_frames >= 1, first_chunk_frames >= 1 and context_frames >= 0, got "
+                f"{self._chunk}, {first}, {self._context}"
             )
+        self._next = min(first, self._chunk)
         # Frames not yet vocoded, preceded by up to `context` already-vocoded frames kept as
         # left context. Held on CPU in fp32: it is tiny, and stays independent of the device.
         self._buffer = torch.empty(N_MELS, 0)
         self._left = 0  # how many leading buffer frames are left context
+        self._planned = 0  # frames already given to a window
         self._frames_in = 0
         self._samples_out = 0
         self._finished = False
@@ -304,49 +372,69 @@ class StreamingVocoder:
         """Frames received but not yet vocoded (waiting for right context or flush)."""
         return self._buffer.shape[1] - self._left
 
-    def push(self, mel_chunk: torch.Tensor) -> torch.Tensor:
-        """Add ``mel_chunk`` ``[80, n]`` (n >= 0); return int16 PCM for every frame now ready.
-
-        The result may be empty (the frames wait for right context). Its length is always a
-        multiple of 256.
-        """
+    def plan(self, mel_chunk: torch.Tensor) -> list[Window]:
+        """Add ``mel_chunk`` ``[80, n]`` (n >= 0); return the windows now ready to vocode
+        (possibly none: the frames wait for right context)."""
         if self._finished:
             raise RuntimeError("stream already flushed; start a new one with stage.stream()")
         _check_mel(mel_chunk)
         chunk = mel_chunk.detach().to(device="cpu", dtype=torch.float32)
         self._buffer = torch.cat([self._buffer, chunk], dim=1)
         self._frames_in += chunk.shape[1]
-        return self._drain(final=False)
+        return self._windows(final=False)
+
+    def plan_flush(self) -> list[Window]:
+        """End the utterance: the windows for all remaining frames. Ends the stream."""
+        if self._finished:
+            raise RuntimeError("stream already flushed")
+        windows = self._windows(final=True)
+        self._finished = True
+        self._buffer = torch.empty(N_MELS, 0)
+        return windows
+
+    def finish(self, windows: list[Window], audio: list[torch.Tensor]) -> torch.Tensor:
+        """The windows' float outputs (in order) -> their int16 PCM, concatenated."""
+        if not windows:
+            return torch.zeros(0, dtype=torch.int16)
+        pcm = to_pcm16(torch.cat([a[w.keep] for w, a in zip(windows, audio, strict=True)]))
+        self._samples_out += pcm.numel()
+        return pcm
+
+    def push(self, mel_chunk: torch.Tensor) -> torch.Tensor:
+        """Add ``mel_chunk`` ``[80, n]`` (n >= 0); return int16 PCM for every frame now ready.
+
+        The result may be empty (the frames wait for right context). Its length is always a
+        multiple of 256.
+        """
+        return self._run(self.plan(mel_chunk))
 
     def flush(self) -> torch.Tensor:
         """End the utterance: return int16 PCM for all remaining frames. Ends the stream."""
-        if self._finished:
-            raise RuntimeError("stream already flushed")
-        audio = self._drain(final=True)
-        self._finished = True
-        self._buffer = torch.empty(N_MELS, 0)
-        return audio
+        return self._run(self.plan_flush())
 
-    def _drain(self, final: bool) -> torch.Tensor:
+    def _run(self, windows: list[Window]) -> torch.Tensor:
+        if not windows:
+            return torch.zeros(0, dtype=torch.int16)
+        return self.finish(windows, self._stage.execute([w.mel for w in windows]))
+
+    def _windows(self, final: bool) -> list[Window]:
         hop = HOP_LENGTH
-        pieces: list[torch.Tensor] = []
+        windows: list[Window] = []
         while True:
             available = self._buffer.shape[1] - self._left
             # Without the end of the utterance, the last `context` frames must wait.
             ready = available if final else available - self._context
             if ready <= 0:
                 break
-            new = min(ready, self._chunk)
+            new = min(ready, self._next)
+            self._next = min(2 * self._next, self._chunk)
             end = min(self._buffer.shape[1], self._left + new + self._context)
-            audio = self._stage._vocode(self._buffer[:, :end])
-            pieces.append(audio[self._left * hop : (self._left + new) * hop])
+            keep = slice(self._left * hop, (self._left + new) * hop)
+            windows.append(Window(self._buffer[:, :end], keep, self._planned * hop))
+            self._planned += new
             # Keep the last `context` vocoded frames as the next window's left context.
             done = self._left + new
             keep_from = max(0, done - self._context)
             self._buffer = self._buffer[:, keep_from:]
             self._left = done - keep_from
-        if not pieces:
-            return torch.zeros(0, dtype=torch.int16)
-        pcm = to_pcm16(torch.cat(pieces))
-        self._samples_out += pcm.numel()
-        return pcm
+        return windows

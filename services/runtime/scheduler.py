@@ -1,0 +1,344 @@
+"""The per-stage scheduler: a bounded queue in front of the model, and a dynamic batcher.
+
+Every model stage runs its model only through here. A handler *submits* a job (one request's
+input, already validated) and waits for it; worker threads, one per model instance, take the
+most urgent job, gather others that can run with it, and call the stage's batch-shaped
+`execute(inputs) -> outputs` once for all of them (in the spirit of Triton's dynamic batcher:
+`max_batch_size`, `max_queue_delay`).
+
+Order: interactive work before bulk work, then earliest *urgency* first. Urgency is the
+instant by which the job's output is needed: for a stream, the moment its listener would run
+out of audio (playback-aware earliest deadline first); for everything else, its arrival time
+(FIFO). A stream that already has seconds of audio buffered therefore waits behind a stream
+waiting for its first audio. Only jobs with the same batch *key* (a shape bucket) and the same
+priority class share a batch.
+
+Admission: a full queue refuses at once (RESOURCE_EXHAUSTED). Jobs whose deadline has passed
+or whose caller went away are dropped before they cost compute.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+
+from services.runtime.config import SchedulerConfig
+from services.runtime.errors import Cancelled, DeadlineExceeded, ResourceExhausted
+from telemetry import StageMetrics, names
+from telemetry.context import capture_context, span_links
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class Priority(enum.IntEnum):
+    """Scheduling class of a request; lower values are served first."""
+
+    INTERACTIVE = 0
+    BULK = 1
+
+
+@dataclass(eq=False)
+class Job(Generic[In, Out]):
+    """One request's unit of model work, from submission to result."""
+
+    payload: In
+    key: Hashable
+    priority: Priority
+    urgency: float
+    deadline: float | None
+    is_active: Callable[[], bool]
+    size: int
+    context: Context
+    seq: int
+    ticket: int  # the submission (one request's call) this job belongs to
+    enqueued: float = field(default_factory=time.monotonic)
+    started: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Out | None = None
+    error: BaseException | None = None
+    abandoned: bool = False
+
+    def order(self) -> tuple[int, float, int]:
+        return (int(self.priority), self.urgency, self.seq)
+
+    def finish(self, result: Out | None = None, error: BaseException | None = None) -> None:
+        self.result, self.error = result, error
+        self.started.set()
+        self.done.set()
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+class BatchScheduler(Generic[In, Out]):
+    """Queue + dynamic batcher + model-instance workers for one stage.
+
+    `execute` receives a non-empty list of payloads and returns one output per payload, in
+    order. Only payloads with equal `key_of` share a batch (a shape bucket); `size_of` gives
+    a payload's length along the padded axis (for the padding-waste attribute of batch
+    spans).
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        execute: Callable[[list[In]], Sequence[Out]],
+        config: SchedulerConfig,
+        *,
+        metrics: StageMetrics | None = None,
+        tracer: trace.Tracer | None = None,
+        key_of: Callable[[In], Hashable] = lambda _: None,
+        size_of: Callable[[In], int] = lambda _: 1,
+    ) -> None:
+        if config.max_batch_size < 1 or config.instances < 1 or config.max_queue < 1:
+            raise ValueError(f"invalid scheduler settings: {config}")
+        self.stage = stage
+        self.config = config
+        self._execute = execute
+        self._metrics = metrics
+        self._tracer = tracer or trace.get_tracer("voxline.runtime")
+        self._key_of = key_of
+        self._size_of = size_of
+        self._cond = threading.Condition()
+        self._pending: list[Job[In, Out]] = []
+        self._seq = itertools.count()
+        self._running = False
+        self._busy = 0  # workers executing a batch
+        self._begun: set[int] = set()  # tickets with a started job and jobs still queued
+        self._workers: list[threading.Thread] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._cond:
+            if self._running:
+                return
+            self._running = True
+        for i in range(self.config.instances):
+            worker = threading.Thread(
+                target=self._work, name=f"{self.stage}-model-{i}", daemon=True
+            )
+            worker.start()
+            self._workers.append(worker)
+
+    def stop(self) -> None:
+        """Stop the workers after their current batch; queued jobs fail with CANCELLED."""
+        with self._cond:
+            self._running = False
+            pending, self._pending = self._pending, []
+            self._cond.notify_all()
+        for job in pending:
+            job.finish(error=Cancelled(f"{self.stage} is shutting down"))
+        for worker in self._workers:
+            worker.join(timeout=30)
+        self._workers.clear()
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for the model: work queued, none of it started yet (a request
+        whose first pieces are running is being served, not waiting)."""
+        with self._cond:  # reentrant: also called with the lock held
+            queued = {job.ticket for job in self._pending}
+            self._begun &= queued  # forget requests with nothing left in the queue
+            return len(queued - self._begun)
+
+    # -- the caller's side -------------------------------------------------------------------
+
+    def submit(
+        self,
+        payload: In,
+        *,
+        priority: Priority = Priority.INTERACTIVE,
+        urgency: float | None = None,
+        deadline: float | None = None,
+        is_active: Callable[[], bool] = lambda: True,
+    ) -> Job[In, Out]:
+        """Queue one payload (see :meth:`submit_many`)."""
+        return self.submit_many(
+            [payload], [urgency], priority=priority, deadline=deadline, is_active=is_active
+        )[0]
+
+    def submit_many(
+        self,
+        payloads: Sequence[In],
+        urgencies: Sequence[float | None],
+        *,
+        priority: Priority = Priority.INTERACTIVE,
+        deadline: float | None = None,
+        is_active: Callable[[], bool] = lambda: True,
+    ) -> list[Job[In, Out]]:
+        """Queue one request's payloads, admitted together: the queue bound counts requests
+        (`max_queue` requests with work waiting), not their pieces. Raises ResourceExhausted
+        at once when the queue is full.
+
+        `urgencies` (one per payload, None = now) and `deadline` are `time.monotonic()`
+        instants.
+        """
+        now = time.monotonic()
+        ticket = next(self._seq)
+        context = capture_context()
+        jobs: list[Job[In, Out]] = [
+            Job(
+                payload=payload,
+                key=self._key_of(payload),
+                priority=priority,
+                urgency=now if urgency is None else urgency,
+                deadline=deadline,
+                is_active=is_active,
+                size=self._size_of(payload),
+                context=context,
+                seq=next(self._seq),
+                ticket=ticket,
+                enqueued=now,
+            )
+            for payload, urgency in zip(payloads, urgencies, strict=True)
+        ]
+        with self._cond:
+            if not self._running:
+                raise Cancelled(f"{self.stage} is not accepting work")
+            # Work an idle model instance is about to take is not waiting in the queue.
+            idle = self.config.instances - self._busy
+            if self.waiting >= self.config.max_queue + idle:
+                raise ResourceExhausted(
+                    f"{self.stage} queue is full ({self.config.max_queue} waiting); retry later"
+                )
+            self._pending.extend(jobs)
+            self._cond.notify_all()
+        return jobs
+
+    def wait_started(self, job: Job[In, Out]) -> None:
+        """Block until a worker starts `job` (or it fails); the caller's queue phase."""
+        if not job.started.wait(_timeout(job.deadline)):
+            self.abandon(job)
+            raise DeadlineExceeded(f"deadline passed while queued for the {self.stage} model")
+
+    def wait_result(self, job: Job[In, Out]) -> Out:
+        """Block until `job` is done and return its output (or raise its error)."""
+        if not job.done.wait(_timeout(job.deadline)):
+            self.abandon(job)
+            raise DeadlineExceeded(f"deadline passed while the {self.stage} model was running")
+        if job.error is not None:
+            raise job.error
+        return job.result  # type: ignore[return-value]
+
+    def run(self, payload: In, **kwargs: Any) -> Out:
+        """Submit and wait: the whole round trip for one payload."""
+        job = self.submit(payload, **kwargs)
+        self.wait_started(job)
+        return self.wait_result(job)
+
+    def abandon(self, job: Job[In, Out]) -> None:
+        """The caller no longer wants `job`: unqueue it (a running batch still finishes)."""
+        with self._cond:
+            job.abandoned = True
+            if job in self._pending:
+                self._pending.remove(job)
+
+    # -- the workers' side -------------------------------------------------------------------
+
+    def _take_batch(self) -> list[Job[In, Out]] | None:
+        """The next batch (most urgent job first), or None when stopping."""
+        with self._cond:
+            while True:
+                if not self._running:
+                    return None
+                self._drop_dead()
+                if not self._pending:
+                    self._cond.wait()
+                    continue
+                head = min(self._pending, key=Job.order)
+                mates = sorted(
+                    (j for j in self._pending if j.key == head.key and j.priority == head.priority),
+                    key=Job.order,
+                )[: self.config.max_batch_size]
+                # Wait for more work to batch with, at most max_queue_delay after the head
+                # arrived (never when the batch is full or the delay is 0).
+                wait = head.enqueued + self.config.max_queue_delay_s - time.monotonic()
+                if len(mates) < self.config.max_batch_size and wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                for job in mates:
+                    self._pending.remove(job)
+                    self._begun.add(job.ticket)
+                    job.started.set()
+                self._busy += 1
+                return mates
+
+    def _drop_dead(self) -> None:
+        """Fail queued jobs whose deadline passed or whose caller left (lock held)."""
+        now = time.monotonic()
+        alive = []
+        for job in self._pending:
+            if job.abandoned:
+                continue
+            if job.deadline is not None and now >= job.deadline:
+                job.finish(error=DeadlineExceeded(f"deadline passed queued for {self.stage}"))
+            elif not _active(job):
+                job.finish(error=Cancelled("the caller cancelled the request"))
+            else:
+                alive.append(job)
+        self._pending = alive
+
+    def _work(self) -> None:
+        while (batch := self._take_batch()) is not None:
+            try:
+                self._run_batch(batch)
+            finally:
+                with self._cond:
+                    self._busy -= 1
+
+    def _run_batch(self, batch: list[Job[In, Out]]) -> None:
+        sizes = [job.size for job in batch]
+        padded = max(sizes) * len(batch)
+        attributes = {
+            names.ATTR_STAGE: self.stage,
+            names.ATTR_BATCH_SIZE: len(batch),
+            names.ATTR_BATCH_PADDING: round(1.0 - sum(sizes) / padded, 4) if padded else 0.0,
+            names.ATTR_PRIORITY: batch[0].priority.name.lower(),
+        }
+        with self._tracer.start_as_current_span(
+            names.batch_span_name(self.stage),
+            context=Context(),  # a root of its own: it serves several traces
+            links=span_links(job.context for job in batch),
+            attributes=attributes,
+            record_exception=False,
+        ) as span:
+            if self._metrics is not None:
+                self._metrics.record_batch_size(len(batch))
+            try:
+                outputs = list(self._execute([job.payload for job in batch]))
+                if len(outputs) != len(batch):
+                    raise RuntimeError(
+                        f"{self.stage}.execute returned {len(outputs)} outputs "
+                        f"for {len(batch)} inputs"
+                    )
+            except BaseException as exc:  # every waiter must hear about it
+                span.set_attribute(names.ATTR_ERROR_TYPE, type(exc).__qualname__)
+                span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__qualname__))
+                for job in batch:
+                    job.finish(error=exc)
+                return
+        for job, output in zip(batch, outputs, strict=True):
+            job.finish(result=output)
+
+
+def _active(job: Job[Any, Any]) -> bool:
+    try:
+        return bool(job.is_active())
+    except Exception:  # a finished RPC context may raise: treat it as gone
+        return False
+
+
+def _timeout(deadline: float | None) -> float | None:
+    remaining = _remaining(deadline)
+    return None if remaining is None else min(remaining, threading.TIMEOUT_MAX)

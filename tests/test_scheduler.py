@@ -1,0 +1,200 @@
+"""The per-stage scheduler: batching, order, admission, deadlines, cancellation, telemetry.
+
+The worker is held on a gate (a first job whose execution blocks) so that what is queued
+behind it, and the order it then runs in, is deterministic.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from services.runtime.config import SchedulerConfig
+from services.runtime.errors import Cancelled, DeadlineExceeded, ResourceExhausted
+from services.runtime.scheduler import BatchScheduler, Priority
+from telemetry import names
+
+
+class Model:
+    """Records every batch; the payload "gate" blocks until released."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def execute(self, payloads: list[str]) -> list[str]:
+        if payloads == ["gate"]:
+            self.entered.set()
+            assert self.release.wait(10)
+            return ["GATE"]
+        if "boom" in payloads:
+            raise RuntimeError("model failed")
+        self.batches.append(list(payloads))
+        return [p.upper() for p in payloads]
+
+
+@pytest.fixture
+def model() -> Model:
+    return Model()
+
+
+def _scheduler(model: Model, **settings: float) -> BatchScheduler[str, str]:
+    config = SchedulerConfig(**{"max_batch_size": 4, "max_queue": 8, **settings})  # type: ignore[arg-type]
+    scheduler: BatchScheduler[str, str] = BatchScheduler(
+        "vocoder",
+        model.execute,
+        config,
+        key_of=lambda p: p[0] if p != "gate" else "gate",
+        size_of=len,
+    )
+    scheduler.start()
+    return scheduler
+
+
+@pytest.fixture
+def gated(model: Model) -> Iterator[BatchScheduler[str, str]]:
+    """A scheduler whose only worker is busy with the "gate" job until released."""
+    scheduler = _scheduler(model)
+    gate = scheduler.submit("gate")
+    assert model.entered.wait(5)
+    yield scheduler
+    model.release.set()
+    scheduler.wait_result(gate)
+    scheduler.stop()
+
+
+def test_batch_of_one_is_the_trivial_case(model: Model) -> None:
+    scheduler = _scheduler(model)
+    try:
+        assert scheduler.run("abc") == "ABC"
+        assert model.batches == [["abc"]]
+    finally:
+        scheduler.stop()
+
+
+def test_queued_jobs_with_one_key_share_a_batch(
+    gated: BatchScheduler[str, str], model: Model
+) -> None:
+    jobs = [gated.submit(p) for p in ["a1", "b1", "a2", "a3", "a4", "a5"]]
+    model.release.set()
+    assert [gated.wait_result(j) for j in jobs] == ["A1", "B1", "A2", "A3", "A4", "A5"]
+    # max_batch_size 4, only equal keys together, in arrival order.
+    assert model.batches == [["a1", "a2", "a3", "a4"], ["b1"], ["a5"]]
+
+
+def test_earliest_urgency_first_and_bulk_last(
+    gated: BatchScheduler[str, str], model: Model
+) -> None:
+    now = time.monotonic()
+    late = gated.submit("x-late", urgency=now + 5.0)
+    bulk = gated.submit("y-bulk", urgency=now - 5.0, priority=Priority.BULK)
+    soon = gated.submit("z-soon", urgency=now + 1.0)
+    model.release.set()
+    for job in (late, bulk, soon):
+        gated.wait_result(job)
+    assert model.batches == [["z-soon"], ["x-late"], ["y-bulk"]]
+
+
+def test_full_queue_is_refused_at_once(model: Model) -> None:
+    scheduler = _scheduler(model, max_queue=2)
+    gate = scheduler.submit("gate")
+    assert model.entered.wait(5)
+    try:
+        scheduler.submit("a")
+        scheduler.submit_many(["b", "b"], [None, None])  # one request: one place in the queue
+        t0 = time.monotonic()
+        with pytest.raises(ResourceExhausted, match="queue is full"):
+            scheduler.submit("c")
+        assert time.monotonic() - t0 < 0.05
+    finally:
+        model.release.set()
+        scheduler.wait_result(gate)
+        scheduler.stop()
+
+
+def test_expired_and_cancelled_jobs_cost_no_compute(
+    gated: BatchScheduler[str, str], model: Model
+) -> None:
+    expired = gated.submit("e", deadline=time.monotonic() + 0.05)
+    cancelled = gated.submit("c", is_active=lambda: False)
+    kept = gated.submit("k")
+    time.sleep(0.1)
+    model.release.set()
+    assert gated.wait_result(kept) == "K"
+    with pytest.raises(DeadlineExceeded):
+        gated.wait_result(expired)
+    with pytest.raises(Cancelled):
+        gated.wait_result(cancelled)
+    assert model.batches == [["k"]]
+
+
+def test_a_waiter_whose_deadline_passes_leaves_the_queue(
+    gated: BatchScheduler[str, str], model: Model
+) -> None:
+    job = gated.submit("w", deadline=time.monotonic() + 0.1)
+    with pytest.raises(DeadlineExceeded, match="queued"):
+        gated.wait_started(job)
+    assert gated.waiting == 0
+    model.release.set()
+
+
+def test_model_errors_reach_every_request_in_the_batch(
+    gated: BatchScheduler[str, str], model: Model
+) -> None:
+    jobs = [gated.submit(p) for p in ["boom", "bystander"]]
+    model.release.set()
+    for job in jobs:
+        with pytest.raises(RuntimeError, match="model failed"):
+            gated.wait_result(job)
+    assert gated.run("bx") == "BX"  # and it keeps serving
+
+
+def test_max_queue_delay_waits_for_batch_mates(model: Model) -> None:
+    scheduler = _scheduler(model, max_queue_delay_s=0.3)
+    try:
+        first = scheduler.submit("a1")
+        time.sleep(0.05)
+        second = scheduler.submit("a2")
+        assert [scheduler.wait_result(j) for j in (first, second)] == ["A1", "A2"]
+        assert model.batches == [["a1", "a2"]]
+    finally:
+        scheduler.stop()
+
+
+def test_batch_span_links_every_request() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    model = Model()
+    scheduler: BatchScheduler[str, str] = BatchScheduler(
+        "vocoder", model.execute, SchedulerConfig(max_batch_size=4), tracer=tracer, size_of=len
+    )
+    scheduler.start()
+    try:
+        gate = scheduler.submit("gate")
+        assert model.entered.wait(5)
+        jobs, parents = [], []
+        for payload in ("aa", "a"):
+            with tracer.start_as_current_span("request") as span:
+                parents.append(span.get_span_context().span_id)
+                jobs.append(scheduler.submit(payload))
+        model.release.set()
+        for job in (gate, *jobs):
+            scheduler.wait_result(job)
+    finally:
+        scheduler.stop()
+    batches = [s for s in exporter.get_finished_spans() if s.name == "vocoder.batch"]
+    shared = next(s for s in batches if s.attributes[names.ATTR_BATCH_SIZE] == 2)
+    assert sorted(link.context.span_id for link in shared.links) == sorted(parents)
+    assert shared.attributes[names.ATTR_BATCH_PADDING] == pytest.approx(0.25)
+    assert shared.parent is None or not shared.parent.is_valid
+    assert trace.get_current_span().get_span_context().is_valid is False
