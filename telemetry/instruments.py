@@ -225,7 +225,8 @@ class SynthesisMetrics:
     """Gateway end-to-end instruments (``voxline.synthesis.*``).
 
     ``voice`` must be a configured voice id (or :data:`telemetry.names.VOICE_OTHER`);
-    ``method`` is ``unary`` or ``stream``; ``outcome`` ``ok`` or ``error``.
+    ``method`` is ``unary`` or ``stream``; ``outcome`` ``ok`` or ``error``; ``priority``
+    ``interactive`` (the default) or ``bulk``.
     """
 
     def __init__(self, meter: metrics.Meter) -> None:
@@ -259,18 +260,25 @@ class SynthesisMetrics:
         )
 
     @staticmethod
-    def _attrs(voice: str, method: str, outcome: str | None = None) -> dict[str, Any]:
+    def _attrs(
+        voice: str, method: str, outcome: str | None = None, priority: str | None = None
+    ) -> dict[str, Any]:
         attrs = {
             names.ATTR_VOICE: voice,
             names.ATTR_SYNTHESIS_METHOD: _check(method, names.SYNTHESIS_METHODS, "method"),
+            names.ATTR_PRIORITY: _check(
+                priority or names.PRIORITY_INTERACTIVE, names.PRIORITIES, "priority"
+            ),
         }
         if outcome is not None:
             attrs[names.ATTR_OUTCOME] = _check(outcome, names.OUTCOMES, "outcome")
         return attrs
 
-    def record_time_to_first_audio(self, seconds: float, *, voice: str, method: str) -> None:
+    def record_time_to_first_audio(
+        self, seconds: float, *, voice: str, method: str, priority: str | None = None
+    ) -> None:
         """Record TTFA as soon as the first audio is sent (inside the request's span)."""
-        self._ttfa.record(seconds, self._attrs(voice, method))
+        self._ttfa.record(seconds, self._attrs(voice, method, priority=priority))
 
     def record_request(
         self,
@@ -281,10 +289,11 @@ class SynthesisMetrics:
         duration_s: float,
         audio_s: float | None = None,
         characters: int | None = None,
+        priority: str | None = None,
     ) -> None:
         """Record one finished synthesis: duration, and if audio was produced, RTF, audio
         seconds and characters (counted for ``ok`` and ``error`` alike: work was done)."""
-        attrs = self._attrs(voice, method, outcome)
+        attrs = self._attrs(voice, method, outcome, priority)
         self._duration.record(duration_s, attrs)
         if audio_s is not None and audio_s > 0:
             self._rtf.record(duration_s / audio_s, attrs)

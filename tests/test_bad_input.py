@@ -33,6 +33,7 @@ CASES = [
     ("bad sample rate", _req(sample_rate_hz=12345), "sample_rate_hz"),
     ("negative sample rate", _req(sample_rate_hz=-8000), "sample_rate_hz"),
     ("bad encoding", _req(encoding=7), "encoding"),
+    ("unknown priority", _req(priority=9), "priority"),
 ]
 
 

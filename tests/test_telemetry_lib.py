@@ -433,6 +433,7 @@ def test_stage_and_synthesis_metrics(tmp_path: Path) -> None:
         names.ATTR_VOICE: "en_female_1",
         names.ATTR_SYNTHESIS_METHOD: "stream",
         names.ATTR_OUTCOME: "ok",
+        names.ATTR_PRIORITY: "interactive",
     }
     audio = latest(metrics, names.METRIC_SYNTHESIS_AUDIO_DURATION)
     assert audio["unit"] == "s" and audio["data_points"][0]["value"] == 2.0

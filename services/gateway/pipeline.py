@@ -3,7 +3,14 @@
 Unary: frontend -> (per sentence) acoustic -> vocoder, audio concatenated.
 Streaming: frontend, then per sentence the acoustic stage streams mel chunks straight into
 a bidirectional vocoder stream, so the vocoder starts on the first mel chunk of the first
-sentence and audio reaches the client while later chunks are still being made.
+sentence and audio reaches the client while later chunks are still being made. The next
+sentence's calls start while the current one is still streaming (a lookahead of
+`LOOKAHEAD_SENTENCES`): its mel is made and its first windows vocoded before the listener
+needs them. gRPC flow control bounds how far ahead it runs.
+
+Every stage call carries the request's scheduling hints: its priority class, and how much
+audio its listener will have buffered when the call's output is first needed, so the stages
+serve first the work whose listener would run dry first.
 """
 
 from __future__ import annotations
@@ -19,7 +26,12 @@ from voxline.v1 import acoustic_pb2, frontend_pb2, vocoder_pb2
 
 from services.gateway.stages import StageClients, UpstreamStream
 from services.runtime.errors import DeadlineExceeded, VoxlineError
+from services.runtime.scheduler import Hints, Priority
 from services.runtime.tensors import from_proto
+from services.runtime.voice import HOP_LENGTH, SAMPLE_RATE_HZ
+
+#: Sentences whose stage calls run ahead of the one being streamed to the caller.
+LOOKAHEAD_SENTENCES = 1
 
 
 class CancelScope:
@@ -60,7 +72,18 @@ class Job:
     speaking_rate: float
     request_id: str
     deadline: float  # time.monotonic() by which everything must be done
+    priority: Priority = Priority.INTERACTIVE
     scope: CancelScope = field(default_factory=CancelScope)
+    #: time.monotonic() when the first audio went out (streams); None before.
+    first_audio: float | None = None
+
+    def hints(self, audio_before_s: float = 0.0) -> Hints:
+        """Hints for a stage call whose output starts `audio_before_s` seconds into this
+        request's audio: the listener's playback buffer at that point (before any audio
+        went out, playback is taken to start now: the listener is waiting)."""
+        now = time.monotonic()
+        start = self.first_audio if self.first_audio is not None else now
+        return Hints(self.priority, max(0.0, start + audio_before_s - now))
 
 
 @dataclass
@@ -85,14 +108,14 @@ class Pipeline:
             raise DeadlineExceeded("deadline exceeded before the synthesis finished")
         return left
 
-    def _analyze(self, job: Job) -> frontend_pb2.AnalyzeResponse:
+    def _analyze(self, job: Job) -> list[frontend_pb2.Sentence]:
         request = frontend_pb2.AnalyzeRequest(
             text=job.text,
             voice=job.voice,
             speaking_rate=job.speaking_rate,
             request_id=job.request_id,
         )
-        return self._clients.analyze(request, self._remaining(job))
+        return list(self._clients.analyze(request, self._remaining(job), job.hints()).sentences)
 
     def _generate_request(
         self, job: Job, sentence: frontend_pb2.Sentence
@@ -107,44 +130,90 @@ class Pipeline:
 
     def synthesize(self, job: Job) -> Iterator[AudioPiece]:
         """Unary path: one whole mel and one vocoder call per sentence."""
-        for sentence in self._analyze(job).sentences:
+        sentences = self._analyze(job)
+        for sentence, before in zip(sentences, _audio_before(sentences), strict=True):
+            hints = job.hints(before)
             mel = self._clients.generate(
-                self._generate_request(job, sentence), self._remaining(job)
+                self._generate_request(job, sentence), self._remaining(job), hints
             ).mel
             audio = self._clients.vocode(
                 vocoder_pb2.VocodeRequest(mel=mel, voice=job.voice, request_id=job.request_id),
                 self._remaining(job),
+                hints,
             ).audio
             yield AudioPiece(sentence.index, _pcm(audio))
 
     def synthesize_stream(self, job: Job) -> Iterator[AudioPiece]:
-        """Streaming path: mel chunks flow into the vocoder as the acoustic stage makes them."""
-        for sentence in self._analyze(job).sentences:
-            yield from self._stream_sentence(job, sentence)
+        """Streaming path: mel chunks flow into the vocoder as the acoustic stage makes them;
+        the next sentence's calls run ahead while the current one streams."""
+        sentences = self._analyze(job)
+        before = _audio_before(sentences)
+        running: list[_SentenceRun] = []
+        try:
+            for i in range(len(sentences)):
+                while len(running) <= LOOKAHEAD_SENTENCES and i + len(running) < len(sentences):
+                    k = i + len(running)
+                    running.append(self._start_sentence(job, sentences[k], before[k]))
+                run = running.pop(0)
+                for piece in run.audio():
+                    if job.first_audio is None and len(piece.pcm):
+                        job.first_audio = time.monotonic()
+                    yield piece
+        finally:
+            for run in running:  # the caller left or a sentence failed: stop the rest
+                run.cancel()
 
-    def _stream_sentence(self, job: Job, sentence: frontend_pb2.Sentence) -> Iterator[AudioPiece]:
+    def _start_sentence(
+        self, job: Job, sentence: frontend_pb2.Sentence, audio_before_s: float
+    ) -> _SentenceRun:
+        hints = job.hints(audio_before_s)
         mel_chunks = job.scope.add(
             self._clients.generate_stream(
-                self._generate_request(job, sentence), self._remaining(job)
+                self._generate_request(job, sentence), self._remaining(job), hints
             )
         )
         feeder = _Feeder(mel_chunks, job)
         audio_chunks = job.scope.add(
-            self._clients.vocode_stream(iter(feeder), self._remaining(job))
+            self._clients.vocode_stream(iter(feeder), self._remaining(job), hints)
         )
+        return _SentenceRun(sentence.index, mel_chunks, feeder, audio_chunks)
+
+
+@dataclass
+class _SentenceRun:
+    """One sentence's acoustic stream piped into its vocoder stream, already started."""
+
+    index: int
+    mel_chunks: UpstreamStream
+    feeder: _Feeder
+    audio_chunks: UpstreamStream
+
+    def audio(self) -> Iterator[AudioPiece]:
         try:
-            for chunk in audio_chunks:
-                yield AudioPiece(sentence.index, _pcm(chunk.audio))
+            for chunk in self.audio_chunks:
+                yield AudioPiece(self.index, _pcm(chunk.audio))
         except VoxlineError:
             # If the acoustic stream broke, the vocoder only saw its request stream cancelled:
             # report the acoustic stage's error, which is the real cause.
-            feeder.raise_if_failed()
+            self.feeder.raise_if_failed()
             raise
         finally:
             # No-ops when both calls completed; otherwise stop the upstream work now.
-            audio_chunks.cancel()
-            mel_chunks.cancel()
-        feeder.raise_if_failed()
+            self.cancel()
+        self.feeder.raise_if_failed()
+
+    def cancel(self) -> None:
+        self.audio_chunks.cancel()
+        self.mel_chunks.cancel()
+
+
+def _audio_before(sentences: list[frontend_pb2.Sentence]) -> list[float]:
+    """Seconds of audio that precede each sentence (from the frontend's frame counts)."""
+    out, total = [], 0
+    for sentence in sentences:
+        out.append(total * HOP_LENGTH / SAMPLE_RATE_HZ)
+        total += sentence.num_frames
+    return out
 
 
 class _Feeder:

@@ -97,7 +97,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
     ) -> tuple[Job, int]:
         with self._rt.phase(names.PHASE_PREPROCESS):
             voices = {v.name for v in self._catalog.voices()}
-            voice, rate, sample_rate = validate(request, self._max_text_chars, voices)
+            voice, rate, sample_rate, priority = validate(request, self._max_text_chars, voices)
         remaining = context.time_remaining()
         budget = self._timeout_s if remaining is None else min(remaining, self._timeout_s)
         job = Job(
@@ -106,6 +106,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
             speaking_rate=rate,
             request_id=request.request_id or uuid.uuid4().hex,
             deadline=time.monotonic() + budget,
+            priority=priority,
         )
         return job, sample_rate
 
@@ -138,6 +139,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
             finally:
                 voice = self._voice_label(request)
                 span.set_attribute(names.ATTR_VOICE, voice)
+                span.set_attribute(names.ATTR_PRIORITY, outcome.priority)
                 if outcome.audio_s is not None:
                     span.set_attribute(names.ATTR_AUDIO_DURATION, outcome.audio_s)
                 self._metrics.record_request(
@@ -147,6 +149,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
                     duration_s=time.perf_counter() - outcome.start,
                     audio_s=outcome.audio_s,
                     characters=len(request.text),
+                    priority=outcome.priority,
                 )
 
     @rpc_method
@@ -155,6 +158,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
     ) -> synthesizer_pb2.SynthesizeResponse:
         with self._synthesis(request, names.SYNTHESIS_METHOD_UNARY) as outcome:
             job, sample_rate = self._job(request, context)
+            outcome.priority = job.priority.label
             outcome.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
             pieces = [p.pcm for p in self._pipeline.synthesize(job)]
             with self._rt.phase(names.PHASE_POSTPROCESS):
@@ -178,6 +182,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         method = names.SYNTHESIS_METHOD_STREAM
         with self._synthesis(request, method) as outcome:
             job, sample_rate = self._job(request, context)
+            outcome.priority = job.priority.label
             context.add_callback(job.scope.cancel_all)
             outcome.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
             resampler = StreamResampler(sample_rate)
@@ -197,7 +202,10 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
                     root.add_event(names.EVENT_FIRST_AUDIO, event)
                     outcome.span.add_event(names.EVENT_FIRST_AUDIO, event)
                     self._metrics.record_time_to_first_audio(
-                        first_audio_s, voice=self._voice_label(request), method=method
+                        first_audio_s,
+                        voice=self._voice_label(request),
+                        method=method,
+                        priority=outcome.priority,
                     )
                 samples += len(pcm)
                 yield from self._rt.send(message)
@@ -260,6 +268,7 @@ class _Outcome:
         self.start = start
         self.audio_s: float | None = None
         self.span: Span = trace.INVALID_SPAN
+        self.priority = names.PRIORITY_INTERACTIVE
 
 
 def main(argv: Sequence[str] | None = None) -> int:

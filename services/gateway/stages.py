@@ -31,6 +31,7 @@ from services.runtime.errors import (
     Unavailable,
     VoxlineError,
 )
+from services.runtime.scheduler import Hints, hints_metadata
 from services.runtime.server import MAX_MESSAGE_BYTES
 
 T = TypeVar("T")
@@ -137,30 +138,50 @@ class StageClients:
     def all(self) -> tuple[StageClient, StageClient, StageClient]:
         return (self.frontend, self.acoustic, self.vocoder)
 
+    # Every call carries the request's scheduling hints (priority, playback buffer) as
+    # metadata: the stages' schedulers order their queues by them.
+
     def analyze(
-        self, request: frontend_pb2.AnalyzeRequest, timeout: float
+        self, request: frontend_pb2.AnalyzeRequest, timeout: float, hints: Hints
     ) -> frontend_pb2.AnalyzeResponse:
-        return self.frontend.call(lambda: self.frontend_stub.Analyze(request, timeout=timeout))
+        md = hints_metadata(hints)
+        return self.frontend.call(
+            lambda: self.frontend_stub.Analyze(request, timeout=timeout, metadata=md)
+        )
 
     def generate(
-        self, request: acoustic_pb2.GenerateRequest, timeout: float
+        self, request: acoustic_pb2.GenerateRequest, timeout: float, hints: Hints
     ) -> acoustic_pb2.GenerateResponse:
-        return self.acoustic.call(lambda: self.acoustic_stub.Generate(request, timeout=timeout))
+        md = hints_metadata(hints)
+        return self.acoustic.call(
+            lambda: self.acoustic_stub.Generate(request, timeout=timeout, metadata=md)
+        )
 
     def generate_stream(
-        self, request: acoustic_pb2.GenerateRequest, timeout: float
+        self, request: acoustic_pb2.GenerateRequest, timeout: float, hints: Hints
     ) -> UpstreamStream:
-        return self.acoustic.stream(self.acoustic_stub.GenerateStream(request, timeout=timeout))
+        return self.acoustic.stream(
+            self.acoustic_stub.GenerateStream(
+                request, timeout=timeout, metadata=hints_metadata(hints)
+            )
+        )
 
     def vocode(
-        self, request: vocoder_pb2.VocodeRequest, timeout: float
+        self, request: vocoder_pb2.VocodeRequest, timeout: float, hints: Hints
     ) -> vocoder_pb2.VocodeResponse:
-        return self.vocoder.call(lambda: self.vocoder_stub.Vocode(request, timeout=timeout))
+        md = hints_metadata(hints)
+        return self.vocoder.call(
+            lambda: self.vocoder_stub.Vocode(request, timeout=timeout, metadata=md)
+        )
 
     def vocode_stream(
-        self, requests: Iterator[vocoder_pb2.VocodeRequest], timeout: float
+        self, requests: Iterator[vocoder_pb2.VocodeRequest], timeout: float, hints: Hints
     ) -> UpstreamStream:
-        return self.vocoder.stream(self.vocoder_stub.VocodeStream(requests, timeout=timeout))
+        return self.vocoder.stream(
+            self.vocoder_stub.VocodeStream(
+                requests, timeout=timeout, metadata=hints_metadata(hints)
+            )
+        )
 
     def close(self) -> None:
         for c in self.all():

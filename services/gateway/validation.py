@@ -9,6 +9,7 @@ from voxline.v1 import synthesizer_pb2
 from services.frontend.normalize import is_speakable
 from services.gateway.audio import SUPPORTED_SAMPLE_RATES
 from services.runtime.errors import InvalidArgument
+from services.runtime.scheduler import Priority
 from services.runtime.voice import SAMPLE_RATE_HZ, check_voice
 
 MIN_RATE, MAX_RATE = 0.25, 4.0
@@ -18,10 +19,17 @@ SUPPORTED_ENCODINGS = (
 )
 
 
+PRIORITIES = {
+    synthesizer_pb2.PRIORITY_UNSPECIFIED: Priority.INTERACTIVE,
+    synthesizer_pb2.PRIORITY_INTERACTIVE: Priority.INTERACTIVE,
+    synthesizer_pb2.PRIORITY_BULK: Priority.BULK,
+}
+
+
 def validate(
     request: synthesizer_pb2.SynthesizeRequest, max_text_chars: int, voices: set[str]
-) -> tuple[str, float, int]:
-    """Returns (voice, speaking_rate, sample_rate) or raises InvalidArgument.
+) -> tuple[str, float, int, Priority]:
+    """Returns (voice, speaking_rate, sample_rate, priority) or raises InvalidArgument.
 
     `voices` are the names the deployment serves; an empty request voice means the default.
     """
@@ -51,4 +59,8 @@ def validate(
         raise InvalidArgument(
             f"encoding {request.encoding} is not supported; use AUDIO_ENCODING_LINEAR16"
         )
-    return voice, float(rate), sample_rate
+    if request.priority not in PRIORITIES:
+        raise InvalidArgument(
+            f"priority {request.priority} is unknown; use PRIORITY_INTERACTIVE or PRIORITY_BULK"
+        )
+    return voice, float(rate), sample_rate, PRIORITIES[request.priority]

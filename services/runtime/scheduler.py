@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -44,6 +45,56 @@ class Priority(enum.IntEnum):
 
     INTERACTIVE = 0
     BULK = 1
+
+    @property
+    def label(self) -> str:
+        """The class as a bounded telemetry value (telemetry.names.PRIORITIES)."""
+        return names.PRIORITY_BULK if self is Priority.BULK else names.PRIORITY_INTERACTIVE
+
+
+# Scheduling hints the gateway sends with every stage call (gRPC request metadata).
+#: "interactive" | "bulk".
+PRIORITY_METADATA = "voxline-priority"
+#: Audio (ms) the request's listener has buffered when the call is made: how long its
+#: output can wait before the listener runs dry.
+PLAYBACK_BUFFER_METADATA = "voxline-playback-buffer-ms"
+# A hint beyond this is not believable (and must not push work to the back forever).
+MAX_PLAYBACK_BUFFER_MS = 600_000.0
+
+
+@dataclass(frozen=True)
+class Hints:
+    """A call's scheduling hints (see :func:`hints_metadata`, :func:`read_hints`)."""
+
+    priority: Priority = Priority.INTERACTIVE
+    playback_buffer_s: float = 0.0
+
+
+def hints_metadata(hints: Hints) -> tuple[tuple[str, str], ...]:
+    """Request metadata carrying `hints` to a stage."""
+    return (
+        (PRIORITY_METADATA, hints.priority.label),
+        (PLAYBACK_BUFFER_METADATA, f"{max(0.0, hints.playback_buffer_s) * 1000.0:.0f}"),
+    )
+
+
+def read_hints(metadata: Sequence[tuple[str, Any]] | None) -> Hints:
+    """The hints of a call's metadata; anything missing or malformed takes the default
+    (interactive, nothing buffered), so a bad hint costs only the call's place in line."""
+    values = dict(metadata or ())
+    priority = (
+        Priority.BULK
+        if values.get(PRIORITY_METADATA) == names.PRIORITY_BULK
+        else Priority.INTERACTIVE
+    )
+    try:
+        buffered_ms = float(values.get(PLAYBACK_BUFFER_METADATA, 0.0))
+    except (TypeError, ValueError):
+        buffered_ms = 0.0
+    if not math.isfinite(buffered_ms):
+        buffered_ms = 0.0
+    buffered_ms = min(max(buffered_ms, 0.0), MAX_PLAYBACK_BUFFER_MS)
+    return Hints(priority, buffered_ms / 1000.0)
 
 
 @dataclass(eq=False)
@@ -304,7 +355,7 @@ class BatchScheduler(Generic[In, Out]):
             names.ATTR_STAGE: self.stage,
             names.ATTR_BATCH_SIZE: len(batch),
             names.ATTR_BATCH_PADDING: round(1.0 - sum(sizes) / padded, 4) if padded else 0.0,
-            names.ATTR_PRIORITY: batch[0].priority.name.lower(),
+            names.ATTR_PRIORITY: batch[0].priority.label,
         }
         with self._tracer.start_as_current_span(
             names.batch_span_name(self.stage),

@@ -14,7 +14,6 @@ import gc
 import importlib.metadata
 import inspect
 import logging
-import math
 import signal
 import threading
 import time
@@ -33,7 +32,7 @@ from voxline.v1 import stage_pb2, stage_pb2_grpc
 from services.runtime.config import ServiceConfig
 from services.runtime.cpus import torch_threads
 from services.runtime.errors import Unavailable, grpc_status_for
-from services.runtime.scheduler import BatchScheduler, Job
+from services.runtime.scheduler import BatchScheduler, Job, read_hints
 from services.runtime.stage import Stage
 from telemetry import StageMetrics, Telemetry, init_telemetry, names, phase_span
 from telemetry.grpc import mark_span_error
@@ -43,11 +42,6 @@ log = logging.getLogger("voxline.runtime")
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
-
-#: Request metadata from the gateway: audio (ms) its listener has buffered when it calls.
-PLAYBACK_BUFFER_METADATA = "voxline-playback-buffer-ms"
-# A hint beyond this is not believable (and must not push a job to the back forever).
-MAX_PLAYBACK_BUFFER_MS = 600_000.0
 
 # Messages carry whole mels/audio for long texts: allow up to 64 MiB.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -173,18 +167,10 @@ class StageRuntime:
 
     def playback_start(self, context: grpc.ServicerContext) -> float:
         """When this call's listener would run out of the audio already sent to them
-        (`time.monotonic()`): now plus the `voxline-playback-buffer-ms` the gateway sends
-        (0 when absent: the listener is waiting). Add the audio this call has produced so
-        far to get a job's urgency (playback-aware earliest deadline first)."""
-        hint = dict(context.invocation_metadata() or ()).get(PLAYBACK_BUFFER_METADATA, "0")
-        try:
-            buffered_ms = float(hint)
-        except ValueError:
-            buffered_ms = 0.0  # a malformed hint only costs the call its place in line
-        if not math.isfinite(buffered_ms):
-            buffered_ms = 0.0
-        buffered_ms = min(max(buffered_ms, 0.0), MAX_PLAYBACK_BUFFER_MS)
-        return time.monotonic() + buffered_ms / 1000.0
+        (`time.monotonic()`): now plus the playback buffer the gateway's hint reports (0
+        when absent: the listener is waiting). Add the audio this call has produced so far
+        to get a job's urgency (playback-aware earliest deadline first)."""
+        return time.monotonic() + read_hints(context.invocation_metadata()).playback_buffer_s
 
     def infer(
         self, context: grpc.ServicerContext, payload: Any, *, urgency: float | None = None
@@ -213,7 +199,11 @@ class StageRuntime:
         try:
             with self.phase(names.PHASE_QUEUE, waiting=self.scheduler.waiting):
                 jobs = self.scheduler.submit_many(
-                    payloads, urgencies, deadline=deadline, is_active=context.is_active
+                    payloads,
+                    urgencies,
+                    priority=read_hints(context.invocation_metadata()).priority,
+                    deadline=deadline,
+                    is_active=context.is_active,
                 )
                 self.scheduler.wait_started(jobs[0])
             # The jobs may run in several batches, interleaved with other requests' work:
