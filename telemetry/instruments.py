@@ -226,7 +226,8 @@ class SynthesisMetrics:
 
     ``voice`` must be a configured voice id (or :data:`telemetry.names.VOICE_OTHER`);
     ``method`` is ``unary`` or ``stream``; ``outcome`` ``ok`` or ``error``; ``priority``
-    ``interactive`` (the default) or ``bulk``.
+    ``interactive`` (the default) or ``bulk``; ``characters`` (the text's length) is recorded
+    only as its bounded class (``short``/``medium``/``long``).
     """
 
     def __init__(self, meter: metrics.Meter) -> None:
@@ -248,6 +249,13 @@ class SynthesisMetrics:
             description="Synthesis time divided by the duration of the audio produced.",
             explicit_bucket_boundaries_advisory=RTF_BUCKETS,
         )
+        self._stall = meter.create_histogram(
+            names.METRIC_SYNTHESIS_STALL_DURATION,
+            unit=names.UNIT_SECONDS,
+            description="Time a stream's listener, playing in real time from the first "
+            "audio, would have been left without audio.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS_S,
+        )
         self._audio = meter.create_counter(
             names.METRIC_SYNTHESIS_AUDIO_DURATION,
             unit=names.UNIT_SECONDS,
@@ -261,7 +269,11 @@ class SynthesisMetrics:
 
     @staticmethod
     def _attrs(
-        voice: str, method: str, outcome: str | None = None, priority: str | None = None
+        voice: str,
+        method: str,
+        outcome: str | None = None,
+        priority: str | None = None,
+        characters: int | None = None,
     ) -> dict[str, Any]:
         attrs = {
             names.ATTR_VOICE: voice,
@@ -270,15 +282,39 @@ class SynthesisMetrics:
                 priority or names.PRIORITY_INTERACTIVE, names.PRIORITIES, "priority"
             ),
         }
+        if characters is not None:
+            attrs[names.ATTR_TEXT_LENGTH_CLASS] = names.text_length_class(characters)
         if outcome is not None:
             attrs[names.ATTR_OUTCOME] = _check(outcome, names.OUTCOMES, "outcome")
         return attrs
 
     def record_time_to_first_audio(
-        self, seconds: float, *, voice: str, method: str, priority: str | None = None
+        self,
+        seconds: float,
+        *,
+        voice: str,
+        method: str,
+        priority: str | None = None,
+        characters: int | None = None,
     ) -> None:
         """Record TTFA as soon as the first audio is sent (inside the request's span)."""
-        self._ttfa.record(seconds, self._attrs(voice, method, priority=priority))
+        self._ttfa.record(
+            seconds, self._attrs(voice, method, priority=priority, characters=characters)
+        )
+
+    def record_stall(
+        self,
+        seconds: float,
+        *,
+        voice: str,
+        priority: str | None = None,
+        characters: int | None = None,
+    ) -> None:
+        """Record how long a finished stream's listener was left without audio."""
+        attrs = self._attrs(
+            voice, names.SYNTHESIS_METHOD_STREAM, priority=priority, characters=characters
+        )
+        self._stall.record(seconds, attrs)
 
     def record_request(
         self,
@@ -293,7 +329,7 @@ class SynthesisMetrics:
     ) -> None:
         """Record one finished synthesis: duration, and if audio was produced, RTF, audio
         seconds and characters (counted for ``ok`` and ``error`` alike: work was done)."""
-        attrs = self._attrs(voice, method, outcome, priority)
+        attrs = self._attrs(voice, method, outcome, priority, characters)
         self._duration.record(duration_s, attrs)
         if audio_s is not None and audio_s > 0:
             self._rtf.record(duration_s / audio_s, attrs)

@@ -104,6 +104,8 @@ ATTR_OUTCOME: Final = "voxline.outcome"
 ATTR_VOICE: Final = "voxline.voice"
 #: Gateway API flavour, ``unary`` or ``stream`` (:data:`SYNTHESIS_METHODS`).
 ATTR_SYNTHESIS_METHOD: Final = "voxline.synthesis.method"
+#: Span attribute: seconds a stream's listener was left without audio (double).
+ATTR_STALL_DURATION: Final = "voxline.stall.duration"
 #: Span attribute: number of requests in a model batch (int).
 ATTR_BATCH_SIZE: Final = "voxline.batch.size"
 #: Span attribute: share of a padded batch that is padding, 0..1 (double).
@@ -113,6 +115,24 @@ ATTR_PRIORITY: Final = "voxline.priority"
 PRIORITY_INTERACTIVE: Final = "interactive"
 PRIORITY_BULK: Final = "bulk"
 PRIORITIES: Final = frozenset({PRIORITY_INTERACTIVE, PRIORITY_BULK})
+#: Input text length as a bounded class (:func:`text_length_class`), so dashboards can tell
+#: whether long texts are the ones that suffer.
+ATTR_TEXT_LENGTH_CLASS: Final = "voxline.text.length_class"
+TEXT_LENGTH_SHORT: Final = "short"  # up to one sentence or so
+TEXT_LENGTH_MEDIUM: Final = "medium"  # a paragraph
+TEXT_LENGTH_LONG: Final = "long"
+TEXT_LENGTH_CLASSES: Final = frozenset({TEXT_LENGTH_SHORT, TEXT_LENGTH_MEDIUM, TEXT_LENGTH_LONG})
+#: Upper bounds (characters, inclusive) of the short and medium classes.
+TEXT_LENGTH_BOUNDS: Final = (120, 800)
+
+
+def text_length_class(characters: int) -> str:
+    """The bounded class of a text of ``characters`` characters."""
+    if characters <= TEXT_LENGTH_BOUNDS[0]:
+        return TEXT_LENGTH_SHORT
+    return TEXT_LENGTH_MEDIUM if characters <= TEXT_LENGTH_BOUNDS[1] else TEXT_LENGTH_LONG
+
+
 #: Span attribute: length of the input text in characters (int) — never the text itself.
 ATTR_TEXT_LENGTH: Final = "voxline.text.length"
 #: Span attribute: number of phonemes / tokens fed to the acoustic model (int).
@@ -189,6 +209,9 @@ METRIC_STAGE_BATCH_SIZE: Final = "voxline.stage.batch.size"
 METRIC_SYNTHESIS_DURATION: Final = "voxline.synthesis.duration"
 METRIC_SYNTHESIS_TIME_TO_FIRST_AUDIO: Final = "voxline.synthesis.time_to_first_audio"
 METRIC_SYNTHESIS_REAL_TIME_FACTOR: Final = "voxline.synthesis.real_time_factor"
+#: Seconds a stream's listener, playing in real time from the first audio, would have been
+#: without audio (0 for a stream that never ran dry).
+METRIC_SYNTHESIS_STALL_DURATION: Final = "voxline.synthesis.stall.duration"
 METRIC_SYNTHESIS_AUDIO_DURATION: Final = "voxline.synthesis.audio.duration"
 METRIC_SYNTHESIS_CHARACTERS: Final = "voxline.synthesis.characters"
 

@@ -434,6 +434,7 @@ def test_stage_and_synthesis_metrics(tmp_path: Path) -> None:
         names.ATTR_SYNTHESIS_METHOD: "stream",
         names.ATTR_OUTCOME: "ok",
         names.ATTR_PRIORITY: "interactive",
+        names.ATTR_TEXT_LENGTH_CLASS: "short",  # 40 characters
     }
     audio = latest(metrics, names.METRIC_SYNTHESIS_AUDIO_DURATION)
     assert audio["unit"] == "s" and audio["data_points"][0]["value"] == 2.0

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from voxline.v1 import acoustic_pb2, frontend_pb2, vocoder_pb2
 
+from services.gateway.playback import ListenerClock
 from services.gateway.stages import StageClients, UpstreamStream
 from services.runtime.errors import DeadlineExceeded, VoxlineError
 from services.runtime.scheduler import Hints, Priority
@@ -74,15 +75,19 @@ class Job:
     deadline: float  # time.monotonic() by which everything must be done
     priority: Priority = Priority.INTERACTIVE
     scope: CancelScope = field(default_factory=CancelScope)
-    #: time.monotonic() when the first audio went out (streams); None before.
-    first_audio: float | None = None
+    #: The stream's listener (set by the gateway for streams): when playback started.
+    listener: ListenerClock | None = None
 
     def hints(self, audio_before_s: float = 0.0) -> Hints:
         """Hints for a stage call whose output starts `audio_before_s` seconds into this
         request's audio: the listener's playback buffer at that point (before any audio
         went out, playback is taken to start now: the listener is waiting)."""
         now = time.monotonic()
-        start = self.first_audio if self.first_audio is not None else now
+        clock = self.listener
+        if clock is None or clock.first_audio is None:
+            start = now
+        else:  # playback began then, and paused for every stall since
+            start = clock.first_audio + clock.stall_s
         return Hints(self.priority, max(0.0, start + audio_before_s - now))
 
 
@@ -154,11 +159,7 @@ class Pipeline:
                 while len(running) <= LOOKAHEAD_SENTENCES and i + len(running) < len(sentences):
                     k = i + len(running)
                     running.append(self._start_sentence(job, sentences[k], before[k]))
-                run = running.pop(0)
-                for piece in run.audio():
-                    if job.first_audio is None and len(piece.pcm):
-                        job.first_audio = time.monotonic()
-                    yield piece
+                yield from running.pop(0).audio()
         finally:
             for run in running:  # the caller left or a sentence failed: stop the rest
                 run.cancel()

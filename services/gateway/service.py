@@ -18,6 +18,7 @@ from voxline.v1 import synthesizer_pb2, synthesizer_pb2_grpc
 
 from services.gateway.audio import SUPPORTED_SAMPLE_RATES, StreamResampler, resample, wav_bytes
 from services.gateway.pipeline import Job, Pipeline
+from services.gateway.playback import ListenerClock
 from services.gateway.stages import StageClients
 from services.gateway.validation import validate
 from services.runtime.config import DEFAULT_PORTS, add_flag, build_parser, parse_config
@@ -186,6 +187,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
             context.add_callback(job.scope.cancel_all)
             outcome.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
             resampler = StreamResampler(sample_rate)
+            listener = job.listener = ListenerClock(sample_rate)
             samples = 0
             first_audio_s: float | None = None
             last_index = 0
@@ -206,15 +208,25 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
                         voice=self._voice_label(request),
                         method=method,
                         priority=outcome.priority,
+                        characters=len(request.text),
                     )
                 samples += len(pcm)
+                listener.on_send(len(pcm))
                 yield from self._rt.send(message)
             with self._rt.phase(names.PHASE_POSTPROCESS):
                 tail = resampler.process(np.zeros(0, dtype=np.int16), last=True)
             if len(tail):
                 samples += len(tail)
+                listener.on_send(len(tail))
                 yield from self._rt.send(self._chunk(tail, sample_rate, last_index, job.request_id))
             outcome.audio_s = samples / sample_rate
+            outcome.span.set_attribute(names.ATTR_STALL_DURATION, listener.stall_s)
+            self._metrics.record_stall(
+                listener.stall_s,
+                voice=self._voice_label(request),
+                priority=outcome.priority,
+                characters=len(request.text),
+            )
         self._log(job, "stream", request, outcome, first_audio_s)
 
     @staticmethod
