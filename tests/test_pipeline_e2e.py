@@ -159,3 +159,28 @@ def test_cli_say_and_voices(stack: LocalStack, tmp_path) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr
+
+
+def test_frontend_stream_sends_the_same_sentences_as_analyze(stack: LocalStack) -> None:
+    """AnalyzeStream (what the streaming gateway uses) = Analyze, sentence by sentence."""
+    import grpc
+    from voxline.v1 import frontend_pb2, frontend_pb2_grpc
+
+    from services.runtime.tensors import from_proto
+
+    request = frontend_pb2.AnalyzeRequest(text=TEXT + " And one more, at 1.2 times.")
+    with grpc.insecure_channel(stack.address("frontend")) as channel:
+        stub = frontend_pb2_grpc.TextFrontendStub(channel)
+        whole = stub.Analyze(request, timeout=30).sentences
+        streamed = list(stub.AnalyzeStream(request, timeout=30))
+        with pytest.raises(grpc.RpcError) as bad:
+            list(stub.AnalyzeStream(frontend_pb2.AnalyzeRequest(text=" \t "), timeout=30))
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [s.index for s in streamed] == [s.index for s in whole] == [0, 1, 2]
+    for a, b in zip(whole, streamed, strict=True):
+        assert a.num_frames == b.num_frames and a.num_chars == b.num_chars
+        for field in ("phoneme_ids", "durations"):
+            ta, tb = (from_proto(getattr(s, field), name=field) for s in (a, b))
+            assert np.array_equal(ta.numpy(), tb.numpy()), field
+        fa, fb = (from_proto(s.features, name="features") for s in (a, b))
+        assert np.allclose(fa.numpy(), fb.numpy(), atol=1e-4)

@@ -7,6 +7,7 @@ one padded batch.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -84,21 +85,25 @@ class FrontendStage(TorchModelStage[FrontendModel]):
             self.encode(self.prepare("Warm-up: the 3 quick foxes cost $4.50. Done!"), 1.0)
 
     def prepare(self, text: str) -> list[PreparedSentence]:
-        """The text half (CPU): normalise, split, G2P, map to ids."""
+        """The text half (CPU) for a whole text: normalise, split, G2P, map to ids."""
+        return list(self.prepare_iter(text))
+
+    def prepare_iter(self, text: str) -> Iterator[PreparedSentence]:
+        """`prepare`, one sentence at a time: G2P (the costly part) runs only as sentences
+        are asked for. Raises InvalidArgument before the first sentence when the text has
+        nothing speakable, or after the last when no sentence had phonemes."""
         assert self._phonemizer is not None and self._mapper is not None
         if not is_speakable(text):
             raise InvalidArgument("text has nothing speakable (empty, whitespace or control chars)")
-        out: list[PreparedSentence] = []
+        count = 0
         for sentence in split_sentences(normalize(text), self._max_sentence_chars):
             ids = self._mapper.ids(self._phonemizer.phonemes(sentence))
             if len(ids) <= 3:  # BOS, pad, EOS only: nothing to say (e.g. lone punctuation)
                 continue
-            out.append(
-                PreparedSentence(len(out), torch.tensor(ids, dtype=torch.int64), len(sentence))
-            )
-        if not out:
+            yield PreparedSentence(count, torch.tensor(ids, dtype=torch.int64), len(sentence))
+            count += 1
+        if not count:
             raise InvalidArgument("text produced no pronounceable phonemes")
-        return out
 
     def encode(
         self, sentences: list[PreparedSentence], speaking_rate: float

@@ -15,6 +15,7 @@ serve first the work whose listener would run dry first.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections.abc import Iterator
@@ -149,20 +150,45 @@ class Pipeline:
             yield AudioPiece(sentence.index, _pcm(audio))
 
     def synthesize_stream(self, job: Job) -> Iterator[AudioPiece]:
-        """Streaming path: mel chunks flow into the vocoder as the acoustic stage makes them;
-        the next sentence's calls run ahead while the current one streams."""
-        sentences = self._analyze(job)
-        before = _audio_before(sentences)
-        running: list[_SentenceRun] = []
+        """Streaming path: sentences arrive from the frontend one by one (the first before
+        the rest are analysed); each one's mel chunks flow into the vocoder as the acoustic
+        stage makes them; the next sentence's calls run ahead while the current one streams.
+        """
+        request = frontend_pb2.AnalyzeRequest(
+            text=job.text,
+            voice=job.voice,
+            speaking_rate=job.speaking_rate,
+            request_id=job.request_id,
+        )
+        feed = _SentenceFeed(
+            job.scope.add(self._clients.analyze_stream(request, self._remaining(job), job.hints()))
+        )
+        ahead: list[_SentenceRun] = []
+        audio_before = 0.0
+
+        def top_up(block: bool) -> None:
+            # Start the next sentences' calls, up to the lookahead; without `block`, only
+            # those the frontend has already sent (audio forwarding must not wait on it).
+            nonlocal audio_before
+            while len(ahead) <= LOOKAHEAD_SENTENCES:
+                sentence = feed.next(block=block and not ahead)
+                if sentence is None:
+                    return
+                ahead.append(self._start_sentence(job, sentence, audio_before))
+                audio_before += sentence.num_frames * HOP_LENGTH / SAMPLE_RATE_HZ
+
         try:
-            for i in range(len(sentences)):
-                while len(running) <= LOOKAHEAD_SENTENCES and i + len(running) < len(sentences):
-                    k = i + len(running)
-                    running.append(self._start_sentence(job, sentences[k], before[k]))
-                yield from running.pop(0).audio()
+            top_up(block=True)
+            while ahead:
+                run = ahead.pop(0)
+                for piece in run.audio():
+                    top_up(block=False)
+                    yield piece
+                top_up(block=True)
         finally:
-            for run in running:  # the caller left or a sentence failed: stop the rest
+            for run in ahead:  # the caller left or a sentence failed: stop the rest
                 run.cancel()
+            feed.cancel()
 
     def _start_sentence(
         self, job: Job, sentence: frontend_pb2.Sentence, audio_before_s: float
@@ -206,6 +232,44 @@ class _SentenceRun:
     def cancel(self) -> None:
         self.audio_chunks.cancel()
         self.mel_chunks.cancel()
+
+
+class _SentenceFeed:
+    """The frontend's sentence stream, read on its own thread so the gateway can look for
+    the next sentence without waiting for it."""
+
+    def __init__(self, upstream: UpstreamStream) -> None:
+        self._upstream = upstream
+        self._queue: queue.Queue[frontend_pb2.Sentence | BaseException | None] = queue.Queue()
+        self._ended = False
+        threading.Thread(target=self._read, name="sentence-feed", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for sentence in self._upstream:
+                self._queue.put(sentence)
+            self._queue.put(None)
+        except BaseException as exc:
+            self._queue.put(exc)
+
+    def next(self, block: bool) -> frontend_pb2.Sentence | None:
+        """The next sentence; None at the end, or (not blocking) when none is here yet.
+        A frontend failure is raised here."""
+        if self._ended:
+            return None
+        try:
+            item = self._queue.get(block=block)
+        except queue.Empty:
+            return None
+        if item is None:
+            self._ended = True
+        elif isinstance(item, BaseException):
+            self._ended = True
+            raise item
+        return item
+
+    def cancel(self) -> None:
+        self._upstream.cancel()
 
 
 def _audio_before(sentences: list[frontend_pb2.Sentence]) -> list[float]:

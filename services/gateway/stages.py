@@ -149,6 +149,15 @@ class StageClients:
             lambda: self.frontend_stub.Analyze(request, timeout=timeout, metadata=md)
         )
 
+    def analyze_stream(
+        self, request: frontend_pb2.AnalyzeRequest, timeout: float, hints: Hints
+    ) -> UpstreamStream:
+        return self.frontend.stream(
+            self.frontend_stub.AnalyzeStream(
+                request, timeout=timeout, metadata=hints_metadata(hints)
+            )
+        )
+
     def generate(
         self, request: acoustic_pb2.GenerateRequest, timeout: float, hints: Hints
     ) -> acoustic_pb2.GenerateResponse:
