@@ -4,27 +4,35 @@ Every comparison is measured in one run, interleaved, on the same machine, and r
 medians and p95 (machines here are noisy; never compare numbers across runs):
 
 - unary vs streaming: end-to-end latency, time-to-first-audio (TTFA), real-time factor;
-- telemetry cost: the same requests against a stack with telemetry on (OTLP export to a
-  local receiver) and one with `OTEL_SDK_DISABLED=true`, alternated request by request;
-- concurrency: throughput (audio seconds per wall second) at 1 and N concurrent streams.
+- a concurrency sweep (closed loop at 1, 2, 4, 8 streams; texts of three lengths): TTFA
+  p50/p95/p99, stall p95, end-to-end p50/p95, aggregate RTFX, errors — with the stages'
+  dynamic batching on and off (`--max-batch-size 1`), alternated level by level;
+- telemetry cost: a stack with telemetry on (OTLP export to a local receiver) against one
+  with `OTEL_SDK_DISABLED=true`, at 1 and 4 streams, alternated;
+- the microservice tax: the 4-service stack against the same stages composed in one
+  process (bench/load.py `InProcess`), request by request.
 
-Usage: `make bench` (or `python -m bench.run --requests 8 --out bench/results/latest.json`).
+Writes JSON, a Markdown summary and a PNG plot next to `--out`.
+Usage: `make bench` (or `python -m bench.run --out bench/results/latest.json`);
+`--smoke` runs a seconds-long version of every part (make test runs it).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import statistics
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench.load import TEXTS as TEXTS_BY_LENGTH
+from bench.load import InProcess, StreamResult, closed_loop, describe, stream_once, summary
+from bench.report import markdown, plot
 from services.cli.client import SynthesisResult, synthesize
 from services.cli.stack import LocalStack
 
@@ -34,21 +42,6 @@ TEXTS = [
     "On March 3rd, 2026, the invoice came to $1,234.56.",
     "Short one.",
 ]
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def summary(values: list[float]) -> dict[str, float]:
-    return {
-        "n": len(values),
-        "median": statistics.median(values),
-        "p95": _pct(values, 0.95),
-        "min": min(values),
-        "max": max(values),
-    }
 
 
 def _run(address: str, text: str, stream: bool) -> SynthesisResult:
@@ -75,51 +68,69 @@ def bench_modes(stack: LocalStack, requests: int) -> dict[str, Any]:
     return result
 
 
-def bench_telemetry(on: LocalStack, off: LocalStack, requests: int) -> dict[str, Any]:
-    """The same streaming requests, alternating between a traced and an untraced stack."""
-    lat: dict[str, list[float]] = {"on": [], "off": []}
-    for i in range(requests):
-        text = TEXTS[i % len(TEXTS)]
-        for name, stack in (("on", on), ("off", off)) if i % 2 == 0 else (("off", off), ("on", on)):
-            lat[name].append(_run(stack.gateway, text, stream=True).elapsed_s)
-    on_s, off_s = summary(lat["on"]), summary(lat["off"])
-    return {
-        "telemetry_on": on_s,
-        "telemetry_off": off_s,
-        "median_ratio_on_over_off": on_s["median"] / off_s["median"],
-    }
+def bench_sweep(
+    variants: dict[str, LocalStack], levels: list[int], rounds: int, lengths: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Each concurrency level against each variant, the variants' order alternating."""
+    out: dict[str, dict[str, Any]] = {name: {} for name in variants}
+    for i, n in enumerate(levels):
+        order = list(variants) if i % 2 == 0 else list(reversed(variants))
+        for name in order:
+            print(f"  {name}: {n} streams ...", flush=True)
+            out[name][str(n)] = closed_loop(variants[name].gateway, n, rounds, lengths)
+    return out
 
 
-def bench_concurrency(stack: LocalStack, streams: int, rounds: int) -> dict[str, Any]:
-    """Audio seconds produced per wall second with `streams` concurrent streaming calls."""
+def bench_telemetry(
+    on: LocalStack, off: LocalStack, levels: list[int], rounds: int
+) -> dict[str, Any]:
+    """Streams of one sentence against a traced and an untraced stack, alternated."""
     out: dict[str, Any] = {}
-    for n in sorted({1, streams}):
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(n) as pool:
-            results = list(
-                pool.map(
-                    lambda i: _run(stack.gateway, TEXTS[i % len(TEXTS)], True), range(n * rounds)
-                )
-            )
-        wall = time.perf_counter() - t0
-        audio = sum(r.duration_s for r in results)
-        out[f"concurrency_{n}"] = {
-            "requests": len(results),
-            "audio_s": audio,
-            "wall_s": wall,
-            "audio_s_per_wall_s": audio / wall,
-            "ttfa_s": summary([r.first_audio_s or r.elapsed_s for r in results]),
+    for i, n in enumerate(levels):
+        pair = (("on", on), ("off", off)) if i % 2 == 0 else (("off", off), ("on", on))
+        runs = {name: closed_loop(stack.gateway, n, rounds, ["sentence"]) for name, stack in pair}
+        out[f"streams_{n}"] = {
+            "on": runs["on"],
+            "off": runs["off"],
+            "e2e_median_ratio_on_over_off": runs["on"]["e2e_s"]["median"]
+            / runs["off"]["e2e_s"]["median"],
         }
+    return out
+
+
+def bench_tax(stack: LocalStack, requests: int) -> dict[str, Any]:
+    """The stack vs the same stages in this process, one request at a time, alternated."""
+    inproc = InProcess(threads=2)
+    inproc.stream_once("sentence")
+    results: dict[str, list[StreamResult]] = {"stack": [], "in_process": []}
+    for i in range(requests):
+        pair = ("stack", "in_process") if i % 2 == 0 else ("in_process", "stack")
+        for name in pair:
+            if name == "stack":
+                results[name].append(stream_once(stack.gateway, "sentence"))
+            else:
+                results[name].append(inproc.stream_once("sentence"))
+    out = {name: describe(r, 0.0) for name, r in results.items()}
+    for key in ("ttfa_s", "e2e_s"):
+        out[f"{key}_median_ratio_stack_over_in_process"] = (
+            out["stack"][key]["median"] / out["in_process"][key]["median"]
+        )
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=8, help="requests per compared variant")
-    p.add_argument("--streams", type=int, default=2, help="concurrency for the throughput run")
+    p.add_argument("--levels", default="1,2,4,8", help="concurrency levels of the sweep")
+    p.add_argument("--rounds", type=int, default=3, help="requests per caller per level")
+    p.add_argument("--smoke", action="store_true", help="a seconds-long run of every part")
     p.add_argument("--out", default="bench/results/latest.json")
     p.add_argument("--run-dir", default="runs/bench")
     args = p.parse_args(argv)
+    levels = [int(n) for n in args.levels.split(",")]
+    lengths = list(TEXTS_BY_LENGTH)
+    if args.smoke:
+        args.requests, args.rounds, levels, lengths = 1, 1, [1, 2], ["sentence"]
 
     # A real OTLP/gRPC endpoint in this process (the one the tests use).
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -132,27 +143,37 @@ def main(argv: list[str] | None = None) -> int:
             "python": sys.version.split()[0],
             "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "cpu_threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
         },
-        "texts": len(TEXTS),
+        "settings": {"levels": levels, "rounds": args.rounds, "lengths": lengths},
     }
+    no_batching = {s: ["--max-batch-size", "1"] for s in ("frontend", "acoustic", "vocoder")}
     with OtlpReceiver() as receiver:
         on_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
-        with LocalStack(run_dir / "on", env=on_env) as on:
-            _run(on.gateway, "Warm up.", True)
+        with (
+            LocalStack(run_dir / "on", env=on_env) as on,
+            LocalStack(run_dir / "nobatch", env=on_env, extra_args=no_batching) as nobatch,
+            LocalStack(run_dir / "off", env={"OTEL_SDK_DISABLED": "true"}) as off,
+        ):
+            for stack in (on, nobatch, off):
+                _run(stack.gateway, "Warm up.", True)
             print("unary vs streaming ...", flush=True)
             result["modes"] = bench_modes(on, args.requests)
-            print("concurrency ...", flush=True)
-            result["concurrency"] = bench_concurrency(on, args.streams, 2)
-            with LocalStack(run_dir / "off", env={"OTEL_SDK_DISABLED": "true"}) as off:
-                _run(off.gateway, "Warm up.", True)
-                print("telemetry on vs off ...", flush=True)
-                result["telemetry"] = bench_telemetry(on, off, args.requests)
+            print("concurrency sweep, batching on vs off ...", flush=True)
+            variants = {"batching": on, "no-batching": nobatch}
+            result["sweep"] = bench_sweep(variants, levels, args.rounds, lengths)
+            print("telemetry on vs off ...", flush=True)
+            telemetry_levels = [1] if args.smoke else [1, 4]
+            result["telemetry"] = bench_telemetry(on, off, telemetry_levels, args.rounds)
+            print("microservice tax ...", flush=True)
+            result["tax"] = bench_tax(on, args.requests)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    out.with_suffix(".md").write_text(markdown(result))
+    plot(result, out.with_suffix(".png"))
+    print(markdown(result))
+    print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
     return 0
 
 

@@ -1,0 +1,185 @@
+"""Closed-loop streaming load against a gateway, and the same stages composed in one process.
+
+A *listener* model measures what a user hears: time to first audio (TTFA), and stalls
+(how long a listener playing in real time from the first audio would be left without audio;
+`services.gateway.playback.ListenerClock`, the same model the gateway's stall metric uses).
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import torch
+from voxline.v1 import synthesizer_pb2, synthesizer_pb2_grpc
+
+from services.gateway.playback import ListenerClock
+from services.runtime.voice import SAMPLE_RATE_HZ
+
+SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank."
+PARAGRAPH = (
+    "Voxline turns text into speech in three stages, each its own service. "
+    "The frontend reads the text aloud in phonemes; the acoustic model paints a spectrogram. "
+    "The vocoder turns it into sound, window by window, while the next sentence is prepared. "
+    "On March 3rd, 2026, the invoice came to $1,234.56, which Dr. Smith paid at once."
+)
+LONG = " ".join([PARAGRAPH] * 5)[:2000]
+#: Texts of three lengths (the bench's "short / paragraph / ~2,000 characters").
+TEXTS = {"sentence": SENTENCE, "paragraph": PARAGRAPH, "long": LONG}
+#: A long text's stream is followed for this much audio, then cancelled: TTFA and stalls are
+#: what it measures (its whole ~2 minutes of audio would dominate the run's time).
+AUDIO_CAP_S = 20.0
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summary(values: list[float]) -> dict[str, float] | None:
+    """Median, p95, p99 (and n, min, max) of `values`; None when empty."""
+    if not values:
+        return None
+    return {
+        "n": len(values),
+        "median": statistics.median(values),
+        "p95": pct(values, 0.95),
+        "p99": pct(values, 0.99),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+@dataclass
+class StreamResult:
+    """One streamed request as its listener experienced it."""
+
+    length: str
+    ttfa_s: float | None
+    stall_s: float
+    audio_s: float
+    elapsed_s: float
+    completed: bool  # False when cut at AUDIO_CAP_S
+    error: str | None = None
+
+
+def stream_once(address: str, length: str, timeout: float = 300.0) -> StreamResult:
+    """Stream TEXTS[length] and follow it as a listener would (up to AUDIO_CAP_S)."""
+    request = synthesizer_pb2.SynthesizeRequest(text=TEXTS[length])
+    clock = ListenerClock(SAMPLE_RATE_HZ)
+    t0 = time.monotonic()
+    ttfa = None
+    completed = True
+    try:
+        with grpc.insecure_channel(address) as channel:
+            call = synthesizer_pb2_grpc.SynthesizerStub(channel).SynthesizeStream(
+                request, timeout=timeout
+            )
+            for message in call:
+                samples = len(message.audio) // 2
+                if samples and ttfa is None:
+                    ttfa = time.monotonic() - t0
+                clock.on_send(samples)
+                if clock.sent_s >= AUDIO_CAP_S:
+                    completed = False
+                    call.cancel()
+                    break
+    except grpc.RpcError as exc:
+        return StreamResult(
+            length, ttfa, clock.stall_s, clock.sent_s, time.monotonic() - t0, False,
+            exc.code().name,
+        )  # fmt: skip
+    return StreamResult(length, ttfa, clock.stall_s, clock.sent_s, time.monotonic() - t0, completed)
+
+
+def closed_loop(address: str, streams: int, rounds: int, lengths: list[str]) -> dict[str, Any]:
+    """`streams` callers, each sending `rounds` requests back to back (lengths round-robin,
+    each caller starting at a different one); per-length and overall summaries."""
+    results: list[StreamResult] = []
+    lock = threading.Lock()
+
+    def caller(i: int) -> None:
+        for r in range(rounds):
+            result = stream_once(address, lengths[(i + r) % len(lengths)])
+            with lock:
+                results.append(result)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - t0
+    return describe(results, wall)
+
+
+def describe(results: list[StreamResult], wall_s: float) -> dict[str, Any]:
+    ok = [r for r in results if r.error is None]
+    out: dict[str, Any] = {
+        "requests": len(results),
+        "errors": sorted(r.error for r in results if r.error),
+        "wall_s": wall_s,
+        "audio_s": sum(r.audio_s for r in ok),
+        "rtfx": sum(r.audio_s for r in ok) / wall_s if wall_s else 0.0,
+        "ttfa_s": summary([r.ttfa_s for r in ok if r.ttfa_s is not None]),
+        "stall_s": summary([r.stall_s for r in ok]),
+        "e2e_s": summary([r.elapsed_s for r in ok if r.completed]),
+        "by_length": {},
+    }
+    for length in sorted({r.length for r in results}):
+        mine = [r for r in ok if r.length == length]
+        out["by_length"][length] = {
+            "ttfa_s": summary([r.ttfa_s for r in mine if r.ttfa_s is not None]),
+            "stall_s": summary([r.stall_s for r in mine]),
+            "e2e_s": summary([r.elapsed_s for r in mine if r.completed]),
+        }
+    return out
+
+
+class InProcess:
+    """The three stages composed in one process, no gRPC (the microservice-tax baseline):
+    the same models, the same streaming windows, the same first-sentence-first order."""
+
+    def __init__(self, threads: int) -> None:
+        from services.acoustic.stage import AcousticInput, AcousticStage
+        from services.frontend.stage import FrontendInput, FrontendStage
+        from services.runtime.voice import resolve_checkpoint
+        from services.vocoder.stage import VocoderStage
+
+        torch.set_num_threads(threads)
+        self._inputs = FrontendInput, AcousticInput
+        self.frontend = FrontendStage(checkpoint=resolve_checkpoint("auto", "frontend"))
+        self.acoustic = AcousticStage(checkpoint=resolve_checkpoint("auto", "acoustic"))
+        self.vocoder = VocoderStage()
+        for stage in (self.frontend, self.acoustic, self.vocoder):
+            stage.load()
+            stage.warmup()
+
+    def audio(self, text: str) -> Iterator[torch.Tensor]:
+        """PCM pieces in playback order, each as soon as it is vocoded."""
+        frontend_input, acoustic_input = self._inputs
+        for prepared in self.frontend.prepare_iter(text):
+            (encoded,) = self.frontend.execute([frontend_input([prepared], 1.0)])
+            (sentence,) = encoded
+            (mel,) = self.acoustic.execute([acoustic_input(sentence.features, sentence.durations)])
+            stream = self.vocoder.stream()
+            for window in [*stream.plan(mel), *stream.plan_flush()]:
+                yield stream.finish([window], self.vocoder.execute([window.mel]))
+
+    def stream_once(self, length: str) -> StreamResult:
+        clock = ListenerClock(SAMPLE_RATE_HZ)
+        t0 = time.monotonic()
+        ttfa = None
+        for pcm in self.audio(TEXTS[length]):
+            if ttfa is None and pcm.numel():
+                ttfa = time.monotonic() - t0
+            clock.on_send(pcm.numel())
+            if clock.sent_s >= AUDIO_CAP_S:
+                return StreamResult(length, ttfa, clock.stall_s, clock.sent_s, 0.0, False)
+        return StreamResult(length, ttfa, clock.stall_s, clock.sent_s, time.monotonic() - t0, True)

@@ -1,0 +1,101 @@
+"""`make bench` results as Markdown and a PNG plot (TTFA p95 and RTFX vs concurrency)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def _ms(stat: dict[str, float] | None, key: str = "median") -> str:
+    return "–" if not stat else f"{stat[key] * 1000:.0f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = ["# Voxline benchmark", "", f"Machine: `{result['machine']}`", ""]
+    sweep = result.get("sweep", {})
+    if sweep:
+        lines += [
+            "## Concurrency sweep (closed loop, streaming; lengths round-robin)",
+            "",
+            "| variant | streams | TTFA p50 ms | TTFA p95 ms | TTFA p99 ms | stall p95 ms "
+            "| e2e p50 ms | e2e p95 ms | RTFX | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for variant, levels in sweep.items():
+            for n, r in levels.items():
+                lines.append(
+                    f"| {variant} | {n} | {_ms(r['ttfa_s'])} | {_ms(r['ttfa_s'], 'p95')} "
+                    f"| {_ms(r['ttfa_s'], 'p99')} | {_ms(r['stall_s'], 'p95')} "
+                    f"| {_ms(r['e2e_s'])} | {_ms(r['e2e_s'], 'p95')} | {r['rtfx']:.2f} "
+                    f"| {len(r['errors'])} |"
+                )
+        lines.append("")
+        lines += ["TTFA p50 / p95 ms by text length:", ""]
+        for variant, levels in sweep.items():
+            for n, r in levels.items():
+                parts = [
+                    f"{length} {_ms(v['ttfa_s'])}/{_ms(v['ttfa_s'], 'p95')}"
+                    for length, v in r["by_length"].items()
+                ]
+                lines.append(f"- {variant} x{n}: " + ", ".join(parts))
+        lines.append("")
+    tax = result.get("tax")
+    if tax:
+        lines += [
+            "## Microservice tax (one sentence, 1 stream, alternated)",
+            "",
+            "| | TTFA p50 ms | TTFA p95 ms | e2e p50 ms | e2e p95 ms |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name in ("stack", "in_process"):
+            r = tax[name]
+            lines.append(
+                f"| {name} | {_ms(r['ttfa_s'])} | {_ms(r['ttfa_s'], 'p95')} "
+                f"| {_ms(r['e2e_s'])} | {_ms(r['e2e_s'], 'p95')} |"
+            )
+        lines += [
+            "",
+            f"Ratio stack / in-process: TTFA p50 "
+            f"{tax['ttfa_s_median_ratio_stack_over_in_process']:.2f}, e2e p50 "
+            f"{tax['e2e_s_median_ratio_stack_over_in_process']:.2f}.",
+            "",
+        ]
+    telemetry = result.get("telemetry")
+    if telemetry:
+        lines += [
+            "## Telemetry on vs off (one sentence per request, alternated)",
+            "",
+            "| streams | e2e p50 ms on | e2e p50 ms off | ratio on/off |",
+            "|---:|---:|---:|---:|",
+        ]
+        for key, r in telemetry.items():
+            lines.append(
+                f"| {key.removeprefix('streams_')} | {_ms(r['on']['e2e_s'])} "
+                f"| {_ms(r['off']['e2e_s'])} | {r['e2e_median_ratio_on_over_off']:.3f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """TTFA p95 and RTFX vs concurrency, one line per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ttfa, rtfx) = plt.subplots(1, 2, figsize=(10, 4))
+    for variant, levels in result.get("sweep", {}).items():
+        xs = [int(n) for n in levels]
+        ttfa.plot(xs, [(r["ttfa_s"] or {}).get("p95", 0) * 1000 for r in levels.values()],
+                  marker="o", label=variant)  # fmt: skip
+        rtfx.plot(xs, [r["rtfx"] for r in levels.values()], marker="o", label=variant)
+    ttfa.set(xlabel="concurrent streams", ylabel="TTFA p95 (ms)", title="Time to first audio")
+    rtfx.set(xlabel="concurrent streams", ylabel="audio s / wall s", title="Aggregate RTFX")
+    for ax in (ttfa, rtfx):
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,33 @@
+"""`make bench`'s harness runs end to end (a seconds-long version; the numbers are not
+checked here: performance claims live in the benchmark's own results)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_bench_smoke_writes_json_markdown_and_plot(tmp_path: Path) -> None:
+    out = tmp_path / "latest.json"
+    subprocess.run(
+        [sys.executable, "-m", "bench.run", "--smoke", "--out", str(out),
+         "--run-dir", str(tmp_path / "runs")],
+        cwd=ROOT, check=True, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    result = json.loads(out.read_text())
+    sweep = result["sweep"]
+    assert set(sweep) == {"batching", "no-batching"}
+    for levels in sweep.values():
+        assert set(levels) == {"1", "2"}
+        for r in levels.values():
+            assert r["errors"] == [] and r["rtfx"] > 0
+            assert r["ttfa_s"]["p95"] >= r["ttfa_s"]["median"] > 0
+            assert r["stall_s"]["n"] == r["requests"]
+    assert result["tax"]["in_process"]["ttfa_s"]["median"] > 0
+    assert result["telemetry"]["streams_1"]["e2e_median_ratio_on_over_off"] > 0
+    assert "Concurrency sweep" in out.with_suffix(".md").read_text()
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
