@@ -361,6 +361,17 @@ def test_recording_rules_over_the_local_stack(tmp_path: Path) -> None:
         rtf = by_label(prom.query(RTF_P50), "voxline_synthesis_method")
         assert rtf and all(v > 0 for v in rtf.values()), rtf
 
+        # The dashboard's batch-size panel shows every model stage's batches (each model
+        # execution now records its size).
+        (batch_expr,) = [
+            expr
+            for where, expr in _grafana_queries()
+            if "batch" in where.lower() and "voxline_stage_batch_size_sum" in expr
+        ]
+        batches = by_label(finite(prom.query(_substitute(batch_expr))), "voxline_stage")
+        assert set(MODEL_STAGES) <= set(batches), batches
+        assert all(batches[s] >= 1 for s in MODEL_STAGES), batches
+
         derived = set(voxline_metric_names())
         scraped = {
             n
