@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import wave
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
 import pytest
 from voxline.v1 import synthesizer_pb2_grpc
 
-from services.cli.stack import LocalStack
+from services.cli.stack import LocalStack, free_port, wait_serving
 
 
 @pytest.fixture(scope="session")
@@ -35,3 +38,26 @@ def read_wav(data: bytes) -> tuple[int, int, int, bytes]:
 
 def log_text(run_dir: Path) -> str:
     return "\n".join(p.read_text(errors="replace") for p in sorted(run_dir.glob("*.log")))
+
+
+@contextmanager
+def running_service(
+    service: str,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 120.0,
+) -> Iterator[str]:
+    """`python -m services.<service>` on a free loopback port, SERVING; yields its address
+    and stops it (SIGTERM) afterwards."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"services.{service}", "--port", str(port), *args],
+        cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_serving(f"127.0.0.1:{port}", timeout, proc)
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(60)

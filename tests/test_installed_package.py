@@ -12,15 +12,15 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import grpc
 import pytest
+from conftest import running_service
 from voxline.v1 import stage_pb2, stage_pb2_grpc
 
-from services.cli.stack import free_port, wait_serving
+from services.cli.stack import free_port
 from services.runtime.voice import VOICE_NAME
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,21 +52,12 @@ def workdir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-@contextmanager
-def _start(stage: str, site: Path, cwd: Path, *args: str, **env: str) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", f"services.{stage}", "--port", str(port), "--run-dir",
-         str(cwd / "runs"), *args],
-        cwd=cwd, env=_env(site, **env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        wait_serving(f"127.0.0.1:{port}", 120, proc)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=60)
+def _start(
+    stage: str, site: Path, cwd: Path, *args: str, **env: str
+) -> AbstractContextManager[str]:
+    return running_service(
+        stage, "--run-dir", str(cwd / "runs"), *args, env=_env(site, **env), cwd=cwd
+    )
 
 
 def _model_info(address: str) -> stage_pb2.ModelInfo:

@@ -6,8 +6,6 @@ tests hold on a loaded 2-core machine. Speed claims live in `make bench`.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -15,26 +13,17 @@ from collections.abc import Iterator
 import grpc
 import pytest
 import torch
+from conftest import running_service
 from voxline.v1 import vocoder_pb2, vocoder_pb2_grpc
 
-from services.cli.stack import free_port, wait_serving
 from services.runtime.scheduler import Hints, Priority, hints_metadata, read_hints
 from services.runtime.tensors import to_proto
 
 
 @pytest.fixture(scope="module")
 def vocoder() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.vocoder", "--port", str(port), "--torch-threads", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_serving(f"127.0.0.1:{port}", 120, proc)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with running_service("vocoder", "--torch-threads", "1") as address:
+        yield address
 
 
 def _vocode_at(address: str, frames: int, hints: Hints, done: dict[str, float], name: str) -> None:
