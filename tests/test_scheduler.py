@@ -198,3 +198,20 @@ def test_batch_span_links_every_request() -> None:
     assert shared.attributes[names.ATTR_BATCH_PADDING] == pytest.approx(0.25)
     assert shared.parent is None or not shared.parent.is_valid
     assert trace.get_current_span().get_span_context().is_valid is False
+
+
+def test_work_not_due_soon_does_not_ride_along(
+    gated: BatchScheduler[str, str], model: Model
+) -> None:
+    """A batch mate costs the urgent job compute time on a CPU: only work due within the
+    batch window (1 s by default) of the most urgent job joins its batch."""
+    now = time.monotonic()
+    jobs = [
+        gated.submit("a-now", urgency=now),
+        gated.submit("a-later", urgency=now + 5.0),
+        gated.submit("a-soon", urgency=now + 0.5),
+    ]
+    model.release.set()
+    for job in jobs:
+        gated.wait_result(job)
+    assert model.batches == [["a-now", "a-soon"], ["a-later"]]

@@ -24,10 +24,15 @@ def _env(name: str, default: Any) -> Any:
 @dataclass(frozen=True)
 class SchedulerConfig:
     """A stage's batching settings (flags `--max-batch-size`, `--max-queue-delay-ms`,
-    `--max-queue`, `--instances`)."""
+    `--batch-window-ms`, `--max-queue`, `--instances`)."""
 
     max_batch_size: int = 8
     max_queue_delay_s: float = 0.0
+    #: Only work due within this long after the most urgent job joins its batch: on a CPU a
+    #: batch mate costs the urgent job about its own compute time, so work whose listener has
+    #: seconds of audio in hand must not ride along. On a GPU, where a mate is nearly free,
+    #: raise it.
+    batch_window_s: float = 1.0
     max_queue: int = 16
     instances: int = 1
 
@@ -51,6 +56,7 @@ class ServiceConfig:
     max_queue: int = SCHEDULER_DEFAULTS.max_queue
     max_batch_size: int = SCHEDULER_DEFAULTS.max_batch_size
     max_queue_delay_ms: float = SCHEDULER_DEFAULTS.max_queue_delay_s * 1000.0
+    batch_window_ms: float = SCHEDULER_DEFAULTS.batch_window_s * 1000.0
     instances: int = SCHEDULER_DEFAULTS.instances
     drain_seconds: float = 20.0
     max_connection_age_s: float = 300.0
@@ -70,6 +76,7 @@ class ServiceConfig:
         return SchedulerConfig(
             max_batch_size=self.max_batch_size,
             max_queue_delay_s=self.max_queue_delay_ms / 1000.0,
+            batch_window_s=self.batch_window_ms / 1000.0,
             max_queue=self.max_queue,
             instances=self.instances,
         )
@@ -102,6 +109,12 @@ def build_parser(service: str, description: str) -> argparse.ArgumentParser:
         float,
         d.max_queue_delay_s * 1000.0,
         "how long a request may wait for others to batch with (0: batch what is queued)",
+    )
+    add(
+        "batch-window-ms",
+        float,
+        d.batch_window_s * 1000.0,
+        "only work due within this long after the most urgent joins its batch",
     )
     add("instances", int, d.instances, "model instances (worker threads) running batches")
     add("drain-seconds", float, 20.0, "on SIGTERM, time allowed for in-flight calls to finish")
@@ -139,6 +152,7 @@ def parse_config(
         "max_queue",
         "max_batch_size",
         "max_queue_delay_ms",
+        "batch_window_ms",
         "instances",
         "drain_seconds",
         "max_connection_age_s",

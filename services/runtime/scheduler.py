@@ -11,7 +11,7 @@ instant by which the job's output is needed: for a stream, the moment its listen
 out of audio (playback-aware earliest deadline first); for everything else, its arrival time
 (FIFO). A stream that already has seconds of audio buffered therefore waits behind a stream
 waiting for its first audio. Only jobs with the same batch *key* (a shape bucket) and the same
-priority class share a batch.
+priority class, due within `batch_window` of the most urgent one, share a batch.
 
 Admission: a full queue refuses at once (RESOURCE_EXHAUSTED). Jobs whose deadline has passed
 or whose caller went away are dropped before they cost compute.
@@ -308,8 +308,13 @@ class BatchScheduler(Generic[In, Out]):
                     self._cond.wait()
                     continue
                 head = min(self._pending, key=Job.order)
+                due_by = head.urgency + self.config.batch_window_s
                 mates = sorted(
-                    (j for j in self._pending if j.key == head.key and j.priority == head.priority),
+                    (
+                        j
+                        for j in self._pending
+                        if j.key == head.key and j.priority == head.priority and j.urgency <= due_by
+                    ),
                     key=Job.order,
                 )[: self.config.max_batch_size]
                 # Wait for more work to batch with, at most max_queue_delay after the head
