@@ -18,7 +18,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -114,14 +114,14 @@ class Pipeline:
             raise DeadlineExceeded("deadline exceeded before the synthesis finished")
         return left
 
-    def _analyze(self, job: Job) -> list[frontend_pb2.Sentence]:
-        request = frontend_pb2.AnalyzeRequest(
+    @staticmethod
+    def _analyze_request(job: Job) -> frontend_pb2.AnalyzeRequest:
+        return frontend_pb2.AnalyzeRequest(
             text=job.text,
             voice=job.voice,
             speaking_rate=job.speaking_rate,
             request_id=job.request_id,
         )
-        return list(self._clients.analyze(request, self._remaining(job), job.hints()).sentences)
 
     def _generate_request(
         self, job: Job, sentence: frontend_pb2.Sentence
@@ -136,7 +136,8 @@ class Pipeline:
 
     def synthesize(self, job: Job) -> Iterator[AudioPiece]:
         """Unary path: one whole mel and one vocoder call per sentence."""
-        sentences = self._analyze(job)
+        request = self._analyze_request(job)
+        sentences = self._clients.analyze(request, self._remaining(job), job.hints()).sentences
         for sentence, before in zip(sentences, _audio_before(sentences), strict=True):
             hints = job.hints(before)
             mel = self._clients.generate(
@@ -154,39 +155,36 @@ class Pipeline:
         the rest are analysed); each one's mel chunks flow into the vocoder as the acoustic
         stage makes them; the next sentence's calls run ahead while the current one streams.
         """
-        request = frontend_pb2.AnalyzeRequest(
-            text=job.text,
-            voice=job.voice,
-            speaking_rate=job.speaking_rate,
-            request_id=job.request_id,
-        )
+        request = self._analyze_request(job)
         feed = _SentenceFeed(
             job.scope.add(self._clients.analyze_stream(request, self._remaining(job), job.hints()))
         )
-        ahead: list[_SentenceRun] = []
+        # The sentence being streamed to the caller first, then up to LOOKAHEAD_SENTENCES
+        # whose stage calls already run.
+        started: list[_SentenceRun] = []
         audio_before = 0.0
 
         def top_up(block: bool) -> None:
             # Start the next sentences' calls, up to the lookahead; without `block`, only
             # those the frontend has already sent (audio forwarding must not wait on it).
             nonlocal audio_before
-            while len(ahead) <= LOOKAHEAD_SENTENCES:
-                sentence = feed.next(block=block and not ahead)
+            while len(started) <= LOOKAHEAD_SENTENCES:
+                sentence = feed.next(block=block and not started)
                 if sentence is None:
                     return
-                ahead.append(self._start_sentence(job, sentence, audio_before))
-                audio_before += sentence.num_frames * HOP_LENGTH / SAMPLE_RATE_HZ
+                started.append(self._start_sentence(job, sentence, audio_before))
+                audio_before += _seconds(sentence.num_frames)
 
         try:
             top_up(block=True)
-            while ahead:
-                run = ahead.pop(0)
-                for piece in run.audio():
+            while started:
+                for piece in started[0].audio():
                     top_up(block=False)
                     yield piece
+                started.pop(0)
                 top_up(block=True)
         finally:
-            for run in ahead:  # the caller left or a sentence failed: stop the rest
+            for run in started:  # the caller left or a sentence failed: stop the rest
                 run.cancel()
             feed.cancel()
 
@@ -272,11 +270,16 @@ class _SentenceFeed:
         self._upstream.cancel()
 
 
-def _audio_before(sentences: list[frontend_pb2.Sentence]) -> list[float]:
+def _seconds(frames: int) -> float:
+    """Seconds of audio in `frames` mel frames."""
+    return frames * HOP_LENGTH / SAMPLE_RATE_HZ
+
+
+def _audio_before(sentences: Sequence[frontend_pb2.Sentence]) -> list[float]:
     """Seconds of audio that precede each sentence (from the frontend's frame counts)."""
     out, total = [], 0
     for sentence in sentences:
-        out.append(total * HOP_LENGTH / SAMPLE_RATE_HZ)
+        out.append(_seconds(total))
         total += sentence.num_frames
     return out
 
