@@ -83,7 +83,8 @@ class Deployment:
 
 @pytest.fixture(scope="module")
 def deployment() -> Iterator[Deployment]:
-    assert podman("image", "exists", IMAGE, timeout=30) == "", "unreachable"
+    exists = subprocess.run([PODMAN, "image", "exists", IMAGE], capture_output=True, timeout=30)
+    assert exists.returncode == 0, f"image {IMAGE} not found: run `make image` first"
     run_id = uuid.uuid4().hex[:8]
     ports = {s: free_port() for s in (*STAGES, "gateway")}
     addresses = {s: f"127.0.0.1:{p}" for s, p in ports.items()}

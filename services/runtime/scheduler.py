@@ -127,10 +127,6 @@ class Job(Generic[In, Out]):
         self.done.set()
 
 
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
 class BatchScheduler(Generic[In, Out]):
     """Queue + dynamic batcher + model-instance workers for one stage.
 
@@ -396,5 +392,7 @@ def _active(job: Job[Any, Any]) -> bool:
 
 
 def _timeout(deadline: float | None) -> float | None:
-    remaining = _remaining(deadline)
-    return None if remaining is None else min(remaining, threading.TIMEOUT_MAX)
+    """Seconds left until `deadline` (a `time.monotonic()` instant), as Event.wait takes it."""
+    if deadline is None:
+        return None
+    return min(max(0.0, deadline - time.monotonic()), threading.TIMEOUT_MAX)
