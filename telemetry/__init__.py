@@ -5,7 +5,7 @@ Entry points (see docs/telemetry.md for every name, unit and attribute):
 - :func:`init_telemetry` -> :class:`Telemetry` (``.tracer``, ``.meter``, ``.shutdown()``)
 - :mod:`telemetry.grpc`: ``server_interceptors``, ``instrument_channel``, ``mark_span_error``
 - :mod:`telemetry.instruments`: ``StageMetrics``, ``SynthesisMetrics``, ``phase_span``,
-  ``cuda_synchronize_if_needed``
+  ``PhaseTimeline``, ``cuda_synchronize_if_needed``
 - :mod:`telemetry.context`: ``submit_with_context``, ``wrap_with_context``
 - :mod:`telemetry.logging`: ``configure_logging``
 - :mod:`telemetry.names`: every span/metric/attribute name
@@ -14,6 +14,7 @@ Entry points (see docs/telemetry.md for every name, unit and attribute):
 
 from telemetry.context import submit_with_context, wrap_with_context
 from telemetry.instruments import (
+    PhaseTimeline,
     StageMetrics,
     SynthesisMetrics,
     cuda_synchronize_if_needed,
@@ -23,6 +24,7 @@ from telemetry.otlp_json import flatten_metrics, flatten_spans, read_otlp_json_l
 from telemetry.sdk import Telemetry, init_telemetry
 
 __all__ = [
+    "PhaseTimeline",
     "StageMetrics",
     "SynthesisMetrics",
     "Telemetry",

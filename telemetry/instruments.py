@@ -19,9 +19,11 @@ Usage in a stage service::
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -360,6 +362,62 @@ def cuda_synchronize_if_needed(device: Any) -> None:
         return
 
 
+@dataclass
+class PhaseInterval:
+    """One run of a phase kept in a :class:`PhaseTimeline` (``time.time_ns()`` instants; the
+    same ``start_time``/``end_time`` names as an SDK span)."""
+
+    phase: str
+    start_time: int
+    end_time: int | None = None
+
+
+class PhaseTimeline:
+    """The phases of one streaming RPC, kept as intervals and written onto one span at its end.
+
+    A stream repeats its phases per chunk (queue, inference, transfer for every window);
+    one child span each would make a long text export thousands of spans. The timeline keeps
+    them as ``[start_offset_us, duration_us]`` pairs per phase (attribute
+    :func:`telemetry.names.phase_intervals_attribute`), at most
+    :data:`telemetry.names.MAX_PHASE_INTERVALS` per phase, so trace readers (``voxline
+    trace``) can rebuild every phase from a single span. Thread-safe.
+    """
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self._intervals: dict[str, list[int]] = {}
+        self._dropped = 0
+        self._lock = threading.Lock()
+
+    def add(self, phase: str, start_ns: int, end_ns: int) -> None:
+        """Record one run of ``phase`` (``time.time_ns()`` instants)."""
+        with self._lock:
+            pairs = self._intervals.setdefault(phase, [])
+            if len(pairs) >= 2 * names.MAX_PHASE_INTERVALS:
+                self._dropped += 1
+                return
+            pairs.append(start_ns)
+            pairs.append(max(end_ns - start_ns, 0))
+
+    def write_to(self, span: Span) -> None:
+        """Set the timeline's attributes on ``span`` (still recording), offsets from its start."""
+        origin = getattr(span, "start_time", None)
+        with self._lock:
+            if not self._intervals:
+                return
+            if origin is None:
+                origin = min(pairs[0] for pairs in self._intervals.values())
+            attributes: dict[str, Any] = {names.ATTR_STAGE: self.stage}
+            for phase, pairs in self._intervals.items():
+                attributes[names.phase_intervals_attribute(phase)] = [
+                    (value - origin if i % 2 == 0 else value) // 1000
+                    for i, value in enumerate(pairs)
+                ]
+            if self._dropped:
+                attributes[names.ATTR_PHASE_INTERVALS_DROPPED] = self._dropped
+        span.set_attributes(attributes)
+
+
 @contextmanager
 def phase_span(
     tracer: trace.Tracer,
@@ -370,7 +428,8 @@ def phase_span(
     device: Any = None,
     attributes: Mapping[str, Any] | None = None,
     start_time_ns: int | None = None,
-) -> Iterator[Span]:
+    timeline: PhaseTimeline | None = None,
+) -> Iterator[Span | PhaseInterval]:
     """Run a block as phase ``phase`` of ``stage``: child span ``"<stage>.<phase>"`` plus a
     ``voxline.stage.duration`` sample recorded *inside* the span (exemplar -> this trace).
 
@@ -383,8 +442,23 @@ def phase_span(
     so the bookkeeping between phases is attributed to the next phase). An exception
     marks the span ERROR (type only, not its message) and is re-raised; the duration is
     recorded either way.
+
+    ``timeline``: record the phase's interval there instead of starting a span (streaming
+    RPCs, whose phases repeat per chunk); the block then gets a :class:`PhaseInterval`.
     """
     _check(phase, names.PHASES, "phase")
+    if timeline is not None:
+        interval = PhaseInterval(phase, time.time_ns() if start_time_ns is None else start_time_ns)
+        try:
+            yield interval
+            cuda_synchronize_if_needed(device)
+        finally:
+            interval.end_time = time.time_ns()
+            stage.record_phase(
+                phase, (interval.end_time - interval.start_time) / 1e9, method=method
+            )
+            timeline.add(phase, interval.start_time, interval.end_time)
+        return
     span_attrs: dict[str, Any] = {names.ATTR_STAGE: stage.stage, names.ATTR_PHASE: phase}
     if method is not None:
         span_attrs[names.ATTR_METHOD] = method

@@ -106,6 +106,15 @@ ATTR_VOICE: Final = "voxline.voice"
 ATTR_SYNTHESIS_METHOD: Final = "voxline.synthesis.method"
 #: Span attribute: seconds a stream's listener was left without audio (double).
 ATTR_STALL_DURATION: Final = "voxline.stall.duration"
+#: Span attributes of a streaming RPC's phases, one per phase (int[]): flat
+#: ``[start_offset_us, duration_us, ...]`` pairs relative to the span's start. A stream
+#: records its per-chunk phases here instead of as child spans, so its span count grows with
+#: its sentences, not its chunks (:func:`phase_intervals_attribute`).
+ATTR_PHASE_INTERVALS_TEMPLATE: Final = "voxline.phase.{phase}.intervals_us"
+#: Span attribute: phase intervals left out of a span's timeline past :data:`MAX_PHASE_INTERVALS`.
+ATTR_PHASE_INTERVALS_DROPPED: Final = "voxline.phase.intervals_dropped"
+#: Most intervals one span's timeline keeps per phase (the longest text streams ~600 windows).
+MAX_PHASE_INTERVALS: Final = 4096
 #: Span attribute: number of requests in a model batch (int).
 ATTR_BATCH_SIZE: Final = "voxline.batch.size"
 #: Span attribute: share of a padded batch that is padding, 0..1 (double).
@@ -269,3 +278,9 @@ def phase_span_name(stage: str, phase: str) -> str:
 def batch_span_name(stage: str) -> str:
     """Return the span name of a model batch of ``stage``, e.g. ``"acoustic.batch"``."""
     return SPAN_BATCH_TEMPLATE.format(stage=stage)
+
+
+def phase_intervals_attribute(phase: str) -> str:
+    """The span attribute holding a stream's ``phase`` intervals, e.g.
+    ``"voxline.phase.inference.intervals_us"``."""
+    return ATTR_PHASE_INTERVALS_TEMPLATE.format(phase=phase)

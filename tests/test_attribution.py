@@ -1163,3 +1163,79 @@ def test_cli_over_http(capsys: pytest.CaptureFixture[str]) -> None:
         argv = ["trace", "report", "--tempo", base + "/tempo", "--start", "0", "--end", "2e9"]
         assert _cli(argv) == 0
         assert "2 synthesis requests" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# A stream's phases as a timeline on its span
+# ---------------------------------------------------------------------------------------------
+
+
+def test_phase_timeline_round_trip_through_otlp_and_jaeger_forms() -> None:
+    """Phases written by `PhaseTimeline` come back as phase spans of that span, whether the
+    attribute arrives as an OTLP int array or as the JSON text Jaeger turns arrays into."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from telemetry import PhaseTimeline
+    from telemetry.attribution.model import Span
+    from telemetry.attribution.timeline import ATTR_FROM_TIMELINE, expand_timelines
+
+    tracer = TracerProvider().get_tracer("test")
+    span = tracer.start_span("/voxline.v1.Vocoder/VocodeStream", start_time=1_000_000_000)
+    timeline = PhaseTimeline("vocoder")
+    layout = [
+        ("queue", 0, 2_000_000),
+        ("inference", 2_000_000, 9_000_000),
+        ("transfer", 9_000_000, 9_500_000),
+        ("queue", 9_500_000, 10_000_000),
+        ("inference", 10_000_000, 15_000_000),
+    ]
+    for phase, a, b in layout:
+        timeline.add(phase, 1_000_000_000 + a, 1_000_000_000 + b)
+    timeline.write_to(span)
+    span.end(end_time=1_016_000_000)
+    attributes = dict(span.attributes or {})
+    assert list(attributes[names.phase_intervals_attribute("inference")]) == [
+        2000,
+        7000,
+        10000,
+        5000,
+    ]
+    for form in (attributes, {k: json.dumps(v) if isinstance(v, tuple | list) else v
+                              for k, v in attributes.items()}):  # fmt: skip
+        parent = Span(
+            "t" * 32, "a" * 16, None, span.name, "server", 1_000_000_000, 1_016_000_000,
+            "vocoder", attributes=form,
+        )  # fmt: skip
+        rebuilt = expand_timelines([parent])[1:]
+        got = [
+            (s.attributes[names.ATTR_PHASE], s.start_ns - 1_000_000_000, s.end_ns - 1_000_000_000)
+            for s in rebuilt
+        ]
+        assert got == layout
+        assert all(
+            s.parent_id == parent.span_id and s.attributes[ATTR_FROM_TIMELINE] for s in rebuilt
+        )
+        assert {s.name for s in rebuilt} == {
+            "vocoder.queue",
+            "vocoder.inference",
+            "vocoder.transfer",
+        }
+        assert len({s.span_id for s in rebuilt}) == len(rebuilt)
+
+
+def test_phase_timeline_is_bounded_per_phase() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from telemetry import PhaseTimeline
+
+    span = TracerProvider().get_tracer("test").start_span("s", start_time=0)
+    timeline = PhaseTimeline("gateway")
+    for i in range(names.MAX_PHASE_INTERVALS + 5):
+        timeline.add("transfer", i * 1000, i * 1000 + 500)
+    timeline.write_to(span)
+    attributes = dict(span.attributes or {})
+    assert (
+        len(attributes[names.phase_intervals_attribute("transfer")])
+        == 2 * names.MAX_PHASE_INTERVALS
+    )
+    assert attributes[names.ATTR_PHASE_INTERVALS_DROPPED] == 5

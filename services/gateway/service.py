@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import grpc
 import numpy as np
@@ -22,7 +22,7 @@ from services.gateway.playback import ListenerClock
 from services.gateway.stages import StageClients
 from services.gateway.validation import validate
 from services.runtime.config import DEFAULT_PORTS, add_flag, build_parser, parse_config
-from services.runtime.server import StageRuntime, rpc_method, serve
+from services.runtime.server import StageRuntime, phase_timeline, rpc_method, serve
 from services.runtime.voice import LANGUAGE_CODE, VOICE_NAME
 from telemetry import SynthesisMetrics, names
 
@@ -129,9 +129,15 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
             names.ATTR_TEXT_LENGTH: len(request.text),
             names.ATTR_STAGE: names.STAGE_GATEWAY,
         }
-        with self._rt.tracer.start_as_current_span(
-            names.SPAN_SYNTHESIS, attributes=attributes, record_exception=False
-        ) as span:
+        with (
+            self._rt.tracer.start_as_current_span(
+                names.SPAN_SYNTHESIS, attributes=attributes, record_exception=False
+            ) as span,
+            # A stream's per-chunk phases go onto this span, not one child span each.
+            phase_timeline(span, names.STAGE_GATEWAY)
+            if method == names.SYNTHESIS_METHOD_STREAM
+            else nullcontext(),
+        ):
             outcome.span = span
             ok = False
             try:

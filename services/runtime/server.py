@@ -8,6 +8,7 @@ structured logging, the `StageInfo` model-metadata service, and a graceful SIGTE
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import gc
@@ -34,7 +35,14 @@ from services.runtime.cpus import torch_threads
 from services.runtime.errors import Unavailable, grpc_status_for
 from services.runtime.scheduler import BatchScheduler, Job, read_hints
 from services.runtime.stage import Stage
-from telemetry import StageMetrics, Telemetry, init_telemetry, names, phase_span
+from telemetry import (
+    PhaseTimeline,
+    StageMetrics,
+    Telemetry,
+    init_telemetry,
+    names,
+    phase_span,
+)
 from telemetry.grpc import mark_span_error
 from telemetry.logging import configure_logging
 
@@ -59,7 +67,25 @@ _server_span: contextvars.ContextVar[trace.Span] = contextvars.ContextVar(
 _phase_cursor: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "voxline_phase_cursor", default=None
 )
+# Where a streaming RPC's phases go instead of child spans (None: one span per phase).
+_timeline: contextvars.ContextVar[PhaseTimeline | None] = contextvars.ContextVar(
+    "voxline_phase_timeline", default=None
+)
 _runtime: StageRuntime | None = None
+
+
+@contextmanager
+def phase_timeline(span: trace.Span, stage: str) -> Iterator[None]:
+    """Inside this block, phases are recorded as intervals written onto ``span`` at its end
+    (:class:`telemetry.PhaseTimeline`) rather than as one child span each: streams repeat
+    their phases per chunk, and their span count must grow with sentences, not chunks."""
+    timeline = PhaseTimeline(stage)
+    token = _timeline.set(timeline)
+    try:
+        yield
+    finally:
+        _timeline.reset(token)
+        timeline.write_to(span)
 
 
 def rpc_method(fn: F) -> F:
@@ -83,6 +109,8 @@ def rpc_method(fn: F) -> F:
         mark_span_error(_server_span.get(), code, message)
         context.abort(code, message)
 
+    streaming = inspect.isgeneratorfunction(fn)
+
     @contextmanager
     def _measured() -> Iterator[Any]:
         token = _current_method.set(method)
@@ -90,18 +118,20 @@ def rpc_method(fn: F) -> F:
         span_token = _server_span.set(span)
         # The first phase starts where the server span started (SDK spans expose it).
         cursor_token = _phase_cursor.set(getattr(span, "start_time", None))
+        stage = _runtime.config.service if _runtime is not None else "unknown"
         try:
-            if _runtime is None or _runtime.metrics is None:
-                yield _NullTracker()
-            else:
-                with _runtime.metrics.track_request(method) as tracker:
-                    yield tracker
+            with phase_timeline(span, stage) if streaming else contextlib.nullcontext():
+                if _runtime is None or _runtime.metrics is None:
+                    yield _NullTracker()
+                else:
+                    with _runtime.metrics.track_request(method) as tracker:
+                        yield tracker
         finally:
             _phase_cursor.reset(cursor_token)
             _server_span.reset(span_token)
             _current_method.reset(token)
 
-    if inspect.isgeneratorfunction(fn):
+    if streaming:
 
         @functools.wraps(fn)
         def stream_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -251,6 +281,7 @@ class StageRuntime:
                 device=device,
                 attributes=attrs or None,
                 start_time_ns=_phase_cursor.get() if self._tile_phases else None,
+                timeline=_timeline.get(),
             ) as span:
                 yield
         finally:

@@ -561,6 +561,13 @@ class Attribution:
         """See the module docstring."""
         return self.blame.unattributed_ns
 
+    @property
+    def explained_ns(self) -> int:
+        """Critical-path time the trace explains: in a named phase of some stage or on the
+        wire. The rest is handler code outside any phase (category ``other``)."""
+        other = sum(s.critical_path[CATEGORY_OTHER] for s in self.stages)
+        return max(self.e2e_ns - other, 0)
+
     def stage(self, name: str) -> StageStats | None:
         """The row of stage ``name``."""
         return next((s for s in self.stages if s.stage == name), None)
@@ -620,6 +627,7 @@ class Attribution:
             "network_pct": _pct(self.blame.network_ns, self.e2e_ns),
             "unattributed_ms": _ms(self.unattributed_ns),
             "unattributed_pct": _pct(self.unattributed_ns, self.e2e_ns),
+            "explained_pct": _pct(self.explained_ns, self.e2e_ns),
             "concurrency": {
                 "overlap_ms": _ms(self.overlap_ns),
                 "idle_ms": _ms(self.idle_ns),

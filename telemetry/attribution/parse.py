@@ -60,6 +60,7 @@ from telemetry.attribution.model import (
     TraceNotFoundError,
     TraceSet,
 )
+from telemetry.attribution.timeline import expand_timelines
 from telemetry.otlp_json import any_value, read_otlp_json_lines
 
 #: Trace formats this module parses, with a one-line description each.
@@ -601,7 +602,9 @@ def assemble_traces(spans: Iterable[Span], source_format: str) -> list[Trace]:
     - different spans sharing one id are all kept, with a warning (children then hang under
       the first of them);
     - a span ending before it starts is clamped to zero length;
-    - spans whose parent is not in the trace are noted (they are shown as extra roots).
+    - spans whose parent is not in the trace are noted (they are shown as extra roots);
+    - a stream's phases recorded as a timeline on its span become phase spans again
+      (:mod:`telemetry.attribution.timeline`).
     """
     by_trace: dict[str, list[Span]] = {}
     for s in spans:
@@ -650,6 +653,7 @@ def assemble_traces(spans: Iterable[Span], source_format: str) -> list[Trace]:
                 f"{len(orphans)} span(s) have a parent that is not in the trace "
                 "(incomplete trace?); shown as extra roots"
             )
+        kept = expand_timelines(kept)
         traces.append(Trace(trace_id, kept, source_format=source_format, warnings=warnings))
     return traces
 

@@ -284,6 +284,10 @@ def render_attribution(attr: Attribution) -> str:
         f"unattributed: {_fmt_ms(attr.unattributed_ns)} ms ({_pct(attr.unattributed_ns, e2e):.1f}%)"
         f" -- {attr.root_stage} time on the critical path outside its phases and stage calls"
     )
+    lines.append(
+        f"explained: {_pct(attr.explained_ns, e2e):.1f}% of the critical path lies in a named "
+        "phase or on the wire"
+    )
     busy_total = sum(s.busy_ns for s in attr.stages)
     if attr.overlap_ns:
         lines.append(
