@@ -107,5 +107,7 @@ train: proto
 	$(PY) -m pip install -q -e '.[dev,train]'
 	nice -n 15 $(PY) -m training all
 
+# The train extra brings the Piper peer (onnxruntime) the bench compares against.
 bench: proto
+	$(PY) -m pip install -q -e '.[dev,train]'
 	$(PY) -m bench.run --out bench/results/latest.json

@@ -172,7 +172,8 @@ class InProcess:
             for window in [*stream.plan(mel), *stream.plan_flush()]:
                 yield stream.finish([window], self.vocoder.execute([window.mel]))
 
-    def stream_once(self, length: str) -> StreamResult:
+    def stream_once(self, length: str, cap_s: float = AUDIO_CAP_S) -> StreamResult:
+        """Follow TEXTS[length] as a listener would, for up to ``cap_s`` seconds of audio."""
         clock = ListenerClock(SAMPLE_RATE_HZ)
         t0 = time.monotonic()
         ttfa = None
@@ -180,6 +181,6 @@ class InProcess:
             if ttfa is None and pcm.numel():
                 ttfa = time.monotonic() - t0
             clock.on_send(pcm.numel())
-            if clock.sent_s >= AUDIO_CAP_S:
+            if clock.sent_s >= cap_s:
                 return StreamResult(length, ttfa, clock.stall_s, clock.sent_s, 0.0, False)
         return StreamResult(length, ttfa, clock.stall_s, clock.sent_s, time.monotonic() - t0, True)

@@ -60,6 +60,31 @@ def markdown(result: dict[str, Any]) -> str:
             f"{tax['e2e_s_median_ratio_stack_over_in_process']:.2f}.",
             "",
         ]
+    peers = result.get("peers")
+    if peers:
+        lines += [
+            "## In one process: Voxline vs the Piper peer (2 threads each, alternated)",
+            "",
+            "| | text | TTFA p50 ms | TTFA p95 ms | RTF p50 | RTF p95 | x real time |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, by_length in peers.items():
+            if not isinstance(by_length, dict):
+                continue
+            for length, r in by_length.items():
+                rtf = r["rtf"]
+                lines.append(
+                    f"| {name} | {length} | {_ms(r['ttfa_s'])} | {_ms(r['ttfa_s'], 'p95')} "
+                    f"| {rtf['median']:.3f} | {rtf['p95']:.3f} | {1 / rtf['median']:.1f} |"
+                    if rtf
+                    else f"| {name} | {length} | – | – | – | – | – |"
+                )
+        if not peers.get("piper_installed"):
+            lines.append(
+                "\nPiper not measured: install the `train` extra "
+                "(`pip install -e '.[train]'`; `make bench` does)."
+            )
+        lines.append("")
     telemetry = result.get("telemetry")
     if telemetry:
         lines += [

@@ -10,7 +10,9 @@ medians and p95 (machines here are noisy; never compare numbers across runs):
 - telemetry cost: a stack with telemetry on (OTLP export to a local receiver) against one
   with `OTEL_SDK_DISABLED=true`, at 1 and 4 streams, alternated;
 - the microservice tax: the 4-service stack against the same stages composed in one
-  process (bench/load.py `InProcess`), request by request.
+  process (bench/load.py `InProcess`), request by request;
+- peers: those in-process stages against the Piper voice on onnxruntime (bench/peer.py, when
+  the `train` extra is installed), the CPU tool a user might pick instead.
 
 Writes JSON, a Markdown summary and a PNG plot next to `--out`.
 Usage: `make bench` (or `python -m bench.run --out bench/results/latest.json`);
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
@@ -30,6 +33,7 @@ from typing import Any
 
 import torch
 
+from bench import peer
 from bench.load import TEXTS as TEXTS_BY_LENGTH
 from bench.load import InProcess, StreamResult, closed_loop, describe, stream_once, summary
 from bench.report import markdown, plot
@@ -118,6 +122,35 @@ def bench_tax(stack: LocalStack, requests: int) -> dict[str, Any]:
     return out
 
 
+def bench_peers(requests: int, lengths: list[str]) -> dict[str, Any]:
+    """Voxline's stages in one process against the Piper peer (when installed), both on two
+    threads, request by request, alternated: TTFA, stall and RTF (wall / audio seconds)."""
+    peers: dict[str, Any] = {"voxline_in_process": InProcess(threads=2)}
+    if peer.available():
+        peers["piper"] = peer.PiperPeer(threads=2)
+    for p in peers.values():
+        p.stream_once("sentence")  # warm-up
+    results: dict[str, dict[str, list[StreamResult]]] = {
+        name: {length: [] for length in lengths} for name in peers
+    }
+    for i in range(requests):
+        order = list(peers) if i % 2 == 0 else list(reversed(peers))
+        for length in lengths:
+            for name in order:
+                results[name][length].append(peers[name].stream_once(length, math.inf))
+    out: dict[str, Any] = {"piper_installed": "piper" in peers}
+    for name, by_length in results.items():
+        out[name] = {
+            length: {
+                "ttfa_s": summary([r.ttfa_s for r in rs if r.ttfa_s is not None]),
+                "stall_s": summary([r.stall_s for r in rs]),
+                "rtf": summary([r.elapsed_s / r.audio_s for r in rs if r.completed and r.audio_s]),
+            }
+            for length, rs in by_length.items()
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--requests", type=int, default=8, help="requests per compared variant")
@@ -167,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
             result["telemetry"] = bench_telemetry(on, off, telemetry_levels, args.rounds)
             print("microservice tax ...", flush=True)
             result["tax"] = bench_tax(on, args.requests)
+    print("in-process peers: Voxline vs Piper ...", flush=True)
+    peer_lengths = ["sentence"] if args.smoke else ["sentence", "paragraph"]
+    result["peers"] = bench_peers(args.requests, peer_lengths)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
