@@ -34,6 +34,9 @@ CASES = [
     ("negative sample rate", _req(sample_rate_hz=-8000), "sample_rate_hz"),
     ("bad encoding", _req(encoding=7), "encoding"),
     ("unknown priority", _req(priority=9), "priority"),
+    ("long request id", _req(request_id="x" * 129), "request_id"),
+    ("request id with spaces", _req(request_id="my request"), "request_id"),
+    ("request id with newline", _req(request_id="id\nforged log line"), "request_id"),
 ]
 
 
@@ -137,3 +140,79 @@ def test_overload_is_resource_exhausted(tmp_path) -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def _raw_request(text: bytes, request_id: bytes = b"") -> bytes:
+    """A SynthesizeRequest's wire bytes with arbitrary (possibly invalid UTF-8) field bytes:
+    field 1 (text) and 6 (request_id), length-delimited."""
+
+    def field(number: int, value: bytes) -> bytes:
+        assert len(value) < 128
+        return bytes([number << 3 | 2, len(value)]) + value
+
+    return field(1, text) + (field(6, request_id) if request_id else b"")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        _raw_request(b"Hello \xff\xfe world."),
+        _raw_request(b"Fine text.", request_id=b"\xc3\x28"),
+        _raw_request(b"Truncated")[:-3],
+        b"\xff\xff\xff\xff",
+    ],
+    ids=["bad utf-8 text", "bad utf-8 request id", "truncated", "garbage"],
+)
+@pytest.mark.parametrize("method", ["Synthesize", "SynthesizeStream"])
+def test_undecodable_request_is_invalid_argument(
+    stack: LocalStack, synthesizer, payload: bytes, method: str
+) -> None:
+    """Bytes protobuf refuses get INVALID_ARGUMENT, not INTERNAL, and no ERROR traceback."""
+    with grpc.insecure_channel(stack.gateway) as channel:
+        path = f"/voxline.v1.Synthesizer/{method}"
+        if method == "Synthesize":
+            call = channel.unary_unary(path, request_serializer=None, response_deserializer=None)
+            invoke = lambda: call(payload, timeout=30)  # noqa: E731
+        else:
+            stream = channel.unary_stream(path, request_serializer=None, response_deserializer=None)
+            invoke = lambda: list(stream(payload, timeout=30))  # noqa: E731
+        with pytest.raises(grpc.RpcError) as info:
+            invoke()
+    assert info.value.code() == INVALID, info.value.details()
+    assert "could not be decoded" in info.value.details()
+    log = (stack.run_dir / "gateway.log").read_text()
+    assert "Exception deserializing" not in log and "Traceback" not in log
+    assert synthesizer.Synthesize(_req(text="Still here."), timeout=60).duration_seconds > 0.2
+
+
+def test_undecodable_message_in_a_stage_request_stream(stack: LocalStack) -> None:
+    """A request stream (the vocoder's VocodeStream) with an undecodable message:
+    INVALID_ARGUMENT, the stage keeps serving."""
+    from voxline.v1 import vocoder_pb2
+
+    bad = bytes([0x12, 2]) + b"\xc3\x28"  # field 2 (voice) with invalid UTF-8
+    assert vocoder_pb2.VocodeRequest.DESCRIPTOR.fields_by_number[2].name == "voice"
+    with grpc.insecure_channel(stack.address("vocoder")) as channel:
+        call = channel.stream_stream(
+            "/voxline.v1.Vocoder/VocodeStream", request_serializer=None, response_deserializer=None
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            list(call(iter([bad]), timeout=30))
+    assert info.value.code() == INVALID, info.value.details()
+    assert "VocodeStream request could not be decoded" in info.value.details()
+    assert "Traceback" not in (stack.run_dir / "vocoder.log").read_text()
+
+
+def test_gateway_receive_limit_fits_its_api(stack: LocalStack, synthesizer) -> None:
+    """The public gateway receives the text limit plus headroom, not the stages' 64 MiB."""
+    from services.gateway.validation import max_request_bytes
+
+    limit = max_request_bytes(5000)
+    assert limit < 64 * 1024
+    with pytest.raises(grpc.RpcError) as info:
+        synthesizer.Synthesize(_req(text="a" * (limit + 1)), timeout=30)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value.details()
+    # The largest valid request still fits: 5,000 four-byte characters.
+    with pytest.raises(grpc.RpcError) as info:
+        synthesizer.Synthesize(_req(text="\U0001f600" * 5000), timeout=30)
+    assert info.value.code() == INVALID  # nothing speakable, but it was received and read

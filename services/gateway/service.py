@@ -20,7 +20,7 @@ from services.gateway.audio import SUPPORTED_SAMPLE_RATES, StreamResampler, resa
 from services.gateway.pipeline import Job, Pipeline
 from services.gateway.playback import ListenerClock
 from services.gateway.stages import StageClients
-from services.gateway.validation import validate
+from services.gateway.validation import max_request_bytes, validate
 from services.runtime.config import DEFAULT_PORTS, add_flag, build_parser, parse_config
 from services.runtime.server import StageRuntime, phase_timeline, rpc_method, serve
 from services.runtime.voice import LANGUAGE_CODE, VOICE_NAME
@@ -305,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_flag(parser, "stream-chunk-frames", int, 48, "mel frames per acoustic->vocoder chunk")
     config = parse_config("gateway", parser, argv)
     x = config.extra
+    config.max_receive_bytes = max_request_bytes(x["max_text_chars"])
     clients: list[StageClients] = []
 
     def register(server: grpc.Server, runtime: StageRuntime) -> list[str]:

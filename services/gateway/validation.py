@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 from voxline.v1 import synthesizer_pb2
 
@@ -13,6 +14,11 @@ from services.runtime.scheduler import Priority
 from services.runtime.voice import SAMPLE_RATE_HZ, check_voice
 
 MIN_RATE, MAX_RATE = 0.25, 4.0
+#: A caller's request id: echoed in responses and logs, so short and of a plain charset.
+MAX_REQUEST_ID_CHARS = 128
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]+")
+#: Bytes a request may take beyond its text (voice, request id, numbers, framing).
+REQUEST_OVERHEAD_BYTES = 16 * 1024
 SUPPORTED_ENCODINGS = (
     synthesizer_pb2.AUDIO_ENCODING_UNSPECIFIED,
     synthesizer_pb2.AUDIO_ENCODING_LINEAR16,
@@ -59,8 +65,22 @@ def validate(
         raise InvalidArgument(
             f"encoding {request.encoding} is not supported; use AUDIO_ENCODING_LINEAR16"
         )
+    if request.request_id and (
+        len(request.request_id) > MAX_REQUEST_ID_CHARS
+        or not _REQUEST_ID.fullmatch(request.request_id)
+    ):
+        raise InvalidArgument(
+            f"request_id must be 1 to {MAX_REQUEST_ID_CHARS} characters of A-Z a-z 0-9 . _ : -"
+        )
     if request.priority not in PRIORITIES:
         raise InvalidArgument(
             f"priority {request.priority} is unknown; use PRIORITY_INTERACTIVE or PRIORITY_BULK"
         )
     return voice, float(rate), sample_rate, PRIORITIES[request.priority]
+
+
+def max_request_bytes(max_text_chars: int) -> int:
+    """The largest public request worth receiving: the text limit in UTF-8's worst case
+    (4 bytes a character) plus the other fields. Bigger messages are refused by grpc
+    (RESOURCE_EXHAUSTED) before they are read into memory."""
+    return 4 * max_text_chars + REQUEST_OVERHEAD_BYTES

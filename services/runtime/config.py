@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+#: Largest gRPC message a service sends or receives: stages exchange whole mels and audio of
+#: long texts. The public gateway receives far less (see services/gateway/validation.py).
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
 # Default loopback ports of the local stack.
 DEFAULT_PORTS = {"gateway": 50051, "frontend": 50052, "acoustic": 50053, "vocoder": 50054}
 
@@ -63,6 +67,8 @@ class ServiceConfig:
     max_connection_age_grace_s: float = 600.0
     log_level: str = "INFO"
     prometheus_port: int = 0
+    #: Largest request message accepted (a service's API may need far less than the default).
+    max_receive_bytes: int = MAX_MESSAGE_BYTES
     run_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -30,8 +30,9 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 from voxline.v1 import stage_pb2, stage_pb2_grpc
 
-from services.runtime.config import ServiceConfig
+from services.runtime.config import MAX_MESSAGE_BYTES, ServiceConfig
 from services.runtime.cpus import torch_threads
+from services.runtime.decoding import TolerantServer, checked
 from services.runtime.errors import Unavailable, grpc_status_for
 from services.runtime.scheduler import BatchScheduler, Job, read_hints
 from services.runtime.stage import Stage
@@ -50,9 +51,6 @@ log = logging.getLogger("voxline.runtime")
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
-
-# Messages carry whole mels/audio for long texts: allow up to 64 MiB.
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 # The RPC method being served on this thread (for phase metrics' rpc.method attribute).
@@ -137,7 +135,7 @@ def rpc_method(fn: F) -> F:
         def stream_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             with _measured() as tracker:
                 try:
-                    yield from fn(self, request, context)
+                    yield from fn(self, checked(request), context)
                 except GeneratorExit:
                     tracker.set_code(grpc.StatusCode.CANCELLED)
                     raise
@@ -150,7 +148,7 @@ def rpc_method(fn: F) -> F:
     def unary_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         with _measured() as tracker:
             try:
-                return fn(self, request, context)
+                return fn(self, checked(request), context)
             except Exception as exc:
                 _fail(context, exc, tracker)
 
@@ -384,7 +382,7 @@ def serve(
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", config.max_receive_bytes),
             # Clients re-resolve DNS when a connection ages out, so new replicas get traffic.
             ("grpc.max_connection_age_ms", int(config.max_connection_age_s * 1000)),
             # ...but a call already in flight (a long stream) must not be cut off by it.
@@ -392,9 +390,11 @@ def serve(
             ("grpc.so_reuseport", 0),
         ],
     )
-    service_names = register(server, runtime)
+    # Requests that do not decode become INVALID_ARGUMENT (services/runtime/decoding.py).
+    tolerant = TolerantServer(server)
+    service_names = register(tolerant, runtime)  # type: ignore[arg-type]
     if stage is not None:
-        stage_pb2_grpc.add_StageInfoServicer_to_server(_StageInfoServicer(runtime), server)
+        stage_pb2_grpc.add_StageInfoServicer_to_server(_StageInfoServicer(runtime), tolerant)
         service_names.append(stage_pb2.DESCRIPTOR.services_by_name["StageInfo"].full_name)
 
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
