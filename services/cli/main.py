@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 import threading
@@ -61,11 +62,13 @@ def cmd_voices(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    """Keep the local stack up until Ctrl-C/SIGTERM, restarting a service that crashes."""
     # /metrics on 9464-9467, the ports deploy/prometheus/prometheus-local.yml scrapes.
     metrics_ports = {"gateway": 9464, "frontend": 9465, "acoustic": 9466, "vocoder": 9467}
     stack = LocalStack.on_default_ports(
         _run_dir(args.run_dir),
         extra_args={s: ["--prometheus-port", str(p)] for s, p in metrics_ports.items()},
+        supervise=True,
     )
     print(f"starting the local stack (logs and telemetry in {stack.run_dir}) ...", flush=True)
     stack.start()
@@ -74,14 +77,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f'  try: voxline say "Hello there." -o out/hello.wav --server {stack.gateway}')
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        while not stop.wait(1.0):
-            for name, proc in stack.procs.items():
-                if proc.poll() is not None:
-                    print(f"{name} exited with code {proc.returncode}; stopping", file=sys.stderr)
-                    stop.set()
-    except KeyboardInterrupt:
-        pass
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
     print("stopping ...")
     stack.stop()
     return 0
@@ -89,7 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """What `make run` does: start, synthesise the demo sentence, report, stop."""
-    stack = LocalStack(_run_dir(args.run_dir))
+    stack = LocalStack(_run_dir(args.run_dir), supervise=True)
     print(f"starting gateway + frontend + acoustic + vocoder (run dir {stack.run_dir}) ...")
     t0 = time.perf_counter()
     with stack:

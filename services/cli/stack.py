@@ -2,15 +2,22 @@
 
 Used by `voxline serve`, `make run` and the tests, so all three exercise the same real
 processes. Each service logs to `<run_dir>/<service>.log`.
+
+With `supervise=True` (what `voxline serve` and `make run` use) a background thread restarts
+a service whose process exits, on the same port, after an exponential backoff: what a
+Kubernetes Deployment does for a crashed pod. The others keep running; the gateway's
+channels reconnect to the restarted stage by themselves.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -30,6 +37,17 @@ DEFAULT_TORCH_THREADS = {"frontend": 1, "acoustic": 1, "vocoder": 2, "gateway": 
 # here, a 64-frame HiFi-GAN pass went from 0.8 s to 3.4 s with another busy process.
 # Passive waiting makes idle OpenMP threads sleep instead.
 LOCAL_ENV = {"PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+
+# Restart backoff of a supervised service (like kubelet's CrashLoopBackOff, shorter): the
+# first restart waits RESTART_BACKOFF_S, each further crash doubles it up to
+# MAX_RESTART_BACKOFF_S; a service that stayed up STABLE_AFTER_S starts again from the first.
+RESTART_BACKOFF_S = 0.5
+MAX_RESTART_BACKOFF_S = 30.0
+STABLE_AFTER_S = 60.0
+# How often the supervisor looks at its processes: the delay before a crash is noticed.
+SUPERVISE_POLL_S = 0.1
+
+log = logging.getLogger(__name__)
 
 
 class StackError(RuntimeError):
@@ -63,7 +81,8 @@ def wait_serving(address: str, timeout: float, proc: subprocess.Popen | None = N
 
 
 class LocalStack:
-    """Start/stop the four services. Use as a context manager."""
+    """Start/stop the four services (restarting crashed ones if `supervise`). Use as a
+    context manager."""
 
     def __init__(
         self,
@@ -73,6 +92,7 @@ class LocalStack:
         host: str = "127.0.0.1",
         env: Mapping[str, str] | None = None,
         extra_args: Mapping[str, list[str]] | None = None,
+        supervise: bool = False,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.host = host
@@ -80,6 +100,11 @@ class LocalStack:
         self._env = dict(env or {})
         self._extra_args = {k: list(v) for k, v in (extra_args or {}).items()}
         self.procs: dict[str, subprocess.Popen] = {}
+        self.supervise = supervise
+        #: Restarts per service since start() (supervised stacks only).
+        self.restarts: dict[str, int] = {}
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     @classmethod
     def on_default_ports(cls, run_dir: Path, **kwargs: object) -> LocalStack:
@@ -126,7 +151,46 @@ class LocalStack:
             if isinstance(exc, StackError):
                 raise StackError(f"{exc}\n{tails}") from None
             raise
+        if self.supervise:
+            self._stopping.clear()
+            self.restarts = {s: 0 for s in services}
+            self._supervisor = threading.Thread(
+                target=self._supervise, args=(services,), name="stack-supervisor", daemon=True
+            )
+            self._supervisor.start()
         return self
+
+    def _supervise(self, services: tuple[str, ...]) -> None:
+        """Restart any of `services` whose process exited, with backoff, until stop()."""
+        backoff = dict.fromkeys(services, RESTART_BACKOFF_S)
+        started = dict.fromkeys(services, time.monotonic())
+        due: dict[str, float] = {}  # service -> when to restart it
+        while not self._stopping.wait(SUPERVISE_POLL_S):
+            now = time.monotonic()
+            for service in services:
+                if service in due:
+                    if now >= due[service]:
+                        del due[service]
+                        self.start_service(service)
+                        started[service] = time.monotonic()
+                        self.restarts[service] += 1
+                        log.warning("%s restarted (pid %d)", service, self.procs[service].pid)
+                    continue
+                code = self.procs[service].poll()
+                if code is None:
+                    continue
+                if now - started[service] >= STABLE_AFTER_S:
+                    backoff[service] = RESTART_BACKOFF_S
+                delay = backoff[service]
+                backoff[service] = min(2 * delay, MAX_RESTART_BACKOFF_S)
+                due[service] = now + delay
+                message = (
+                    f"{service} exited with code {code} after {now - started[service]:.1f} s; "
+                    f"restarting in {delay:.1f} s"
+                )
+                log.warning("%s", message)
+                with open(self.run_dir / f"{service}.log", "a") as f:  # where its logs are
+                    f.write(f"--- supervisor: {message} ---\n")
 
     def log_tail(self, service: str, lines: int = 15) -> str:
         path = self.run_dir / f"{service}.log"
@@ -136,6 +200,10 @@ class LocalStack:
 
     def stop(self, timeout: float = 30.0) -> dict[str, int | None]:
         """SIGTERM every service (gateway first), wait for the drain; SIGKILL stragglers."""
+        self._stopping.set()  # first: no restart may race the shutdown
+        if self._supervisor is not None:
+            self._supervisor.join()
+            self._supervisor = None
         order = [s for s in ("gateway", *STAGES) if s in self.procs]
         for service in order:
             if self.procs[service].poll() is None:

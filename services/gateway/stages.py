@@ -7,6 +7,7 @@ learns *which* stage was unavailable, slow or unhappy with the input.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -36,14 +37,45 @@ from services.runtime.server import MAX_MESSAGE_BYTES
 
 T = TypeVar("T")
 
+# A stage restarting (a crashed pod, a rollout) refuses connections for a moment: a unary
+# call that got UNAVAILABLE is retried by the channel itself. Only unary methods: a stream
+# may already have delivered audio, and replaying it would duplicate or reorder it.
+RETRIED_METHODS = (
+    ("voxline.v1.TextFrontend", "Analyze"),
+    ("voxline.v1.AcousticModel", "Generate"),
+    ("voxline.v1.Vocoder", "Vocode"),
+    ("voxline.v1.StageInfo", "GetModelInfo"),
+)
+RETRY_POLICY = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+# A call is retryable only while its request fits the retry buffer (gRPC default 256 KiB,
+# ~9 s of float32 mel): 4 MiB covers a sentence's mel for a Vocode retry.
+RETRY_BUFFER_BYTES = 4 * 1024 * 1024
+
 
 def channel_options() -> list[tuple[str, Any]]:
-    """Round-robin over every address a `dns:///` target resolves to (headless Services)."""
+    """Round-robin over every address a `dns:///` target resolves to (headless Services);
+    unary calls retried on UNAVAILABLE (RETRY_POLICY)."""
+    service_config = {
+        "methodConfig": [
+            {
+                "name": [{"service": s, "method": m} for s, m in RETRIED_METHODS],
+                "retryPolicy": RETRY_POLICY,
+            }
+        ]
+    }
     return [
         ("grpc.lb_policy_name", "round_robin"),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.enable_retries", 1),
+        ("grpc.service_config", json.dumps(service_config)),
+        ("grpc.per_rpc_retry_buffer_size", RETRY_BUFFER_BYTES),
     ]
 
 

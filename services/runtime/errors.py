@@ -7,6 +7,8 @@ INTERNAL without leaking details.
 
 from __future__ import annotations
 
+import sys
+
 import grpc
 
 
@@ -46,10 +48,21 @@ class Cancelled(VoxlineError):
     code = grpc.StatusCode.CANCELLED
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is torch's CUDA out-of-memory error (torch.cuda.OutOfMemoryError)."""
+    # Not importing torch here: a process that never imported it cannot have raised it.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.cuda.OutOfMemoryError)
+
+
 def grpc_status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and caller-facing message for an exception."""
     if isinstance(exc, VoxlineError):
         return exc.code, str(exc)
+    if is_out_of_memory(exc):
+        # The model scheduler says which stage and batch (ResourceExhausted); this is for
+        # model work outside it. Transient: the memory is free again once the work failed.
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, "ran out of GPU memory; retry"
     if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
         # An upstream call failed and nobody translated it: keep its code, say where.
         return exc.code(), f"upstream call failed: {exc.details()}"  # type: ignore[attr-defined]

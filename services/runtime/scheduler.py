@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import itertools
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -32,7 +33,12 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 
 from services.runtime.config import SchedulerConfig
-from services.runtime.errors import Cancelled, DeadlineExceeded, ResourceExhausted
+from services.runtime.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    ResourceExhausted,
+    is_out_of_memory,
+)
 from telemetry import StageMetrics, names
 from telemetry.context import capture_context, span_links
 
@@ -367,6 +373,7 @@ class BatchScheduler(Generic[In, Out]):
         ) as span:
             if self._metrics is not None:
                 self._metrics.record_batch_size(len(batch))
+            out_of_memory = False
             try:
                 outputs = list(self._execute([job.payload for job in batch]))
                 if len(outputs) != len(batch):
@@ -377,11 +384,29 @@ class BatchScheduler(Generic[In, Out]):
             except BaseException as exc:  # every waiter must hear about it
                 span.set_attribute(names.ATTR_ERROR_TYPE, type(exc).__qualname__)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__qualname__))
-                for job in batch:
-                    job.finish(error=exc)
-                return
+                out_of_memory = is_out_of_memory(exc)
+                if not out_of_memory:
+                    for job in batch:
+                        job.finish(error=exc)
+                    return
+        if out_of_memory:  # here, `exc` and with it the failed batch's tensors are gone
+            error = self._out_of_memory(len(batch))
+            for job in batch:
+                job.finish(error=error)
+            return
         for job, output in zip(batch, outputs, strict=True):
             job.finish(result=output)
+
+    def _out_of_memory(self, batch_size: int) -> ResourceExhausted:
+        """A batch ran out of GPU memory: return the allocator's cached blocks (the failed
+        batch's tensors are freed by now) so the next batch starts from a clean pool, and
+        tell the batch's callers to retry (transient: the next batch may be smaller)."""
+        torch = sys.modules["torch"]  # it raised the error, so it is imported
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return ResourceExhausted(
+            f"{self.stage} ran out of GPU memory for a batch of {batch_size}; retry"
+        )
 
 
 def _active(job: Job[Any, Any]) -> bool:
