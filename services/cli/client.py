@@ -7,8 +7,14 @@ import time
 import wave
 from dataclasses import dataclass
 
-import grpc
 from voxline.v1 import synthesizer_pb2, synthesizer_pb2_grpc
+
+from services.runtime.tls import PLAINTEXT, ClientTLS, secure_or_insecure_channel
+
+
+def auth_metadata(api_token: str) -> tuple[tuple[str, str], ...]:
+    """The metadata that authenticates a call to a gateway run with `--api-token`."""
+    return (("authorization", f"Bearer {api_token}"),) if api_token else ()
 
 
 @dataclass
@@ -50,12 +56,16 @@ def synthesize(
     sample_rate: int = 0,
     timeout: float = 120.0,
     metadata: tuple[tuple[str, str], ...] = (),
+    tls: ClientTLS = PLAINTEXT,
+    api_token: str = "",
 ) -> SynthesisResult:
-    """Call Synthesize or SynthesizeStream and collect the audio."""
+    """Call Synthesize or SynthesizeStream and collect the audio (over TLS if `tls` is set;
+    `api_token` for a gateway that requires one)."""
     request = synthesizer_pb2.SynthesizeRequest(text=text, voice=voice, sample_rate_hz=sample_rate)
     if speaking_rate is not None:
         request.speaking_rate = speaking_rate
-    with grpc.insecure_channel(address) as channel:
+    metadata = (*metadata, *auth_metadata(api_token))
+    with secure_or_insecure_channel(address, tls=tls) as channel:
         stub = synthesizer_pb2_grpc.SynthesizerStub(channel)
         t0 = time.perf_counter()
         if not stream:
@@ -76,8 +86,13 @@ def synthesize(
         return SynthesisResult(b"".join(parts), rate, elapsed, first, len(parts))
 
 
-def list_voices(address: str, timeout: float = 10.0) -> synthesizer_pb2.ListVoicesResponse:
-    with grpc.insecure_channel(address) as channel:
+def list_voices(
+    address: str, timeout: float = 10.0, *, tls: ClientTLS = PLAINTEXT, api_token: str = ""
+) -> synthesizer_pb2.ListVoicesResponse:
+    """The gateway's voices."""
+    with secure_or_insecure_channel(address, tls=tls) as channel:
         return synthesizer_pb2_grpc.SynthesizerStub(channel).ListVoices(
-            synthesizer_pb2.ListVoicesRequest(), timeout=timeout
+            synthesizer_pb2.ListVoicesRequest(),
+            timeout=timeout,
+            metadata=auth_metadata(api_token),
         )

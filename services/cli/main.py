@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import contextlib
 import signal
 import sys
@@ -17,6 +18,7 @@ from services.cli.client import list_voices, synthesize
 from services.cli.stack import LocalStack, StackError
 from services.cli.trace import add_trace_commands, print_attribution
 from services.runtime.config import DEFAULT_PORTS
+from services.runtime.tls import ClientTLS
 
 DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORTS['gateway']}"
 DEMO_TEXT = (
@@ -38,6 +40,8 @@ def cmd_say(args: argparse.Namespace) -> int:
         speaking_rate=args.rate,
         sample_rate=args.sample_rate,
         timeout=args.timeout,
+        tls=_client_tls(args),
+        api_token=args.api_token,
     )
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -51,7 +55,7 @@ def cmd_say(args: argparse.Namespace) -> int:
 
 
 def cmd_voices(args: argparse.Namespace) -> int:
-    reply = list_voices(args.server)
+    reply = list_voices(args.server, tls=_client_tls(args), api_token=args.api_token)
     for v in reply.voices:
         flag = "" if v.trained else "  [UNTRAINED]"
         default = " (default)" if v.name == reply.default_voice else ""
@@ -110,6 +114,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_client_flags(parser: argparse.ArgumentParser) -> None:
+    """How to reach a secured gateway (docs/security.md); each flag also reads VOXLINE_*."""
+
+    def add(flag: str, help_: str) -> None:
+        env = "VOXLINE_" + flag.upper().replace("-", "_")
+        parser.add_argument(f"--{flag}", default=os.environ.get(env, ""), help=f"{help_} (${env})")
+
+    add("api-token", "bearer token for a gateway run with --api-token")
+    add("tls-ca", "connect over TLS, trusting this PEM CA")
+    add("tls-client-cert", "PEM client certificate to present (mTLS)")
+    add("tls-client-key", "PEM private key of --tls-client-cert")
+    add("tls-server-name", "name to verify in the server certificate (default: the host)")
+
+
+def _client_tls(args: argparse.Namespace) -> ClientTLS:
+    return ClientTLS(args.tls_ca, args.tls_client_cert, args.tls_client_key, args.tls_server_name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="voxline", description="Voxline text-to-speech")
     sub = p.add_subparsers(dest="command", required=True)
@@ -123,10 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--sample-rate", type=int, default=0, help="output Hz (0 = native)")
     say.add_argument("--server", default=DEFAULT_SERVER, help="gateway host:port")
     say.add_argument("--timeout", type=float, default=120.0)
+    _add_client_flags(say)
     say.set_defaults(fn=cmd_say)
 
     voices = sub.add_parser("voices", help="list voices")
     voices.add_argument("--server", default=DEFAULT_SERVER)
+    _add_client_flags(voices)
     voices.set_defaults(fn=cmd_voices)
 
     serve = sub.add_parser("serve", help="start the local stack until Ctrl-C")

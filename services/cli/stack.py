@@ -27,6 +27,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.runtime.config import DEFAULT_PORTS
+from services.runtime.tls import PLAINTEXT, ClientTLS, secure_or_insecure_channel
 
 STAGES = ("frontend", "acoustic", "vocoder")
 SERVICES = (*STAGES, "gateway")
@@ -61,10 +62,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_serving(address: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    """Poll grpc.health.v1 until SERVING; fail early if `proc` exits."""
+def wait_serving(
+    address: str,
+    timeout: float,
+    proc: subprocess.Popen | None = None,
+    tls: ClientTLS = PLAINTEXT,
+) -> None:
+    """Poll grpc.health.v1 until SERVING (over TLS if `tls` is set); fail early if `proc`
+    exits."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    with secure_or_insecure_channel(address, tls=tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             if proc is not None and proc.poll() is not None:
@@ -92,6 +99,7 @@ class LocalStack:
         host: str = "127.0.0.1",
         env: Mapping[str, str] | None = None,
         extra_args: Mapping[str, list[str]] | None = None,
+        tls: ClientTLS = PLAINTEXT,
         supervise: bool = False,
     ) -> None:
         self.run_dir = Path(run_dir)
@@ -99,6 +107,8 @@ class LocalStack:
         self.ports = dict(ports) if ports is not None else {s: free_port(host) for s in SERVICES}
         self._env = dict(env or {})
         self._extra_args = {k: list(v) for k, v in (extra_args or {}).items()}
+        #: How the health wait connects: set it when `extra_args` turn TLS on.
+        self.tls = tls
         self.procs: dict[str, subprocess.Popen] = {}
         self.supervise = supervise
         #: Restarts per service since start() (supervised stacks only).
@@ -144,7 +154,7 @@ class LocalStack:
             for service in services:
                 self.start_service(service)
             for service in services:
-                wait_serving(self.address(service), timeout, self.procs[service])
+                wait_serving(self.address(service), timeout, self.procs[service], self.tls)
         except BaseException as exc:
             tails = "\n".join(f"--- {s}.log ---\n{self.log_tail(s)}" for s in services)
             self.stop()

@@ -17,6 +17,7 @@ from opentelemetry.trace import Span
 from voxline.v1 import synthesizer_pb2, synthesizer_pb2_grpc
 
 from services.gateway.audio import SUPPORTED_SAMPLE_RATES, StreamResampler, resample, wav_bytes
+from services.gateway.auth import BearerTokenInterceptor, load_token
 from services.gateway.pipeline import Job, Pipeline
 from services.gateway.playback import ListenerClock
 from services.gateway.stages import StageClients
@@ -303,9 +304,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_flag(parser, "request-timeout-s", float, 120.0, "upper bound on one synthesis")
     # 48 = the vocoder's window: each pushed chunk is vocoded as one constant-shape window.
     add_flag(parser, "stream-chunk-frames", int, 48, "mel frames per acoustic->vocoder chunk")
+    add_flag(parser, "api-token", str, "", "require 'authorization: Bearer <token>' (empty: off)")
+    add_flag(parser, "api-token-file", str, "", "read the API token from this file (a Secret)")
     config = parse_config("gateway", parser, argv)
     x = config.extra
     config.max_receive_bytes = max_request_bytes(x["max_text_chars"])
+    try:  # popped: the token stays out of the config object
+        token = load_token(x.pop("api_token"), x.pop("api_token_file"))
+    except ValueError as exc:
+        parser.error(str(exc))
     clients: list[StageClients] = []
 
     def register(server: grpc.Server, runtime: StageRuntime) -> list[str]:
@@ -315,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             x["acoustic_address"],
             x["vocoder_address"],
             wrap=runtime.telemetry.instrument_channel,
+            tls=config.client_tls,
         )
         clients.append(stage_clients)
         servicer = SynthesizerServicer(
@@ -328,7 +336,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return [synthesizer_pb2.DESCRIPTOR.services_by_name["Synthesizer"].full_name]
 
     try:
-        return serve(config, None, register)
+        auth = [BearerTokenInterceptor(token)] if token else []
+        return serve(config, None, register, extra_interceptors=auth)
     finally:
         for c in clients:
             c.close()

@@ -33,6 +33,7 @@ from services.runtime.errors import (
     VoxlineError,
 )
 from services.runtime.scheduler import Hints, hints_metadata
+from services.runtime.tls import PLAINTEXT, ClientTLS, secure_or_insecure_channel
 from services.runtime.server import MAX_MESSAGE_BYTES
 
 T = TypeVar("T")
@@ -154,11 +155,11 @@ class StageClients:
         acoustic: str,
         vocoder: str,
         wrap: Callable[[grpc.Channel], grpc.Channel] = lambda c: c,
+        tls: ClientTLS = PLAINTEXT,
     ) -> None:
         def client(stage: str, target: str) -> StageClient:
-            return StageClient(
-                stage, target, wrap(grpc.insecure_channel(target, channel_options()))
-            )
+            channel = secure_or_insecure_channel(target, channel_options(), tls)
+            return StageClient(stage, target, wrap(channel))
 
         self.frontend = client("frontend", frontend)
         self.acoustic = client("acoustic", acoustic)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.runtime.tls import ClientTLS, ServerTLS, TLSConfigError
+
 #: Largest gRPC message a service sends or receives: stages exchange whole mels and audio of
 #: long texts. The public gateway receives far less (see services/gateway/validation.py).
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -23,6 +25,22 @@ DEFAULT_PORTS = {"gateway": 50051, "frontend": 50052, "acoustic": 50053, "vocode
 
 def _env(name: str, default: Any) -> Any:
     return os.environ.get("VOXLINE_" + name.upper().replace("-", "_"), default)
+
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def parse_bool(value: str | bool) -> bool:
+    """A boolean flag or env value: true/false, 1/0, yes/no, on/off (any case)."""
+    if isinstance(value, bool):
+        return value
+    text = value.strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, 1/0 or yes/no, not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -65,12 +83,36 @@ class ServiceConfig:
     drain_seconds: float = 20.0
     max_connection_age_s: float = 300.0
     max_connection_age_grace_s: float = 600.0
+    # TLS (services/runtime/tls.py, docs/security.md); empty = plaintext.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    tls_allowed_client_cn: str = ""
+    tls_ca: str = ""
+    tls_client_cert: str = ""
+    tls_client_key: str = ""
+    tls_server_name: str = ""
+    health_port: int = 0
+    reflection: bool = True
     log_level: str = "INFO"
     prometheus_port: int = 0
     #: Largest request message accepted (a service's API may need far less than the default).
     max_receive_bytes: int = MAX_MESSAGE_BYTES
     run_dir: Path | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def server_tls(self) -> ServerTLS:
+        """This server's TLS settings (`enabled` False: plaintext)."""
+        names = tuple(n.strip() for n in self.tls_allowed_client_cn.split(",") if n.strip())
+        return ServerTLS(self.tls_cert, self.tls_key, self.tls_client_ca, names)
+
+    @property
+    def client_tls(self) -> ClientTLS:
+        """TLS settings of this service's channels to others (the gateway's to the stages)."""
+        return ClientTLS(
+            self.tls_ca, self.tls_client_cert, self.tls_client_key, self.tls_server_name
+        )
 
     @property
     def address(self) -> str:
@@ -139,6 +181,28 @@ def build_parser(service: str, description: str) -> argparse.ArgumentParser:
     add("log-level", str, "INFO", "DEBUG | INFO | WARNING | ERROR")
     add("prometheus-port", int, 0, "serve Prometheus /metrics on this port (0 = off)")
     add("run-dir", str, "", "where local telemetry files go (empty: none)")
+    # Security (docs/security.md). Server side: serve TLS, optionally require client certs.
+    add("tls-cert", str, "", "PEM certificate to serve TLS with (with --tls-key; empty: plaintext)")
+    add("tls-key", str, "", "PEM private key of --tls-cert")
+    add("tls-client-ca", str, "", "require client certificates signed by this PEM CA (mTLS)")
+    add(
+        "tls-allowed-client-cn",
+        str,
+        "",
+        "comma-separated client certificate common names allowed to call (needs mTLS)",
+    )
+    # Client side: the gateway's channels to the stages.
+    add("tls-ca", str, "", "connect to other services over TLS, trusting this PEM CA")
+    add("tls-client-cert", str, "", "PEM client certificate to present (mTLS)")
+    add("tls-client-key", str, "", "PEM private key of --tls-client-cert")
+    add("tls-server-name", str, "", "name to verify in server certificates (default: target host)")
+    add(
+        "health-port",
+        int,
+        0,
+        "also serve grpc.health.v1 alone, plaintext, on this port (kubelet probes; 0 = off)",
+    )
+    add("reflection", parse_bool, True, "serve gRPC server reflection (true/false)")
     return p
 
 
@@ -166,10 +230,25 @@ def parse_config(
         "log_level",
         "prometheus_port",
         "run_dir",
+        "tls_cert",
+        "tls_key",
+        "tls_client_ca",
+        "tls_allowed_client_cn",
+        "tls_ca",
+        "tls_client_cert",
+        "tls_client_key",
+        "tls_server_name",
+        "health_port",
+        "reflection",
     }
     cfg = ServiceConfig(service=service, **{k: ns[k] for k in common - {"run_dir"}})
     cfg.run_dir = Path(ns["run_dir"]) if ns["run_dir"] else None
     cfg.extra = {k: v for k, v in ns.items() if k not in common}
+    try:  # inconsistent TLS flags are usage errors, reported like any other bad flag
+        cfg.server_tls  # noqa: B018 - validated on construction
+        cfg.client_tls  # noqa: B018
+    except TLSConfigError as exc:
+        parser.error(str(exc))
     return cfg
 
 

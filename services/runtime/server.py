@@ -18,7 +18,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -36,6 +36,7 @@ from services.runtime.decoding import TolerantServer, checked
 from services.runtime.errors import Unavailable, grpc_status_for
 from services.runtime.scheduler import BatchScheduler, Job, read_hints
 from services.runtime.stage import Stage
+from services.runtime.tls import TLSConfigError
 from telemetry import (
     PhaseTimeline,
     StageMetrics,
@@ -356,11 +357,13 @@ def serve(
     config: ServiceConfig,
     stage: Stage | None,
     register: Callable[[grpc.Server, StageRuntime], list[str]],
+    extra_interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> int:
     """Run a service until SIGTERM/SIGINT; returns the process exit code.
 
     `register` adds the service's servicers to the server and returns their full service
-    names (for health and reflection).
+    names (for health and reflection). `extra_interceptors` run inside the telemetry ones
+    (the gateway's bearer-token check), so refused calls are still traced and counted.
     """
     global _runtime
     configure_logging(config.service, config.log_level)
@@ -378,7 +381,11 @@ def serve(
         futures.ThreadPoolExecutor(
             max_workers=config.workers, thread_name_prefix=f"{config.service}-rpc"
         ),
-        interceptors=telemetry.server_interceptors(),
+        interceptors=[
+            *telemetry.server_interceptors(),
+            *config.server_tls.interceptors(),
+            *extra_interceptors,
+        ],
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
         options=[
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -401,22 +408,37 @@ def serve(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ["", *service_names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    reflection.enable_server_reflection(
-        [
-            *service_names,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ],
-        server,
-    )
+    if config.reflection:  # off where the API's shape should not be discoverable
+        reflection.enable_server_reflection(
+            [
+                *service_names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
 
+    tls = config.server_tls
     try:
-        port = server.add_insecure_port(config.address)
-    except RuntimeError as exc:
-        log.error("cannot bind %s: %s", config.address, exc)
+        if tls.enabled:
+            port = server.add_secure_port(config.address, tls.credentials())
+        else:
+            port = server.add_insecure_port(config.address)
+        if config.health_port:
+            _health_only_server(f"{config.host}:{config.health_port}", health_servicer)
+    except (RuntimeError, TLSConfigError) as exc:
+        log.error("cannot serve %s: %s", config.address, exc)
         return 2
     server.start()
-    log.info("listening", extra={"address": f"{config.host}:{port}", "services": service_names})
+    log.info(
+        "listening",
+        extra={
+            "address": f"{config.host}:{port}",
+            "services": service_names,
+            "tls": ("mtls" if tls.client_ca else "tls") if tls.enabled else "off",
+            "health_port": config.health_port or None,
+        },
+    )
 
     stop = threading.Event()
     failed = threading.Event()
@@ -486,6 +508,28 @@ def serve(
         stage.finalize()
     telemetry.shutdown()
     return 1 if failed.is_set() else 0
+
+
+# Keeps health-only servers alive until the process exits (they stop with it).
+_health_servers: list[grpc.Server] = []
+
+
+def _health_only_server(address: str, servicer: health.HealthServicer) -> None:
+    """Serve `servicer` (and nothing else) in plaintext on `address`, started now.
+
+    Kubelet's native gRPC probes cannot speak TLS: with TLS on the service port they probe
+    here. Only grpc.health.v1 is registered, so the plaintext port exposes readiness and no
+    API; it reports what the main port's health reports (the same servicer, so a drain turns
+    it NOT_SERVING too).
+    """
+    health_server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health-rpc"),
+        maximum_concurrent_rpcs=8,
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, health_server)
+    health_server.add_insecure_port(address)
+    health_server.start()
+    _health_servers.append(health_server)
 
 
 def _deadline(context: grpc.ServicerContext) -> float | None:
