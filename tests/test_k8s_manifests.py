@@ -299,10 +299,16 @@ def test_voxline_probes(rendered: dict[str, list[dict[str, Any]]]) -> None:
             (c,) = _named(docs, "Deployment", app)["spec"]["template"]["spec"]["containers"]
             grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
             assert int(_env(c)["VOXLINE_PORT"]) == grpc_port, (overlay, app)
+            # A TLS gRPC port is probed on the plaintext health-only port (kubelet probes
+            # cannot speak TLS; docs/security.md).
+            probe_port = grpc_port
+            if _env(c).get("VOXLINE_TLS_CERT"):
+                probe_port = int(_env(c)["VOXLINE_HEALTH_PORT"])
+                assert probe_port in {p["containerPort"] for p in c["ports"]}, (overlay, app)
             for kind in ("startupProbe", "livenessProbe"):
-                assert c[kind]["grpc"] == {"port": grpc_port, "service": ""}, (overlay, app, kind)
+                assert c[kind]["grpc"] == {"port": probe_port, "service": ""}, (overlay, app, kind)
             ready = c["readinessProbe"]["grpc"]
-            assert ready["port"] == grpc_port
+            assert ready["port"] == probe_port
             assert ready["service"] in protos[PROTO_OF[app]], (overlay, app, ready)
             # The startup probe must allow a slow model load (>= 2 min).
             s = c["startupProbe"]

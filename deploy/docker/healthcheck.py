@@ -1,6 +1,7 @@
 """Container HEALTHCHECK: grpc.health.v1 Check(service="") against this container's service.
 
-Docker/Compose only; Kubernetes uses native gRPC probes (k8s/). The port is VOXLINE_PORT, or
+Docker/Compose only; Kubernetes uses native gRPC probes (k8s/). The port is VOXLINE_HEALTH_PORT
+(the plaintext health-only port a TLS service needs, docs/security.md), else VOXLINE_PORT, or
 `--port N` from PID 1's command line, or the service's default port (services.runtime.config).
 Exit 0 when SERVING, 1 otherwise.
 """
@@ -18,6 +19,9 @@ from services.runtime.config import DEFAULT_PORTS
 
 
 def _port() -> int:
+    # With TLS on the service port, plaintext health is served on the health port alone.
+    if os.environ.get("VOXLINE_HEALTH_PORT", "0") != "0":
+        return int(os.environ["VOXLINE_HEALTH_PORT"])
     if os.environ.get("VOXLINE_PORT"):
         return int(os.environ["VOXLINE_PORT"])
     try:
