@@ -47,9 +47,9 @@ SHORT_TEXT = "The vocoder is back."
 # ---------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def supervised(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with LocalStack(tmp_path_factory.mktemp("supervised"), supervise=True) as stack:
+@pytest.fixture
+def supervised(tmp_path: Path) -> Iterator[LocalStack]:
+    with LocalStack(tmp_path, supervise=True) as stack:
         yield stack
 
 
@@ -94,6 +94,10 @@ def test_killed_vocoder_fails_the_stream_fast_then_heals(supervised: LocalStack)
     assert stack.procs["gateway"].poll() is None
     assert stack.restarts == {"frontend": 0, "acoustic": 0, "vocoder": 1, "gateway": 0}
     assert "supervisor: vocoder exited with code -9" in stack.log_tail("vocoder", 200)
+    # Stopping still stops everything: each service drains and exits 0, nothing respawns.
+    assert stack.stop() == dict.fromkeys(("gateway", "frontend", "acoustic", "vocoder"), 0)
+    time.sleep(0.5)
+    assert stack.procs == {}
     print(
         f"\nvocoder kill -9: stream UNAVAILABLE after {failed_after * 1000:.0f} ms; "
         f"respawned after {restarted:.2f} s, SERVING after {serving:.2f} s, "
@@ -298,9 +302,14 @@ def _timed_syntheses(stack: LocalStack, n: int) -> list[float]:
 
 
 def test_black_holed_collector_costs_no_request(tmp_path: Path) -> None:
-    """The collector accepts connections and never answers (exports hang until their 5 s
+    """The collector accepts connections and never answers (each export hangs for its whole
     timeout): every request still succeeds, no slower than with a healthy collector."""
-    env = {"OTEL_METRIC_EXPORT_INTERVAL": "500", "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    env = {
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        # Longer than any request may take: one that waited on an export would show it.
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "30",
+    }
     with OtlpReceiver(http=False) as healthy, OtlpReceiver(http=False, delay_s=60) as hung:
         with LocalStack(
             tmp_path / "healthy", env={**env, "OTEL_EXPORTER_OTLP_ENDPOINT": healthy.endpoint}
@@ -320,5 +329,5 @@ def test_black_holed_collector_costs_no_request(tmp_path: Path) -> None:
         f"\nblack-holed collector: 10/10 OK, median {black:.2f} s, max {max(latencies):.2f} s "
         f"(healthy collector: median {base:.2f} s); stack stopped in {stopped_after:.1f} s"
     )
-    assert max(latencies) < 5.0  # under the 5 s export timeout: nothing waited for one
-    assert black < base * 1.5 + 0.2
+    assert max(latencies) < 10.0  # a third of the export timeout: nothing waited for one
+    assert black < base * 1.5 + 0.5  # loose: two cores shared by four services and pytest
