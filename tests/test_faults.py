@@ -105,6 +105,28 @@ def test_killed_vocoder_fails_the_stream_fast_then_heals(supervised: LocalStack)
     )
 
 
+def test_crash_loop_backs_off_exponentially(tmp_path: Path) -> None:
+    """A service that dies again right after each restart waits 0.5 s, 1 s, 2 s."""
+    stack = LocalStack(tmp_path, supervise=True)
+    stack.start(services=("frontend",))
+    try:
+        waits = []
+        for _ in range(3):
+            victim = stack.procs["frontend"]
+            victim.kill()
+            victim.wait(10)
+            died = time.monotonic()
+            while stack.procs["frontend"] is victim:
+                time.sleep(0.01)
+            waits.append(time.monotonic() - died)
+        for waited, backoff in zip(waits, (0.5, 1.0, 2.0), strict=True):
+            assert backoff - 0.05 <= waited < backoff + 0.5, waits  # + the supervisor's poll
+        assert stack.restarts == {"frontend": 3}
+    finally:
+        stack.stop()
+    print(f"\nrestart waits in a crash loop: {', '.join(f'{w:.2f} s' for w in waits)}")
+
+
 def test_unsupervised_stack_leaves_a_dead_service_dead(tmp_path: Path) -> None:
     """Tests that start stacks without asking for supervision keep the old behaviour."""
     stack = LocalStack(tmp_path)
