@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 
 import grpc
 import numpy as np
@@ -16,6 +16,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span
 from voxline.v1 import synthesizer_pb2, synthesizer_pb2_grpc
 
+from services.gateway.admission import Admission, AdmissionConfig
 from services.gateway.audio import SUPPORTED_SAMPLE_RATES, StreamResampler, resample, wav_bytes
 from services.gateway.auth import BearerTokenInterceptor, load_token
 from services.gateway.pipeline import Job, Pipeline
@@ -86,8 +87,10 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         catalog: VoiceCatalog,
         max_text_chars: int,
         timeout_s: float,
+        admission: Admission,
     ) -> None:
         self._rt = runtime
+        self._admission = admission
         self._pipeline = pipeline
         self._catalog = catalog
         self._max_text_chars = max_text_chars
@@ -95,13 +98,21 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         self._metrics = SynthesisMetrics(runtime.telemetry.meter)
 
     def _job(
-        self, request: synthesizer_pb2.SynthesizeRequest, context: grpc.ServicerContext
+        self,
+        request: synthesizer_pb2.SynthesizeRequest,
+        context: grpc.ServicerContext,
+        outcome: _Outcome,
     ) -> tuple[Job, int]:
+        """Validate the request, then admit it (a slot held until the synthesis ends)."""
         with self._rt.phase(names.PHASE_PREPROCESS):
             voices = {v.name for v in self._catalog.voices()}
             voice, rate, sample_rate, priority = validate(request, self._max_text_chars, voices)
         remaining = context.time_remaining()
         budget = self._timeout_s if remaining is None else min(remaining, self._timeout_s)
+        with self._rt.phase(names.PHASE_QUEUE):
+            outcome.resources.enter_context(
+                self._admission.slot(time.monotonic() + budget, context.is_active)
+            )
         job = Job(
             text=request.text,
             voice=voice or VOICE_NAME,
@@ -138,6 +149,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
             phase_timeline(span, names.STAGE_GATEWAY)
             if method == names.SYNTHESIS_METHOD_STREAM
             else nullcontext(),
+            ExitStack() as outcome.resources,
         ):
             outcome.span = span
             ok = False
@@ -165,7 +177,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         self, request: synthesizer_pb2.SynthesizeRequest, context: grpc.ServicerContext
     ) -> synthesizer_pb2.SynthesizeResponse:
         with self._synthesis(request, names.SYNTHESIS_METHOD_UNARY) as outcome:
-            job, sample_rate = self._job(request, context)
+            job, sample_rate = self._job(request, context, outcome)
             outcome.priority = job.priority.label
             outcome.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
             pieces = [p.pcm for p in self._pipeline.synthesize(job)]
@@ -189,7 +201,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         root = trace.get_current_span()  # the gateway's server span: the trace's root
         method = names.SYNTHESIS_METHOD_STREAM
         with self._synthesis(request, method) as outcome:
-            job, sample_rate = self._job(request, context)
+            job, sample_rate = self._job(request, context, outcome)
             outcome.priority = job.priority.label
             context.add_callback(job.scope.cancel_all)
             outcome.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
@@ -288,6 +300,13 @@ class _Outcome:
         self.audio_s: float | None = None
         self.span: Span = trace.INVALID_SPAN
         self.priority = names.PRIORITY_INTERACTIVE
+        #: Held until the request ends (its admission slot).
+        self.resources = ExitStack()
+
+
+#: Handler threads beyond the admitted and waiting callers: they answer refusals, ListVoices
+#: and health at once even when every slot is taken.
+REFUSAL_THREADS = 16
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -304,11 +323,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_flag(parser, "request-timeout-s", float, 120.0, "upper bound on one synthesis")
     # 48 = the vocoder's window: each pushed chunk is vocoded as one constant-shape window.
     add_flag(parser, "stream-chunk-frames", int, 48, "mel frames per acoustic->vocoder chunk")
+    d = AdmissionConfig()
+    add_flag(parser, "max-active", int, d.max_active, "syntheses running at once (admission)")
+    add_flag(parser, "max-waiting", int, d.max_waiting, "callers that may wait for a slot")
+    add_flag(
+        parser,
+        "max-admission-wait-ms",
+        float,
+        d.max_wait_s * 1000.0,
+        "longest wait for a slot before RESOURCE_EXHAUSTED",
+    )
     add_flag(parser, "api-token", str, "", "require 'authorization: Bearer <token>' (empty: off)")
     add_flag(parser, "api-token-file", str, "", "read the API token from this file (a Secret)")
     config = parse_config("gateway", parser, argv)
     x = config.extra
     config.max_receive_bytes = max_request_bytes(x["max_text_chars"])
+    admission = AdmissionConfig(
+        max_active=x.pop("max_active"),
+        max_waiting=x.pop("max_waiting"),
+        max_wait_s=x.pop("max_admission_wait_ms") / 1000.0,
+    )
+    # Refusing past capacity must be immediate: enough handler threads (and gRPC's own
+    # concurrency limit, the last resort) for the admitted, the waiting and the refused.
+    needed = admission.max_active + admission.max_waiting + REFUSAL_THREADS
+    config.workers = max(config.workers, needed)
+    config.max_concurrent_rpcs = max(config.max_concurrent_rpcs, 2 * needed)
     try:  # popped: the token stays out of the config object
         token = load_token(x.pop("api_token"), x.pop("api_token_file"))
     except ValueError as exc:
@@ -331,6 +370,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             VoiceCatalog(stage_clients),
             x["max_text_chars"],
             x["request_timeout_s"],
+            Admission(admission),
         )
         synthesizer_pb2_grpc.add_SynthesizerServicer_to_server(servicer, server)
         return [synthesizer_pb2.DESCRIPTOR.services_by_name["Synthesizer"].full_name]

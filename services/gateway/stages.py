@@ -24,6 +24,7 @@ from voxline.v1 import (
     vocoder_pb2_grpc,
 )
 
+from services.runtime.config import MAX_MESSAGE_BYTES
 from services.runtime.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -34,7 +35,6 @@ from services.runtime.errors import (
 )
 from services.runtime.scheduler import Hints, hints_metadata
 from services.runtime.tls import PLAINTEXT, ClientTLS, secure_or_insecure_channel
-from services.runtime.server import MAX_MESSAGE_BYTES
 
 T = TypeVar("T")
 

@@ -16,6 +16,8 @@ class VoxlineError(Exception):
     """Base class: an error with a gRPC status code and a message safe to show a caller."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    #: Trailing metadata sent with the status (e.g. a retry hint).
+    trailers: tuple[tuple[str, str], ...] = ()
 
 
 class InvalidArgument(VoxlineError):

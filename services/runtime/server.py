@@ -33,7 +33,7 @@ from voxline.v1 import stage_pb2, stage_pb2_grpc
 from services.runtime.config import MAX_MESSAGE_BYTES, ServiceConfig
 from services.runtime.cpus import torch_threads
 from services.runtime.decoding import TolerantServer, checked
-from services.runtime.errors import Unavailable, grpc_status_for
+from services.runtime.errors import Unavailable, VoxlineError, grpc_status_for
 from services.runtime.scheduler import BatchScheduler, Job, read_hints
 from services.runtime.stage import Stage
 from services.runtime.tls import TLSConfigError
@@ -106,6 +106,8 @@ def rpc_method(fn: F) -> F:
             log.info("%s -> %s: %s", method, code.name, message)
         tracker.set_code(code)
         mark_span_error(_server_span.get(), code, message)
+        if isinstance(exc, VoxlineError) and exc.trailers:
+            context.set_trailing_metadata(exc.trailers)
         context.abort(code, message)
 
     streaming = inspect.isgeneratorfunction(fn)
