@@ -110,6 +110,7 @@ class LocalStack:
         #: How the health wait connects: set it when `extra_args` turn TLS on.
         self.tls = tls
         self.procs: dict[str, subprocess.Popen] = {}
+        self._spawned: dict[str, float] = {}  # service -> time.monotonic() of its spawn
         self.supervise = supervise
         #: Restarts per service since start() (supervised stacks only).
         self.restarts: dict[str, int] = {}
@@ -146,6 +147,7 @@ class LocalStack:
         )
         log.close()
         self.procs[service] = proc
+        self._spawned[service] = time.monotonic()
         return proc
 
     def start(self, timeout: float = 180.0, services: tuple[str, ...] = SERVICES) -> LocalStack:
@@ -173,7 +175,6 @@ class LocalStack:
     def _supervise(self, services: tuple[str, ...]) -> None:
         """Restart any of `services` whose process exited, with backoff, until stop()."""
         backoff = dict.fromkeys(services, RESTART_BACKOFF_S)
-        started = dict.fromkeys(services, time.monotonic())
         due: dict[str, float] = {}  # service -> when to restart it
         while not self._stopping.wait(SUPERVISE_POLL_S):
             now = time.monotonic()
@@ -182,20 +183,20 @@ class LocalStack:
                     if now >= due[service]:
                         del due[service]
                         self.start_service(service)
-                        started[service] = time.monotonic()
                         self.restarts[service] += 1
                         log.warning("%s restarted (pid %d)", service, self.procs[service].pid)
                     continue
                 code = self.procs[service].poll()
                 if code is None:
                     continue
-                if now - started[service] >= STABLE_AFTER_S:
+                uptime = now - self._spawned[service]
+                if uptime >= STABLE_AFTER_S:
                     backoff[service] = RESTART_BACKOFF_S
                 delay = backoff[service]
                 backoff[service] = min(2 * delay, MAX_RESTART_BACKOFF_S)
                 due[service] = now + delay
                 message = (
-                    f"{service} exited with code {code} after {now - started[service]:.1f} s; "
+                    f"{service} exited with code {code} after {uptime:.1f} s; "
                     f"restarting in {delay:.1f} s"
                 )
                 log.warning("%s", message)
