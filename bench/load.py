@@ -18,6 +18,7 @@ import grpc
 import torch
 from voxline.v1 import synthesizer_pb2, synthesizer_pb2_grpc
 
+from services.gateway.admission import RETRY_PUSHBACK_KEY
 from services.gateway.playback import ListenerClock
 from services.runtime.voice import SAMPLE_RATE_HZ
 
@@ -66,6 +67,8 @@ class StreamResult:
     elapsed_s: float
     completed: bool  # False when cut at AUDIO_CAP_S
     error: str | None = None
+    #: A refusal's retry hint (grpc-retry-pushback-ms), seconds.
+    retry_after_s: float | None = None
 
 
 def stream_once(address: str, length: str, timeout: float = 300.0) -> StreamResult:
@@ -90,11 +93,53 @@ def stream_once(address: str, length: str, timeout: float = 300.0) -> StreamResu
                     call.cancel()
                     break
     except grpc.RpcError as exc:
+        trailers = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+        pushback = trailers.get(RETRY_PUSHBACK_KEY)
         return StreamResult(
             length, ttfa, clock.stall_s, clock.sent_s, time.monotonic() - t0, False,
-            exc.code().name,
+            exc.code().name, int(pushback) / 1000.0 if pushback else None,
         )  # fmt: skip
     return StreamResult(length, ttfa, clock.stall_s, clock.sent_s, time.monotonic() - t0, completed)
+
+
+def overload(
+    address: str, callers: int, seconds: float, length: str = "sentence"
+) -> dict[str, Any]:
+    """`callers` clients streaming TEXTS[length] back to back for `seconds`; a refused one
+    waits its retry hint before trying again. What admission control promises: refusals
+    fast, admitted requests' TTFA close to unloaded, no admitted request lost."""
+    results: list[StreamResult] = []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def caller() -> None:
+        while time.monotonic() < stop_at:
+            r = stream_once(address, length)
+            with lock:
+                results.append(r)
+            if r.retry_after_s:
+                time.sleep(r.retry_after_s)
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - t0
+    admitted = [r for r in results if r.error is None]
+    refused = [r for r in results if r.error == "RESOURCE_EXHAUSTED"]
+    return {
+        "callers": callers,
+        "requests": len(results),
+        "admitted": len(admitted),
+        "refused": len(refused),
+        "lost": sorted(r.error for r in results if r.error and r.error != "RESOURCE_EXHAUSTED"),
+        "refusal_s": summary([r.elapsed_s for r in refused]),
+        "retry_after_s": summary([r.retry_after_s for r in refused if r.retry_after_s]),
+        "admitted_ttfa_s": summary([r.ttfa_s for r in admitted if r.ttfa_s is not None]),
+        "admitted_rtfx": sum(r.audio_s for r in admitted) / wall if wall else 0.0,
+    }
 
 
 def closed_loop(address: str, streams: int, rounds: int, lengths: list[str]) -> dict[str, Any]:

@@ -60,6 +60,23 @@ def markdown(result: dict[str, Any]) -> str:
             f"{tax['e2e_s_median_ratio_stack_over_in_process']:.2f}.",
             "",
         ]
+    admission = result.get("admission")
+    if admission:
+        o = admission["overload"]
+        unloaded = admission["unloaded"]["ttfa_s"]
+        ratio = admission.get("admitted_ttfa_p95_over_unloaded_p95")
+        lines += [
+            f"## Admission control ({o['callers']} callers = 4x --max-active, one sentence each)",
+            "",
+            f"- requests {o['requests']}: admitted {o['admitted']}, refused {o['refused']}, "
+            f"lost {len(o['lost'])}; admitted RTFX {o['admitted_rtfx']:.2f}",
+            f"- refusal latency p50 / p95 / max: {_ms(o['refusal_s'])} / "
+            f"{_ms(o['refusal_s'], 'p95')} / {_ms(o['refusal_s'], 'max')} ms",
+            f"- admitted TTFA p50 / p95: {_ms(o['admitted_ttfa_s'])} / "
+            f"{_ms(o['admitted_ttfa_s'], 'p95')} ms; unloaded {_ms(unloaded)} / "
+            f"{_ms(unloaded, 'p95')} ms; p95 ratio {ratio or 0:.2f}",
+            "",
+        ]
     peers = result.get("peers")
     if peers:
         lines += [

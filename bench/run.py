@@ -35,10 +35,19 @@ import torch
 
 from bench import peer
 from bench.load import TEXTS as TEXTS_BY_LENGTH
-from bench.load import InProcess, StreamResult, closed_loop, describe, stream_once, summary
+from bench.load import (
+    InProcess,
+    StreamResult,
+    closed_loop,
+    describe,
+    overload,
+    stream_once,
+    summary,
+)
 from bench.report import markdown, plot
 from services.cli.client import SynthesisResult, synthesize
 from services.cli.stack import LocalStack
+from services.gateway.admission import AdmissionConfig
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -122,6 +131,19 @@ def bench_tax(stack: LocalStack, requests: int) -> dict[str, Any]:
     return out
 
 
+def bench_overload(stack: LocalStack, requests: int, seconds: float) -> dict[str, Any]:
+    """Admission control at 4x the gateway's configured capacity (`--max-active`), against
+    the same stack's unloaded TTFA measured just before."""
+    unloaded = closed_loop(stack.gateway, 1, requests, ["sentence"])
+    loaded = overload(stack.gateway, 4 * AdmissionConfig().max_active, seconds)
+    out = {"unloaded": unloaded, "overload": loaded}
+    if loaded["admitted_ttfa_s"] and unloaded["ttfa_s"]:
+        out["admitted_ttfa_p95_over_unloaded_p95"] = (
+            loaded["admitted_ttfa_s"]["p95"] / unloaded["ttfa_s"]["p95"]
+        )
+    return out
+
+
 def bench_peers(requests: int, lengths: list[str]) -> dict[str, Any]:
     """Voxline's stages in one process against the Piper peer (when installed), both on two
     threads, request by request, alternated: TTFA, stall and RTF (wall / audio seconds)."""
@@ -181,12 +203,16 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"levels": levels, "rounds": args.rounds, "lengths": lengths},
     }
     no_batching = {s: ["--max-batch-size", "1"] for s in ("frontend", "acoustic", "vocoder")}
+    # The sweep measures the engine past the gateway's admission limit: lift it there.
+    unlimited = ["--max-active", "64", "--max-waiting", "64"]
+    no_batching["gateway"] = unlimited
     with OtlpReceiver() as receiver:
         on_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
+        off_env = {"OTEL_SDK_DISABLED": "true"}
         with (
-            LocalStack(run_dir / "on", env=on_env) as on,
+            LocalStack(run_dir / "on", env=on_env, extra_args={"gateway": unlimited}) as on,
             LocalStack(run_dir / "nobatch", env=on_env, extra_args=no_batching) as nobatch,
-            LocalStack(run_dir / "off", env={"OTEL_SDK_DISABLED": "true"}) as off,
+            LocalStack(run_dir / "off", env=off_env, extra_args={"gateway": unlimited}) as off,
         ):
             for stack in (on, nobatch, off):
                 _run(stack.gateway, "Warm up.", True)
@@ -200,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             result["telemetry"] = bench_telemetry(on, off, telemetry_levels, args.rounds)
             print("microservice tax ...", flush=True)
             result["tax"] = bench_tax(on, args.requests)
+        print("admission control at 4x capacity ...", flush=True)
+        with LocalStack(run_dir / "admission", env=on_env) as admitting:
+            _run(admitting.gateway, "Warm up.", True)
+            result["admission"] = bench_overload(admitting, args.requests, 5 if args.smoke else 60)
     print("in-process peers: Voxline vs Piper ...", flush=True)
     peer_lengths = ["sentence"] if args.smoke else ["sentence", "paragraph"]
     result["peers"] = bench_peers(args.requests, peer_lengths)
