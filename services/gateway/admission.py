@@ -31,13 +31,14 @@ _POLL_S = 0.05
 class AdmissionConfig:
     """Flags `--max-active`, `--max-waiting`, `--max-admission-wait-ms`."""
 
-    #: Syntheses running at once. The measured capacity of the 2-core local stack is ~4
-    #: streams (aggregate RTFX ~2); a GPU deployment raises it.
-    max_active: int = 4
-    #: Callers that may wait for a slot; beyond them, refusal is immediate.
-    max_waiting: int = 4
-    #: Longest wait for a slot: about one unloaded time-to-first-audio, so an admitted
-    #: caller's TTFA stays within ~2x of the unloaded one.
+    #: Syntheses running at once. On the 2-core local stack two concurrent streams already
+    #: double a stream's time to first audio (make bench); a GPU deployment raises it.
+    max_active: int = 2
+    #: Callers that may wait for a slot; beyond them, refusal is immediate. None by default:
+    #: a refused caller retries after the hint rather than waiting unseen.
+    max_waiting: int = 0
+    #: Longest wait for a slot when waiting is allowed: about one unloaded time to first
+    #: audio, so an admitted caller's TTFA stays within ~2x of the unloaded one.
     max_wait_s: float = 0.25
 
 
