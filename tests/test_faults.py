@@ -25,7 +25,7 @@ from voxline.v1 import synthesizer_pb2 as pb
 from voxline.v1 import synthesizer_pb2_grpc, vocoder_pb2
 
 from services.cli.stack import LocalStack, wait_serving
-from services.gateway.stages import RETRIED_METHODS, StageClients, channel_options
+from services.gateway.stages import RETRIED_METHODS, CancelScope, StageClients, channel_options
 from services.runtime.config import SchedulerConfig
 from services.runtime.errors import ResourceExhausted, Unavailable, grpc_status_for
 from services.runtime.scheduler import BatchScheduler, Hints
@@ -212,7 +212,9 @@ def test_unary_stage_call_is_retried_on_unavailable(flaky_vocoder: _FlakyVocoder
     clients = StageClients("127.0.0.1:1", "127.0.0.1:1", flaky_vocoder.address)
     try:
         t0 = time.monotonic()
-        reply = clients.vocode(vocoder_pb2.VocodeRequest(request_id="r"), 10, Hints())
+        reply = clients.vocode(
+            vocoder_pb2.VocodeRequest(request_id="r"), 10, Hints(), CancelScope()
+        )
         elapsed = time.monotonic() - t0
         assert reply.sample_rate_hz == 22050
         assert flaky_vocoder.unary_attempts == 3  # two UNAVAILABLE, then the answer

@@ -394,3 +394,67 @@ def test_client_cancel_cancels_upstream_streams(traced_stack, receiver) -> None:
     span = receiver.wait_for(lambda r: vocoder_span(), timeout=60)
     assert span["attributes"].get("rpc.grpc.status_code") == grpc.StatusCode.CANCELLED.value[0]
     assert span["status"]["code"] == 2  # ERROR
+
+
+GONE_TEXT = (
+    "When the caller goes away, the stages must stop working for it. This paragraph is long "
+    "enough to keep the acoustic model and the vocoder busy for many seconds of audio. It has "
+    "several sentences, so work for later ones is queued while the first is being vocoded. "
+    "None of that queued work may run once nobody is listening any more."
+)
+# A batch already running when the caller leaves finishes (a model call cannot be
+# interrupted); nothing may start after the cancellation has propagated. Bounds on this
+# loaded 2-core machine: propagation within START_GRACE_S, the running window within
+# WINDOW_S.
+START_GRACE_S = 0.3
+WINDOW_S = 1.5
+
+
+@pytest.mark.parametrize("how", ["unary-deadline", "unary-cancel", "stream-cancel"])
+def test_no_stage_computes_for_a_caller_that_went_away(traced_stack, receiver, how: str) -> None:
+    """Measured from the stages' batch spans (linked to the request's trace), not from sleeps
+    or CPU: after the caller's deadline or cancellation no batch starts for it, and the last
+    one ends within one window."""
+    trace_id = secrets.token_hex(16)
+    metadata = (("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01"),)
+    request = pb.SynthesizeRequest(text=GONE_TEXT)
+    with grpc.insecure_channel(traced_stack.gateway) as channel:
+        stub = synthesizer_pb2_grpc.SynthesizerStub(channel)
+        if how == "unary-deadline":
+            t0 = time.time()
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Synthesize(request, metadata=metadata, timeout=1.5)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            gone = t0 + 1.5
+        elif how == "unary-cancel":
+            future = stub.Synthesize.future(request, metadata=metadata, timeout=120)
+            time.sleep(1.5)  # the caller's own behaviour: hang up after 1.5 s
+            gone = time.time()
+            future.cancel()
+        else:
+            call = stub.SynthesizeStream(request, metadata=metadata, timeout=120)
+            next(call)
+            gone = time.time()
+            call.cancel()
+
+    def linked_batches() -> list[dict[str, Any]]:
+        return [
+            s
+            for s in receiver.spans()
+            if s["name"].endswith(".batch")
+            and any(link["trace_id"] == trace_id for link in s["links"])
+        ]
+
+    # Let every stage export what it ran (BatchSpanProcessor flushes every 200 ms here).
+    receiver.wait_for(lambda r: any(s["name"] == "vocoder.batch" for s in linked_batches()), 30)
+    time.sleep(3)
+    batches = linked_batches()
+    late_starts = [
+        (s["name"], round(s["start_time_unix_nano"] / 1e9 - gone, 3))
+        for s in batches
+        if s["start_time_unix_nano"] / 1e9 > gone + START_GRACE_S
+    ]
+    assert not late_starts, late_starts
+    last_end = max(s["end_time_unix_nano"] for s in batches) / 1e9 - gone
+    print(f"{how}: {len(batches)} batches; the last ended {last_end:+.3f} s after the caller left")
+    assert last_end < WINDOW_S, f"last batch for the request ended {last_end:.2f} s after"

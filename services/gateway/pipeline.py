@@ -26,7 +26,7 @@ import torch
 from voxline.v1 import acoustic_pb2, frontend_pb2, vocoder_pb2
 
 from services.gateway.playback import ListenerClock
-from services.gateway.stages import StageClients, UpstreamStream
+from services.gateway.stages import CancelScope, StageClients, UpstreamStream
 from services.runtime.errors import DeadlineExceeded, VoxlineError
 from services.runtime.scheduler import Hints, Priority
 from services.runtime.tensors import from_proto
@@ -34,35 +34,6 @@ from services.runtime.voice import HOP_LENGTH, SAMPLE_RATE_HZ
 
 #: Sentences whose stage calls run ahead of the one being streamed to the caller.
 LOOKAHEAD_SENTENCES = 1
-
-
-class CancelScope:
-    """The upstream streams of one request, cancelled together when the request ends.
-
-    gRPC runs `cancel_all` (registered with `context.add_callback`) as soon as the caller
-    cancels or the deadline passes, even while the handler is blocked waiting on a stage,
-    so no stage keeps working for a caller that is gone.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._streams: list[UpstreamStream] = []
-        self._cancelled = False
-
-    def add(self, stream: UpstreamStream) -> UpstreamStream:
-        with self._lock:
-            self._streams.append(stream)
-            cancelled = self._cancelled
-        if cancelled:
-            stream.cancel()
-        return stream
-
-    def cancel_all(self) -> None:
-        with self._lock:
-            self._cancelled = True
-            streams, self._streams = self._streams, []
-        for stream in streams:
-            stream.cancel()
 
 
 @dataclass
@@ -137,16 +108,19 @@ class Pipeline:
     def synthesize(self, job: Job) -> Iterator[AudioPiece]:
         """Unary path: one whole mel and one vocoder call per sentence."""
         request = self._analyze_request(job)
-        sentences = self._clients.analyze(request, self._remaining(job), job.hints()).sentences
+        sentences = self._clients.analyze(
+            request, self._remaining(job), job.hints(), job.scope
+        ).sentences
         for sentence, before in zip(sentences, _audio_before(sentences), strict=True):
             hints = job.hints(before)
             mel = self._clients.generate(
-                self._generate_request(job, sentence), self._remaining(job), hints
+                self._generate_request(job, sentence), self._remaining(job), hints, job.scope
             ).mel
             audio = self._clients.vocode(
                 vocoder_pb2.VocodeRequest(mel=mel, voice=job.voice, request_id=job.request_id),
                 self._remaining(job),
                 hints,
+                job.scope,
             ).audio
             yield AudioPiece(sentence.index, _pcm(audio))
 

@@ -179,6 +179,8 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         with self._synthesis(request, names.SYNTHESIS_METHOD_UNARY) as outcome:
             job, sample_rate = self._job(request, context, outcome)
             outcome.priority = job.priority.label
+            # A caller that goes away (or whose deadline passes) cancels the stage calls.
+            context.add_callback(job.scope.cancel_all)
             outcome.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
             pieces = [p.pcm for p in self._pipeline.synthesize(job)]
             with self._rt.phase(names.PHASE_POSTPROCESS):

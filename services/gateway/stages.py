@@ -8,9 +8,10 @@ learns *which* stage was unavailable, slow or unhappy with the input.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 from voxline.v1 import (
@@ -119,6 +120,16 @@ class StageClient:
         except grpc.RpcError as exc:
             raise translate(self.stage, self.target, exc) from None
 
+    def unary(self, future: grpc.Future, scope: CancelScope) -> Any:
+        """Wait for a unary call started with ``.future()``, cancellable through ``scope``."""
+        scope.add(future)
+        try:
+            return future.result()
+        except grpc.FutureCancelledError:
+            raise Cancelled(f"{self.stage} call cancelled: the caller went away") from None
+        except grpc.RpcError as exc:
+            raise translate(self.stage, self.target, exc) from None
+
     def stream(self, call: Any) -> UpstreamStream:
         """Wrap a streaming call so iteration translates failures and it can be cancelled."""
         return UpstreamStream(self, call)
@@ -144,6 +155,46 @@ class UpstreamStream:
 
     def cancel(self) -> None:
         self._call.cancel()
+
+
+class Cancellable(Protocol):
+    """An upstream call that can be cancelled from any thread."""
+
+    def cancel(self) -> Any: ...
+
+
+C = TypeVar("C", bound=Cancellable)
+
+
+class CancelScope:
+    """The upstream calls of one request, cancelled together when the request ends.
+
+    gRPC runs `cancel_all` (registered with `context.add_callback`) as soon as the caller
+    cancels or the deadline passes, even while the handler is blocked waiting on a stage,
+    so no stage keeps working for a caller that is gone -- unary calls included.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._calls: list[Cancellable] = []
+        self._cancelled = False
+
+    def add(self, call: C) -> C:
+        """Track ``call`` (cancelled at once if the scope already was)."""
+        with self._lock:
+            self._calls.append(call)
+            cancelled = self._cancelled
+        if cancelled:
+            call.cancel()
+        return call
+
+    def cancel_all(self) -> None:
+        """Cancel every tracked call, and any added later."""
+        with self._lock:
+            self._cancelled = True
+            calls, self._calls = self._calls, []
+        for call in calls:
+            call.cancel()
 
 
 class StageClients:
@@ -175,12 +226,12 @@ class StageClients:
     # metadata: the stages' schedulers order their queues by them.
 
     def analyze(
-        self, request: frontend_pb2.AnalyzeRequest, timeout: float, hints: Hints
+        self, request: frontend_pb2.AnalyzeRequest, timeout: float, hints: Hints, scope: CancelScope
     ) -> frontend_pb2.AnalyzeResponse:
-        md = hints_metadata(hints)
-        return self.frontend.call(
-            lambda: self.frontend_stub.Analyze(request, timeout=timeout, metadata=md)
+        future = self.frontend_stub.Analyze.future(
+            request, timeout=timeout, metadata=hints_metadata(hints)
         )
+        return self.frontend.unary(future, scope)  # type: ignore[no-any-return]
 
     def analyze_stream(
         self, request: frontend_pb2.AnalyzeRequest, timeout: float, hints: Hints
@@ -192,12 +243,16 @@ class StageClients:
         )
 
     def generate(
-        self, request: acoustic_pb2.GenerateRequest, timeout: float, hints: Hints
+        self,
+        request: acoustic_pb2.GenerateRequest,
+        timeout: float,
+        hints: Hints,
+        scope: CancelScope,
     ) -> acoustic_pb2.GenerateResponse:
-        md = hints_metadata(hints)
-        return self.acoustic.call(
-            lambda: self.acoustic_stub.Generate(request, timeout=timeout, metadata=md)
+        future = self.acoustic_stub.Generate.future(
+            request, timeout=timeout, metadata=hints_metadata(hints)
         )
+        return self.acoustic.unary(future, scope)  # type: ignore[no-any-return]
 
     def generate_stream(
         self, request: acoustic_pb2.GenerateRequest, timeout: float, hints: Hints
@@ -209,12 +264,12 @@ class StageClients:
         )
 
     def vocode(
-        self, request: vocoder_pb2.VocodeRequest, timeout: float, hints: Hints
+        self, request: vocoder_pb2.VocodeRequest, timeout: float, hints: Hints, scope: CancelScope
     ) -> vocoder_pb2.VocodeResponse:
-        md = hints_metadata(hints)
-        return self.vocoder.call(
-            lambda: self.vocoder_stub.Vocode(request, timeout=timeout, metadata=md)
+        future = self.vocoder_stub.Vocode.future(
+            request, timeout=timeout, metadata=hints_metadata(hints)
         )
+        return self.vocoder.unary(future, scope)  # type: ignore[no-any-return]
 
     def vocode_stream(
         self, requests: Iterator[vocoder_pb2.VocodeRequest], timeout: float, hints: Hints
