@@ -7,6 +7,9 @@ With `supervise=True` (what `voxline serve` and `make run` use) a background thr
 a service whose process exits, on the same port, after an exponential backoff: what a
 Kubernetes Deployment does for a crashed pod. The others keep running; the gateway's
 channels reconnect to the restarted stage by themselves.
+
+With `http=True` (what `voxline serve` uses) a fifth process serves the OpenAI-compatible
+HTTP API (services/http) in front of the gateway, supervised like the others.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +31,8 @@ from types import TracebackType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.http import DEFAULT_PORT as DEFAULT_HTTP_PORT
+from services.http import READY_PATH
 from services.runtime.config import DEFAULT_PORTS
 from services.runtime.tls import PLAINTEXT, ClientTLS, secure_or_insecure_channel
 
@@ -87,6 +94,23 @@ def wait_serving(
             time.sleep(0.2)
 
 
+def wait_http_ready(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    """Poll `url` until it answers 200; fail early if `proc` exits."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise StackError(f"process for {url} exited with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as reply:
+                if reply.status == 200:
+                    return
+        except (OSError, urllib.error.URLError):
+            pass
+        if time.monotonic() > deadline:
+            raise StackError(f"{url} not ready after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
 class LocalStack:
     """Start/stop the four services (restarting crashed ones if `supervise`). Use as a
     context manager."""
@@ -101,10 +125,15 @@ class LocalStack:
         extra_args: Mapping[str, list[str]] | None = None,
         tls: ClientTLS = PLAINTEXT,
         supervise: bool = False,
+        http: bool = False,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.host = host
         self.ports = dict(ports) if ports is not None else {s: free_port(host) for s in SERVICES}
+        #: Also run the HTTP service (services/http); it is ready once the gateway is SERVING.
+        self.http = http
+        if http and "http" not in self.ports:
+            self.ports["http"] = free_port(host) if ports is None else DEFAULT_HTTP_PORT
         self._env = dict(env or {})
         self._extra_args = {k: list(v) for k, v in (extra_args or {}).items()}
         #: How the health wait connects: set it when `extra_args` turn TLS on.
@@ -128,9 +157,16 @@ class LocalStack:
     def gateway(self) -> str:
         return self.address("gateway")
 
+    @property
+    def http_url(self) -> str:
+        """Base URL of the HTTP service (with `http=True`)."""
+        return f"http://{self.address('http')}"
+
     def _command(self, service: str) -> list[str]:
         cmd = [sys.executable, "-m", f"services.{service}", "--host", self.host]
         cmd += ["--port", str(self.ports[service]), "--run-dir", str(self.run_dir)]
+        if service == "http":  # no model: no torch threads
+            return [*cmd, "--gateway-address", self.gateway, *self._extra_args.get(service, [])]
         cmd += ["--torch-threads", str(DEFAULT_TORCH_THREADS[service])]
         if service == "gateway":
             for stage in STAGES:
@@ -151,12 +187,18 @@ class LocalStack:
         return proc
 
     def start(self, timeout: float = 180.0, services: tuple[str, ...] = SERVICES) -> LocalStack:
-        """Start `services` and wait until each reports SERVING."""
+        """Start `services` (and the HTTP service if `http`) and wait until each is ready."""
+        if self.http and "http" not in services:
+            services = (*services, "http")
         try:
             for service in services:
                 self.start_service(service)
             for service in services:
-                wait_serving(self.address(service), timeout, self.procs[service], self.tls)
+                if service == "http":
+                    url = f"{self.http_url}{READY_PATH}"
+                    wait_http_ready(url, timeout, self.procs[service])
+                else:
+                    wait_serving(self.address(service), timeout, self.procs[service], self.tls)
         except BaseException as exc:
             tails = "\n".join(f"--- {s}.log ---\n{self.log_tail(s)}" for s in services)
             self.stop()
@@ -210,12 +252,12 @@ class LocalStack:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout: float = 30.0) -> dict[str, int | None]:
-        """SIGTERM every service (gateway first), wait for the drain; SIGKILL stragglers."""
+        """SIGTERM every service (front doors first), wait for the drain; SIGKILL stragglers."""
         self._stopping.set()  # first: no restart may race the shutdown
         if self._supervisor is not None:
             self._supervisor.join()
             self._supervisor = None
-        order = [s for s in ("gateway", *STAGES) if s in self.procs]
+        order = [s for s in ("http", "gateway", *STAGES) if s in self.procs]
         for service in order:
             if self.procs[service].poll() is None:
                 self.procs[service].send_signal(signal.SIGTERM)

@@ -1,0 +1,5 @@
+import sys
+
+from services.http.main import main
+
+sys.exit(main())
