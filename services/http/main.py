@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,6 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "auth": "bearer" if token else "off",
         },
     )
+    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal against the handlers it
+    # found: with these no-ops there, the process goes on to flush its telemetry below
+    # instead of dying with the last spans unexported.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     try:
         server.run()
     finally:
