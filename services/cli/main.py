@@ -17,6 +17,7 @@ import grpc
 from services.cli.client import list_voices, synthesize
 from services.cli.stack import LocalStack, StackError
 from services.cli.trace import add_trace_commands, print_attribution
+from services.http import DEFAULT_PORT as DEFAULT_HTTP_PORT
 from services.runtime.config import DEFAULT_PORTS
 from services.runtime.tls import ClientTLS
 
@@ -69,15 +70,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Keep the local stack up until Ctrl-C/SIGTERM, restarting a service that crashes."""
     # /metrics on 9464-9467, the ports deploy/prometheus/prometheus-local.yml scrapes.
     metrics_ports = {"gateway": 9464, "frontend": 9465, "acoustic": 9466, "vocoder": 9467}
-    stack = LocalStack.on_default_ports(
+    http_port = {"http": args.http_port} if args.http_port else {}
+    stack = LocalStack(
         _run_dir(args.run_dir),
+        ports={**DEFAULT_PORTS, **http_port},
         extra_args={s: ["--prometheus-port", str(p)] for s, p in metrics_ports.items()},
         supervise=True,
+        http=bool(http_port),
     )
     print(f"starting the local stack (logs and telemetry in {stack.run_dir}) ...", flush=True)
     stack.start()
     print(f"Voxline is serving. Gateway: {stack.gateway}   Ctrl-C to stop.")
     print("  metrics: http://127.0.0.1:9464/metrics (gateway) ... :9467 (vocoder)")
+    if args.http_port:
+        print(f"  OpenAI-compatible HTTP API: {stack.http_url}/v1 (POST /audio/speech)")
     print(f'  try: voxline say "Hello there." -o out/hello.wav --server {stack.gateway}')
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -155,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="start the local stack until Ctrl-C")
     serve.add_argument("--run-dir", default="runs")
+    serve.add_argument(
+        "--http-port",
+        type=int,
+        default=int(os.environ.get("VOXLINE_HTTP_PORT", DEFAULT_HTTP_PORT)),
+        help="port of the OpenAI-compatible HTTP service (0 = don't start it; $VOXLINE_HTTP_PORT)",
+    )
     serve.set_defaults(fn=cmd_serve)
 
     demo = sub.add_parser("demo", help="start, synthesise a demo sentence, stop (make run)")
