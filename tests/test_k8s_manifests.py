@@ -496,8 +496,10 @@ def test_every_voxline_deployment_has_a_pdb(rendered: dict[str, list[dict[str, A
 
 
 def test_network_policies(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    """Selectors select something; only the gateway is open to any source; stage gRPC ports
+    """Selectors select something; only the public front doors (the gateway's gRPC port, the
+    HTTP service's port) are open to any source, and only on those ports; stage gRPC ports
     only from the gateway; telemetry ports only from the collector/Prometheus/Grafana."""
+    public_ports = {"gateway": {50051}, "http": {8080}}
     for overlay, docs in rendered.items():
         pods = _pod_labels(docs)
         policies = _kind(docs, "NetworkPolicy")
@@ -513,6 +515,11 @@ def test_network_policies(rendered: dict[str, list[dict[str, Any]]]) -> None:
                 sources = rule.get("from")
                 if not sources:
                     open_to_all.update(targets)
+                    ports = {p["port"] for p in rule.get("ports", [])}
+                    for target in targets:
+                        assert ports and ports <= public_ports.get(target, set()), (
+                            f"{overlay}: {pol['metadata']['name']} opens {target} {ports or 'all'}"
+                        )
                     continue
                 for src in sources:
                     if "namespaceSelector" in src or "ipBlock" in src:
@@ -525,7 +532,7 @@ def test_network_policies(rendered: dict[str, list[dict[str, Any]]]) -> None:
                         p["port"] in (50052, 50053, 50054) for p in rule.get("ports", [])
                     ):
                         assert srcs == ["gateway"], (overlay, pol["metadata"]["name"])
-        assert open_to_all == {"gateway"}, f"{overlay}: open to any source: {open_to_all}"
+        assert open_to_all == set(public_ports), f"{overlay}: open to any source: {open_to_all}"
 
 
 # ---------------------------------------------------------------------------------------------
