@@ -90,6 +90,27 @@ def test_queued_jobs_with_one_key_share_a_batch(
     assert model.batches == [["a1", "a2", "a3", "a4"], ["b1"], ["a5"]]
 
 
+def test_one_request_never_fills_a_batch(model: Model) -> None:
+    """A long request's pieces run at most `max_batch_per_request` per batch, so a short
+    request arriving behind them joins the next batch instead of waiting for all of them."""
+    scheduler = _scheduler(model, max_batch_per_request=1)
+    gate = scheduler.submit("gate")
+    assert model.entered.wait(5)
+    try:
+        now = time.monotonic()
+        long = scheduler.submit_many(["a1", "a2", "a3", "a4"], [now] * 4)
+        short = scheduler.submit("a9", urgency=now + 0.1)
+        model.release.set()
+        assert [scheduler.wait_result(j) for j in long] == ["A1", "A2", "A3", "A4"]
+        scheduler.wait_result(short)
+        # Each batch: one piece of the long request, plus the short one in the first.
+        assert model.batches == [["a1", "a9"], ["a2"], ["a3"], ["a4"]]
+    finally:
+        model.release.set()
+        scheduler.wait_result(gate)
+        scheduler.stop()
+
+
 def test_earliest_urgency_first_and_bulk_last(
     gated: BatchScheduler[str, str], model: Model
 ) -> None:

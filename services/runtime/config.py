@@ -45,10 +45,15 @@ def parse_bool(value: str | bool) -> bool:
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """A stage's batching settings (flags `--max-batch-size`, `--max-queue-delay-ms`,
-    `--batch-window-ms`, `--max-queue`, `--instances`)."""
+    """A stage's batching settings (flags `--max-batch-size`, `--max-batch-per-request`,
+    `--max-queue-delay-ms`, `--batch-window-ms`, `--max-queue`, `--instances`)."""
 
     max_batch_size: int = 8
+    #: Most pieces of one request (one call's windows) in a batch. On a CPU a batch costs
+    #: the sum of its pieces, so a long utterance's windows batched together would hold the
+    #: model for seconds while a short request waits (head-of-line blocking); one piece per
+    #: request keeps every batch bounded and lets others in between. On a GPU, raise it.
+    max_batch_per_request: int = 1
     max_queue_delay_s: float = 0.0
     #: Only work due within this long after the most urgent job joins its batch: on a CPU a
     #: batch mate costs the urgent job about its own compute time, so work whose listener has
@@ -77,6 +82,7 @@ class ServiceConfig:
     max_concurrent_rpcs: int = 32
     max_queue: int = SCHEDULER_DEFAULTS.max_queue
     max_batch_size: int = SCHEDULER_DEFAULTS.max_batch_size
+    max_batch_per_request: int = SCHEDULER_DEFAULTS.max_batch_per_request
     max_queue_delay_ms: float = SCHEDULER_DEFAULTS.max_queue_delay_s * 1000.0
     batch_window_ms: float = SCHEDULER_DEFAULTS.batch_window_s * 1000.0
     instances: int = SCHEDULER_DEFAULTS.instances
@@ -123,6 +129,7 @@ class ServiceConfig:
         """The model scheduler's settings (services/runtime/scheduler.py)."""
         return SchedulerConfig(
             max_batch_size=self.max_batch_size,
+            max_batch_per_request=self.max_batch_per_request,
             max_queue_delay_s=self.max_queue_delay_ms / 1000.0,
             batch_window_s=self.batch_window_ms / 1000.0,
             max_queue=self.max_queue,
@@ -152,6 +159,12 @@ def build_parser(service: str, description: str) -> argparse.ArgumentParser:
     d = SCHEDULER_DEFAULTS
     add("max-queue", int, d.max_queue, "requests waiting for the model before RESOURCE_EXHAUSTED")
     add("max-batch-size", int, d.max_batch_size, "most requests one model execution serves")
+    add(
+        "max-batch-per-request",
+        int,
+        d.max_batch_per_request,
+        "most pieces of one request in a batch (bounds a batch's time on a CPU)",
+    )
     add(
         "max-queue-delay-ms",
         float,
@@ -221,6 +234,7 @@ def parse_config(
         "max_concurrent_rpcs",
         "max_queue",
         "max_batch_size",
+        "max_batch_per_request",
         "max_queue_delay_ms",
         "batch_window_ms",
         "instances",

@@ -311,14 +311,15 @@ class BatchScheduler(Generic[In, Out]):
                     continue
                 head = min(self._pending, key=Job.order)
                 due_by = head.urgency + self.config.batch_window_s
-                mates = sorted(
+                candidates = sorted(
                     (
                         j
                         for j in self._pending
                         if j.key == head.key and j.priority == head.priority and j.urgency <= due_by
                     ),
                     key=Job.order,
-                )[: self.config.max_batch_size]
+                )
+                mates = self._bounded(candidates)
                 # Wait for more work to batch with, at most max_queue_delay after the head
                 # arrived (never when the batch is full or the delay is 0).
                 wait = head.enqueued + self.config.max_queue_delay_s - time.monotonic()
@@ -331,6 +332,21 @@ class BatchScheduler(Generic[In, Out]):
                     job.started.set()
                 self._busy += 1
                 return mates
+
+    def _bounded(self, candidates: list[Job[In, Out]]) -> list[Job[In, Out]]:
+        """The most urgent candidates that fit one batch: `max_batch_size` in all, at most
+        `max_batch_per_request` from any one request (so no request's pieces fill a batch
+        and hold the model while others wait)."""
+        taken: list[Job[In, Out]] = []
+        per_request: dict[int, int] = {}
+        for job in candidates:
+            if per_request.get(job.ticket, 0) >= self.config.max_batch_per_request:
+                continue
+            per_request[job.ticket] = per_request.get(job.ticket, 0) + 1
+            taken.append(job)
+            if len(taken) == self.config.max_batch_size:
+                break
+        return taken
 
     def _drop_dead(self) -> None:
         """Fail queued jobs whose deadline passed or whose caller left (lock held)."""

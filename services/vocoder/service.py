@@ -51,11 +51,14 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
             mel = self._mel(request, allow_empty=False)
             # Vocoded in bounded windows, like a stream: shapes and memory stay bounded, the
             # windows batch with each other and with other requests, and a long utterance
-            # never holds the model while a short one waits: each window is due when its
-            # audio would start playing.
+            # never holds the model while a short one waits. A unary caller hears nothing
+            # before the last window, so every window is due when its whole audio would
+            # have finished playing: a short utterance's windows come before a long one's
+            # (shortest first), and a long one's due time still arrives (no starvation).
             stream = self._stage.stream()
             windows = [*stream.plan(mel), *stream.plan_flush()]
-            due = [start + w.start / self._stage.sample_rate for w in windows]
+            audio_s = mel.shape[1] * self._stage.hop_length / self._stage.sample_rate
+            due = [start + audio_s] * len(windows)
         outputs = self._rt.infer_many(context, [w.mel for w in windows], due)
         with self._rt.phase(names.PHASE_POSTPROCESS):
             audio = stream.finish(windows, outputs)
