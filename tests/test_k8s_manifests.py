@@ -679,13 +679,17 @@ def test_adapter_rules(
                 assert "<<.LabelMatchers>>" in block, f"selector {block} is not per pod"
 
 
+#: Deployments that scale: the three stages on their load, the gateway on its admission load.
+AUTOSCALED = {"frontend", "acoustic", "vocoder", "gateway"}
+
+
 def test_hpas(rendered: dict[str, list[dict[str, Any]]]) -> None:
     for overlay, docs in rendered.items():
         hpas = _kind(docs, "HorizontalPodAutoscaler")
         if overlay == "keda":
             assert hpas == [], "KEDA creates its own HPAs: none may be shipped in this overlay"
             continue
-        assert {h["metadata"]["name"] for h in hpas} == {"frontend", "acoustic", "vocoder"}
+        assert {h["metadata"]["name"] for h in hpas} == AUTOSCALED
         served = {r["name"]["as"] for r in adapter_rules(docs)}
         deployments = {d["metadata"]["name"] for d in _kind(docs, "Deployment")}
         for hpa in hpas:
@@ -724,7 +728,7 @@ def test_scaled_objects(
     prometheus = _named(docs, "Service", "prometheus")
     prom_port = prometheus["spec"]["ports"][0]["port"]
     objects = _kind(docs, "ScaledObject")
-    assert {o["metadata"]["name"] for o in objects} == {"frontend", "acoustic", "vocoder"}
+    assert {o["metadata"]["name"] for o in objects} == AUTOSCALED
     for so in objects:
         spec = so["spec"]
         assert spec["scaleTargetRef"]["name"] in deployments
