@@ -311,11 +311,10 @@ class SynthesisMetrics:
         voice: str,
         priority: str | None = None,
         characters: int | None = None,
+        method: str = names.SYNTHESIS_METHOD_STREAM,
     ) -> None:
         """Record how long a finished stream's listener was left without audio."""
-        attrs = self._attrs(
-            voice, names.SYNTHESIS_METHOD_STREAM, priority=priority, characters=characters
-        )
+        attrs = self._attrs(voice, method, priority=priority, characters=characters)
         self._stall.record(seconds, attrs)
 
     def record_request(

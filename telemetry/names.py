@@ -76,8 +76,12 @@ OUTCOMES: Final = frozenset({OUTCOME_OK, OUTCOME_ERROR})
 
 SYNTHESIS_METHOD_UNARY: Final = "unary"
 SYNTHESIS_METHOD_STREAM: Final = "stream"
+#: Text streamed in (SynthesizeTextStream), audio streamed out.
+SYNTHESIS_METHOD_TEXT_STREAM: Final = "text_stream"
 #: Values of :data:`ATTR_SYNTHESIS_METHOD`.
-SYNTHESIS_METHODS: Final = frozenset({SYNTHESIS_METHOD_UNARY, SYNTHESIS_METHOD_STREAM})
+SYNTHESIS_METHODS: Final = frozenset(
+    {SYNTHESIS_METHOD_UNARY, SYNTHESIS_METHOD_STREAM, SYNTHESIS_METHOD_TEXT_STREAM}
+)
 
 #: Value of :data:`ATTR_VOICE` for a voice id that is not one of the configured voices (keeps
 #: the attribute bounded even if a client sends garbage).
@@ -102,7 +106,7 @@ ATTR_PHASE: Final = "voxline.phase"
 ATTR_OUTCOME: Final = "voxline.outcome"
 #: Configured voice id, or :data:`VOICE_OTHER`.
 ATTR_VOICE: Final = "voxline.voice"
-#: Gateway API flavour, ``unary`` or ``stream`` (:data:`SYNTHESIS_METHODS`).
+#: Gateway API flavour, ``unary``, ``stream`` or ``text_stream`` (:data:`SYNTHESIS_METHODS`).
 ATTR_SYNTHESIS_METHOD: Final = "voxline.synthesis.method"
 #: Span attribute: seconds a stream's listener was left without audio (double).
 ATTR_STALL_DURATION: Final = "voxline.stall.duration"

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -86,9 +87,9 @@ class Pipeline:
         return left
 
     @staticmethod
-    def _analyze_request(job: Job) -> frontend_pb2.AnalyzeRequest:
+    def _analyze_request(job: Job, text: str | None = None) -> frontend_pb2.AnalyzeRequest:
         return frontend_pb2.AnalyzeRequest(
-            text=job.text,
+            text=job.text if text is None else text,
             voice=job.voice,
             speaking_rate=job.speaking_rate,
             request_id=job.request_id,
@@ -124,15 +125,24 @@ class Pipeline:
             ).audio
             yield AudioPiece(sentence.index, _pcm(audio))
 
-    def synthesize_stream(self, job: Job) -> Iterator[AudioPiece]:
+    def synthesize_stream(
+        self, job: Job, segments: Iterator[str] | None = None
+    ) -> Iterator[AudioPiece]:
         """Streaming path: sentences arrive from the frontend one by one (the first before
         the rest are analysed); each one's mel chunks flow into the vocoder as the acoustic
         stage makes them; the next sentence's calls run ahead while the current one streams.
+
+        `segments`: the text arrives in pieces (SynthesizeTextStream) instead of as
+        `job.text`; each piece is analysed as soon as it comes.
         """
-        request = self._analyze_request(job)
-        feed = _SentenceFeed(
-            job.scope.add(self._clients.analyze_stream(request, self._remaining(job), job.hints()))
-        )
+        if segments is None:
+            request = self._analyze_request(job)
+            source: Sentences = job.scope.add(
+                self._clients.analyze_stream(request, self._remaining(job), job.hints())
+            )
+        else:
+            source = _SegmentedSentences(self, job, segments)
+        feed = _SentenceFeed(source)
         # The sentence being streamed to the caller first, then up to LOOKAHEAD_SENTENCES
         # whose stage calls already run.
         started: list[_SentenceRun] = []
@@ -206,11 +216,54 @@ class _SentenceRun:
         self.mel_chunks.cancel()
 
 
+class Sentences(Protocol):
+    """Where a stream's sentences come from: iterable, and cancellable from any thread."""
+
+    def __iter__(self) -> Iterator[frontend_pb2.Sentence]: ...
+
+    def cancel(self) -> None: ...
+
+
+class _SegmentedSentences:
+    """The sentences of text that arrives in segments: each segment is analysed by the
+    frontend as it comes (one AnalyzeStream call each); sentence indices run on across
+    segments."""
+
+    def __init__(self, pipeline: Pipeline, job: Job, segments: Iterator[str]) -> None:
+        self._pipeline = pipeline
+        self._job = job
+        self._segments = segments
+        self._cancelled = threading.Event()
+        self._upstream: UpstreamStream | None = None
+
+    def __iter__(self) -> Iterator[frontend_pb2.Sentence]:
+        job, clients = self._job, self._pipeline._clients
+        index = 0
+        for segment in self._segments:
+            if self._cancelled.is_set():
+                return
+            request = self._pipeline._analyze_request(job, segment)
+            upstream = self._upstream = job.scope.add(
+                clients.analyze_stream(request, self._pipeline._remaining(job), job.hints())
+            )
+            if self._cancelled.is_set():  # cancelled while this call was being made
+                upstream.cancel()
+            for sentence in upstream:
+                sentence.index = index
+                index += 1
+                yield sentence
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        if self._upstream is not None:
+            self._upstream.cancel()
+
+
 class _SentenceFeed:
     """The frontend's sentence stream, read on its own thread so the gateway can look for
     the next sentence without waiting for it."""
 
-    def __init__(self, upstream: UpstreamStream) -> None:
+    def __init__(self, upstream: Sentences) -> None:
         self._upstream = upstream
         self._queue: queue.Queue[frontend_pb2.Sentence | BaseException | None] = queue.Queue()
         self._ended = False

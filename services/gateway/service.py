@@ -7,7 +7,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 
 import grpc
@@ -19,10 +19,11 @@ from voxline.v1 import synthesizer_pb2, synthesizer_pb2_grpc
 from services.gateway.admission import Admission, AdmissionConfig
 from services.gateway.audio import SUPPORTED_SAMPLE_RATES, StreamResampler, resample, wav_bytes
 from services.gateway.auth import BearerTokenInterceptor, load_token
-from services.gateway.pipeline import Job, Pipeline
+from services.gateway.pipeline import AudioPiece, Job, Pipeline
 from services.gateway.playback import ListenerClock
 from services.gateway.stages import StageClients
-from services.gateway.validation import max_request_bytes, validate
+from services.gateway.text_stream import TextStreamInput, read_config
+from services.gateway.validation import max_request_bytes, validate, validate_options
 from services.runtime.config import DEFAULT_PORTS, add_flag, build_parser, parse_config
 from services.runtime.server import StageRuntime, phase_timeline, rpc_method, serve
 from services.runtime.voice import LANGUAGE_CODE, VOICE_NAME
@@ -102,11 +103,17 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         request: synthesizer_pb2.SynthesizeRequest,
         context: grpc.ServicerContext,
         outcome: _Outcome,
+        *,
+        text_follows: bool = False,
     ) -> tuple[Job, int]:
-        """Validate the request, then admit it (a slot held until the synthesis ends)."""
+        """Validate the request, then admit it (a slot held until the synthesis ends).
+        `text_follows`: the text arrives later (a text stream checks it as it comes)."""
         with self._rt.phase(names.PHASE_PREPROCESS):
             voices = {v.name for v in self._catalog.voices()}
-            voice, rate, sample_rate, priority = validate(request, self._max_text_chars, voices)
+            if text_follows:
+                voice, rate, sample_rate, priority = validate_options(request, voices)
+            else:
+                voice, rate, sample_rate, priority = validate(request, self._max_text_chars, voices)
         remaining = context.time_remaining()
         budget = self._timeout_s if remaining is None else min(remaining, self._timeout_s)
         with self._rt.phase(names.PHASE_QUEUE):
@@ -135,10 +142,9 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         self, request: synthesizer_pb2.SynthesizeRequest, method: str
     ) -> Iterator[_Outcome]:
         """The `voxline.synthesis` span around one request, and its end-to-end metrics."""
-        outcome = _Outcome(time.perf_counter())
+        outcome = _Outcome(time.perf_counter(), characters=lambda: len(request.text))
         attributes = {
             names.ATTR_SYNTHESIS_METHOD: method,
-            names.ATTR_TEXT_LENGTH: len(request.text),
             names.ATTR_STAGE: names.STAGE_GATEWAY,
         }
         with (
@@ -147,7 +153,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
             ) as span,
             # A stream's per-chunk phases go onto this span, not one child span each.
             phase_timeline(span, names.STAGE_GATEWAY)
-            if method == names.SYNTHESIS_METHOD_STREAM
+            if method != names.SYNTHESIS_METHOD_UNARY
             else nullcontext(),
             ExitStack() as outcome.resources,
         ):
@@ -162,13 +168,15 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
                 span.set_attribute(names.ATTR_PRIORITY, outcome.priority)
                 if outcome.audio_s is not None:
                     span.set_attribute(names.ATTR_AUDIO_DURATION, outcome.audio_s)
+                characters = outcome.characters()
+                span.set_attribute(names.ATTR_TEXT_LENGTH, characters)
                 self._metrics.record_request(
                     voice=voice,
                     method=method,
                     outcome=names.OUTCOME_OK if ok else names.OUTCOME_ERROR,
                     duration_s=time.perf_counter() - outcome.start,
                     audio_s=outcome.audio_s,
-                    characters=len(request.text),
+                    characters=characters,
                     priority=outcome.priority,
                 )
 
@@ -187,7 +195,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
                 pcm = resample(np.concatenate(pieces), sample_rate)
                 audio = wav_bytes(pcm, sample_rate)
             outcome.audio_s = len(pcm) / sample_rate
-        self._log(job, "unary", request, outcome, None)
+        self._log(job, names.SYNTHESIS_METHOD_UNARY, outcome)
         return synthesizer_pb2.SynthesizeResponse(
             audio=audio,
             sample_rate_hz=sample_rate,
@@ -200,64 +208,95 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
     def SynthesizeStream(
         self, request: synthesizer_pb2.SynthesizeRequest, context: grpc.ServicerContext
     ) -> Iterator[synthesizer_pb2.SynthesizeStreamResponse]:
-        root = trace.get_current_span()  # the gateway's server span: the trace's root
         method = names.SYNTHESIS_METHOD_STREAM
         with self._synthesis(request, method) as outcome:
             job, sample_rate = self._job(request, context, outcome)
-            outcome.priority = job.priority.label
-            context.add_callback(job.scope.cancel_all)
-            outcome.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
-            resampler = StreamResampler(sample_rate)
-            listener = job.listener = ListenerClock(sample_rate)
-            samples = 0
-            first_audio_s: float | None = None
-            last_index = 0
-            for piece in self._pipeline.synthesize_stream(job):
-                with self._rt.phase(names.PHASE_POSTPROCESS):
-                    pcm = resampler.process(piece.pcm)
-                    message = self._chunk(pcm, sample_rate, piece.sentence_index, job.request_id)
-                last_index = piece.sentence_index
-                if not len(pcm):
-                    continue
-                if first_audio_s is None:
-                    first_audio_s = time.perf_counter() - outcome.start
-                    event = {"voxline.time_to_first_audio": first_audio_s}
-                    root.add_event(names.EVENT_FIRST_AUDIO, event)
-                    outcome.span.add_event(names.EVENT_FIRST_AUDIO, event)
-                    self._metrics.record_time_to_first_audio(
-                        first_audio_s,
-                        voice=self._voice_label(request),
-                        method=method,
-                        priority=outcome.priority,
-                        characters=len(request.text),
-                    )
-                samples += len(pcm)
-                listener.on_send(len(pcm))
-                yield from self._rt.send(message)
-            with self._rt.phase(names.PHASE_POSTPROCESS):
-                tail = resampler.process(np.zeros(0, dtype=np.int16), last=True)
-            if len(tail):
-                samples += len(tail)
-                listener.on_send(len(tail))
-                yield from self._rt.send(self._chunk(tail, sample_rate, last_index, job.request_id))
-            outcome.audio_s = samples / sample_rate
-            outcome.span.set_attribute(names.ATTR_STALL_DURATION, listener.stall_s)
-            self._metrics.record_stall(
-                listener.stall_s,
-                voice=self._voice_label(request),
-                priority=outcome.priority,
-                characters=len(request.text),
+            pieces = self._pipeline.synthesize_stream(job)
+            yield from self._stream(request, context, job, sample_rate, outcome, method, pieces)
+        self._log(job, method, outcome)
+
+    @rpc_method
+    def SynthesizeTextStream(
+        self,
+        messages: Iterator[synthesizer_pb2.SynthesizeTextStreamRequest],
+        context: grpc.ServicerContext,
+    ) -> Iterator[synthesizer_pb2.SynthesizeStreamResponse]:
+        config = read_config(messages)
+        text = TextStreamInput(config.text, messages, self._max_text_chars)
+        method = names.SYNTHESIS_METHOD_TEXT_STREAM
+        with self._synthesis(config, method) as outcome:
+            outcome.characters = lambda: text.characters
+            outcome.ttfa_from = lambda: text.first_complete
+            job, sample_rate = self._job(config, context, outcome, text_follows=True)
+            pieces = self._pipeline.synthesize_stream(job, iter(text))
+            yield from self._stream(
+                config, context, job, sample_rate, outcome, method, pieces, text.raise_if_failed
             )
-        self._log(job, "stream", request, outcome, first_audio_s)
+        self._log(job, method, outcome)
+
+    def _stream(
+        self,
+        request: synthesizer_pb2.SynthesizeRequest,
+        context: grpc.ServicerContext,
+        job: Job,
+        sample_rate: int,
+        outcome: _Outcome,
+        method: str,
+        pieces: Iterator[AudioPiece],
+        check: Callable[[], None] = lambda: None,
+    ) -> Iterator[synthesizer_pb2.SynthesizeStreamResponse]:
+        """Send a stream's audio as it comes: resampled, timed (first audio, stalls).
+        `check` runs before each piece is sent (a text stream's input errors end it at once)."""
+        root = trace.get_current_span()  # the gateway's server span: the trace's root
+        outcome.priority = job.priority.label
+        context.add_callback(job.scope.cancel_all)
+        outcome.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
+        resampler = StreamResampler(sample_rate)
+        listener = job.listener = ListenerClock(sample_rate)
+        samples = 0
+        last_index = 0
+        for piece in pieces:
+            check()
+            with self._rt.phase(names.PHASE_POSTPROCESS):
+                pcm = resampler.process(piece.pcm)
+                message = self._chunk(pcm, sample_rate, piece.sentence_index, job.request_id)
+            last_index = piece.sentence_index
+            if not len(pcm):
+                continue
+            if outcome.first_audio_s is None:
+                start = outcome.ttfa_from() or outcome.start
+                outcome.first_audio_s = time.perf_counter() - start
+                event = {"voxline.time_to_first_audio": outcome.first_audio_s}
+                root.add_event(names.EVENT_FIRST_AUDIO, event)
+                outcome.span.add_event(names.EVENT_FIRST_AUDIO, event)
+                self._metrics.record_time_to_first_audio(
+                    outcome.first_audio_s,
+                    voice=self._voice_label(request),
+                    method=method,
+                    priority=outcome.priority,
+                    characters=outcome.characters(),
+                )
+            samples += len(pcm)
+            listener.on_send(len(pcm))
+            yield from self._rt.send(message)
+        with self._rt.phase(names.PHASE_POSTPROCESS):
+            tail = resampler.process(np.zeros(0, dtype=np.int16), last=True)
+        if len(tail):
+            samples += len(tail)
+            listener.on_send(len(tail))
+            yield from self._rt.send(self._chunk(tail, sample_rate, last_index, job.request_id))
+        outcome.audio_s = samples / sample_rate
+        outcome.span.set_attribute(names.ATTR_STALL_DURATION, listener.stall_s)
+        self._metrics.record_stall(
+            listener.stall_s,
+            voice=self._voice_label(request),
+            priority=outcome.priority,
+            characters=outcome.characters(),
+            method=method,
+        )
 
     @staticmethod
-    def _log(
-        job: Job,
-        method: str,
-        request: synthesizer_pb2.SynthesizeRequest,
-        outcome: _Outcome,
-        first_audio_s: float | None,
-    ) -> None:
+    def _log(job: Job, method: str, outcome: _Outcome) -> None:
         elapsed = time.perf_counter() - outcome.start
         seconds = outcome.audio_s or 0.0
         log.info(
@@ -265,9 +304,11 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
             extra={
                 "request_id": job.request_id,
                 "method": method,
-                "chars": len(request.text),
+                "chars": outcome.characters(),
                 "audio_s": round(seconds, 3),
-                "ttfa_s": None if first_audio_s is None else round(first_audio_s, 3),
+                "ttfa_s": None
+                if outcome.first_audio_s is None
+                else round(outcome.first_audio_s, 3),
                 "elapsed_s": round(elapsed, 3),
                 "rtf": round(elapsed / seconds, 3) if seconds else None,
             },
@@ -297,8 +338,13 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
 class _Outcome:
     """What the synthesis span/metrics need to know at the end of a request."""
 
-    def __init__(self, start: float) -> None:
+    def __init__(self, start: float, characters: Callable[[], int]) -> None:
         self.start = start
+        #: Characters of the text (a text stream's grow as they arrive).
+        self.characters = characters
+        #: When time to first audio starts counting (None: the request's start).
+        self.ttfa_from: Callable[[], float | None] = lambda: None
+        self.first_audio_s: float | None = None
         self.audio_s: float | None = None
         self.span: Span = trace.INVALID_SPAN
         self.priority = names.PRIORITY_INTERACTIVE

@@ -42,10 +42,22 @@ def validate(
     text = request.text
     if not text or not text.strip():
         raise InvalidArgument("text is empty")
-    if len(text) > max_text_chars:
-        raise InvalidArgument(f"text is {len(text)} characters; the limit is {max_text_chars}")
+    check_text_length(len(text), max_text_chars)
     if not is_speakable(text):
         raise InvalidArgument("text contains nothing speakable (only control or punctuation)")
+    return validate_options(request, voices)
+
+
+def check_text_length(characters: int, max_text_chars: int) -> None:
+    """The text limit (for a text stream: on the text received so far)."""
+    if characters > max_text_chars:
+        raise InvalidArgument(f"text is {characters} characters; the limit is {max_text_chars}")
+
+
+def validate_options(
+    request: synthesizer_pb2.SynthesizeRequest, voices: set[str]
+) -> tuple[str, float, int, Priority]:
+    """Everything but the text: (voice, speaking_rate, sample_rate, priority)."""
     voice = request.voice
     check_voice(voice, voices)
     rate = request.speaking_rate if request.HasField("speaking_rate") else 1.0

@@ -90,7 +90,11 @@ from telemetry.attribution.model import (
 #: The gateway's public gRPC service and the server spans that root a synthesis request.
 SYNTHESIZER_RPC_SERVICE = "voxline.v1.Synthesizer"
 SYNTHESIS_ROOT_NAMES = frozenset(
-    {f"/{SYNTHESIZER_RPC_SERVICE}/Synthesize", f"/{SYNTHESIZER_RPC_SERVICE}/SynthesizeStream"}
+    {
+        f"/{SYNTHESIZER_RPC_SERVICE}/Synthesize",
+        f"/{SYNTHESIZER_RPC_SERVICE}/SynthesizeStream",
+        f"/{SYNTHESIZER_RPC_SERVICE}/SynthesizeTextStream",
+    }
 )
 #: gRPC service -> the stage that serves it (to name the callee of a client span whose
 #: server side is missing from the trace).
@@ -128,7 +132,8 @@ TRACE_STAGE = "(trace)"
 
 
 def is_synthesis_root(span: Span) -> bool:
-    """True for the gateway's server span of ``Synthesize``/``SynthesizeStream``."""
+    """True for the gateway's server span of ``Synthesize``/``SynthesizeStream``/
+    ``SynthesizeTextStream``."""
     return span.kind == KIND_SERVER and span.name in SYNTHESIS_ROOT_NAMES
 
 
