@@ -102,6 +102,61 @@ def stream_once(address: str, length: str, timeout: float = 300.0) -> StreamResu
     return StreamResult(length, ttfa, clock.stall_s, clock.sent_s, time.monotonic() - t0, completed)
 
 
+#: A language model's pace: ~4 characters every 30 ms (~130 characters a second).
+AGENT_CHARS, AGENT_EVERY_S = 4, 0.03
+
+
+@dataclass
+class AgentResult:
+    """One voice-agent turn: text written as an LLM would, audio streamed back."""
+
+    first_sentence_to_audio_s: float | None
+    stall_s: float
+    audio_s: float
+    error: str | None = None
+
+
+def voice_agent_once(address: str, text: str, timeout: float = 300.0) -> AgentResult:
+    """SynthesizeTextStream fed `text` AGENT_CHARS at a time every AGENT_EVERY_S; latency
+    from the moment the first sentence is complete (by the gateway's own segmenting rule)
+    to its first audio, and the listener's stalls after that."""
+    from services.gateway.segmenter import TextSegmenter
+
+    sentence_done = threading.Event()
+    completed_at: list[float] = []
+
+    def messages() -> Iterator[synthesizer_pb2.SynthesizeTextStreamRequest]:
+        segmenter = TextSegmenter()
+        yield synthesizer_pb2.SynthesizeTextStreamRequest(
+            config=synthesizer_pb2.SynthesizeRequest()
+        )
+        for i in range(0, len(text), AGENT_CHARS):
+            fragment = text[i : i + AGENT_CHARS]
+            yield synthesizer_pb2.SynthesizeTextStreamRequest(text=fragment)
+            if not sentence_done.is_set() and segmenter.feed(fragment):
+                completed_at.append(time.monotonic())
+                sentence_done.set()
+            time.sleep(AGENT_EVERY_S)
+        if not sentence_done.is_set():
+            completed_at.append(time.monotonic())
+            sentence_done.set()
+
+    clock = ListenerClock(SAMPLE_RATE_HZ)
+    latency = None
+    try:
+        with grpc.insecure_channel(address) as channel:
+            stub = synthesizer_pb2_grpc.SynthesizerStub(channel)
+            for message in stub.SynthesizeTextStream(messages(), timeout=timeout):
+                samples = len(message.audio) // 2
+                if samples and latency is None:
+                    sentence_done.wait()
+                    latency = time.monotonic() - completed_at[0]
+                clock.on_send(samples)
+    except grpc.RpcError as exc:
+        return AgentResult(latency, clock.stall_s, clock.sent_s, exc.code().name)
+    return AgentResult(latency, clock.stall_s, clock.sent_s)
+
+
 def overload(
     address: str, callers: int, seconds: float, length: str = "sentence"
 ) -> dict[str, Any]:

@@ -60,6 +60,18 @@ def markdown(result: dict[str, Any]) -> str:
             f"{tax['e2e_s_median_ratio_stack_over_in_process']:.2f}.",
             "",
         ]
+    agent = result.get("voice_agent")
+    if agent:
+        chars, every = agent["chars_every_s"]
+        lines += [
+            f"## Voice agent (text streamed in, {chars} characters every {every * 1000:.0f} ms)",
+            "",
+            f"- first sentence complete -> first audio p50 / p95: "
+            f"{_ms(agent['first_sentence_to_audio_s'])} / "
+            f"{_ms(agent['first_sentence_to_audio_s'], 'p95')} ms; stall p95 "
+            f"{_ms(agent['stall_s'], 'p95')} ms; errors {len(agent['errors'])}",
+            "",
+        ]
     admission = result.get("admission")
     if admission:
         o = admission["overload"]

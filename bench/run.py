@@ -11,6 +11,8 @@ medians and p95 (machines here are noisy; never compare numbers across runs):
   with `OTEL_SDK_DISABLED=true`, at 1 and 4 streams, alternated;
 - the microservice tax: the 4-service stack against the same stages composed in one
   process (bench/load.py `InProcess`), request by request;
+- a voice agent: text streamed in as a language model writes it (SynthesizeTextStream),
+  latency from the first sentence's completion to its first audio, and stalls;
 - peers: those in-process stages against the Piper voice on onnxruntime (bench/peer.py, when
   the `train` extra is installed), the CPU tool a user might pick instead.
 
@@ -34,8 +36,10 @@ from typing import Any
 import torch
 
 from bench import peer
-from bench.load import TEXTS as TEXTS_BY_LENGTH
 from bench.load import (
+    AGENT_CHARS,
+    AGENT_EVERY_S,
+    PARAGRAPH,
     InProcess,
     StreamResult,
     closed_loop,
@@ -43,7 +47,9 @@ from bench.load import (
     overload,
     stream_once,
     summary,
+    voice_agent_once,
 )
+from bench.load import TEXTS as TEXTS_BY_LENGTH
 from bench.report import markdown, plot
 from services.cli.client import SynthesisResult, synthesize
 from services.cli.stack import LocalStack
@@ -144,6 +150,22 @@ def bench_overload(stack: LocalStack, requests: int, seconds: float) -> dict[str
     return out
 
 
+def bench_voice_agent(stack: LocalStack, requests: int) -> dict[str, Any]:
+    """Text written as a language model writes it (~4 characters every 30 ms), spoken as it
+    comes: latency from the first sentence's completion to its first audio, and stalls."""
+    results = [voice_agent_once(stack.gateway, PARAGRAPH) for _ in range(requests)]
+    ok = [r for r in results if r.error is None]
+    return {
+        "chars_every_s": [AGENT_CHARS, AGENT_EVERY_S],
+        "requests": len(results),
+        "errors": sorted(r.error for r in results if r.error),
+        "first_sentence_to_audio_s": summary(
+            [r.first_sentence_to_audio_s for r in ok if r.first_sentence_to_audio_s is not None]
+        ),
+        "stall_s": summary([r.stall_s for r in ok]),
+    }
+
+
 def bench_peers(requests: int, lengths: list[str]) -> dict[str, Any]:
     """Voxline's stages in one process against the Piper peer (when installed), both on two
     threads, request by request, alternated: TTFA, stall and RTF (wall / audio seconds)."""
@@ -226,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             result["telemetry"] = bench_telemetry(on, off, telemetry_levels, args.rounds)
             print("microservice tax ...", flush=True)
             result["tax"] = bench_tax(on, args.requests)
+            print("voice agent: text streamed in ...", flush=True)
+            result["voice_agent"] = bench_voice_agent(on, args.requests)
         print("admission control at 4x capacity ...", flush=True)
         with LocalStack(run_dir / "admission", env=on_env) as admitting:
             _run(admitting.gateway, "Warm up.", True)

@@ -29,6 +29,8 @@ def test_bench_smoke_writes_json_markdown_and_plot(tmp_path: Path) -> None:
             assert r["stall_s"]["n"] == r["requests"]
     assert result["tax"]["in_process"]["ttfa_s"]["median"] > 0
     assert result["telemetry"]["streams_1"]["e2e_median_ratio_on_over_off"] > 0
+    agent = result["voice_agent"]
+    assert agent["errors"] == [] and agent["first_sentence_to_audio_s"]["median"] > 0
     overload = result["admission"]["overload"]
     assert overload["lost"] == [] and overload["admitted"] > 0
     peers = result["peers"]
