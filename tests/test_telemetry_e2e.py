@@ -255,6 +255,25 @@ def test_stream_spans_grow_with_sentences_not_chunks(traced_stack, receiver) -> 
     assert max(explained) >= 0.99, explained
 
 
+def test_text_stream_one_trace_with_phases(traced_stack, receiver) -> None:
+    """SynthesizeTextStream: one trace, the usual structure, first-audio event, attribution."""
+    text = "Text streamed in. It arrives a few characters at a time."
+    messages = [pb.SynthesizeTextStreamRequest(config=pb.SynthesizeRequest())] + [
+        pb.SynthesizeTextStreamRequest(text=text[i : i + 4]) for i in range(0, len(text), 4)
+    ]
+    seen = {s["trace_id"] for s in receiver.spans()}
+    with grpc.insecure_channel(traced_stack.gateway) as channel:
+        stub = synthesizer_pb2_grpc.SynthesizerStub(channel)
+        assert list(stub.SynthesizeTextStream(iter(messages), timeout=90))
+    trace = _trace_of(receiver, "SynthesizeTextStream", seen)
+    _check_structure(trace, "SynthesizeTextStream")
+    root = next(s for s in trace if s["name"] == "/voxline.v1.Synthesizer/SynthesizeTextStream")
+    assert names.EVENT_FIRST_AUDIO in [e["name"] for e in root["events"]]
+    synthesis = next(s for s in trace if s["name"] == names.SPAN_SYNTHESIS)
+    assert synthesis["attributes"][names.ATTR_SYNTHESIS_METHOD] == "text_stream"
+    assert synthesis["attributes"][names.ATTR_TEXT_LENGTH] == len(text)
+
+
 def test_incoming_traceparent_is_continued(traced_stack, receiver) -> None:
     trace_id, parent = secrets.token_hex(16), secrets.token_hex(8)
     metadata = (("traceparent", f"00-{trace_id}-{parent}-01"),)
@@ -314,6 +333,12 @@ def test_input_text_never_exported_or_logged(traced_stack, receiver) -> None:
         stub = synthesizer_pb2_grpc.SynthesizerStub(channel)
         with pytest.raises(grpc.RpcError):
             stub.Synthesize(pb.SynthesizeRequest(text=MARKER, voice=MARKER), timeout=30)
+        # Text streamed in, in fragments.
+        fragments = [text[i : i + 5] for i in range(0, len(text), 5)]
+        messages = [pb.SynthesizeTextStreamRequest(config=pb.SynthesizeRequest())] + [
+            pb.SynthesizeTextStreamRequest(text=f) for f in fragments
+        ]
+        assert list(stub.SynthesizeTextStream(iter(messages), timeout=90))
     time.sleep(3)  # one more export interval
     blob = json.dumps([receiver.trace_requests(), receiver.metric_requests()])
     assert receiver.spans() and MARKER.lower() not in blob.lower()

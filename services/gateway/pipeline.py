@@ -32,6 +32,7 @@ from services.runtime.errors import DeadlineExceeded, VoxlineError
 from services.runtime.scheduler import Hints, Priority
 from services.runtime.tensors import from_proto
 from services.runtime.voice import HOP_LENGTH, SAMPLE_RATE_HZ
+from telemetry.context import wrap_with_context
 
 #: Sentences whose stage calls run ahead of the one being streamed to the caller.
 LOOKAHEAD_SENTENCES = 1
@@ -267,7 +268,10 @@ class _SentenceFeed:
         self._upstream = upstream
         self._queue: queue.Queue[frontend_pb2.Sentence | BaseException | None] = queue.Queue()
         self._ended = False
-        threading.Thread(target=self._read, name="sentence-feed", daemon=True).start()
+        # In the request's context, so stage calls made while reading (a text stream's
+        # AnalyzeStream per segment) are spans of the request's trace.
+        reader = wrap_with_context(self._read)
+        threading.Thread(target=reader, name="sentence-feed", daemon=True).start()
 
     def _read(self) -> None:
         try:

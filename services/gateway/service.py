@@ -143,6 +143,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
     ) -> Iterator[_Outcome]:
         """The `voxline.synthesis` span around one request, and its end-to-end metrics."""
         outcome = _Outcome(time.perf_counter(), characters=lambda: len(request.text))
+        outcome.root = trace.get_current_span()  # the gateway's server span: the trace's root
         attributes = {
             names.ATTR_SYNTHESIS_METHOD: method,
             names.ATTR_STAGE: names.STAGE_GATEWAY,
@@ -247,7 +248,6 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
     ) -> Iterator[synthesizer_pb2.SynthesizeStreamResponse]:
         """Send a stream's audio as it comes: resampled, timed (first audio, stalls).
         `check` runs before each piece is sent (a text stream's input errors end it at once)."""
-        root = trace.get_current_span()  # the gateway's server span: the trace's root
         outcome.priority = job.priority.label
         context.add_callback(job.scope.cancel_all)
         outcome.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
@@ -267,7 +267,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
                 start = outcome.ttfa_from() or outcome.start
                 outcome.first_audio_s = time.perf_counter() - start
                 event = {"voxline.time_to_first_audio": outcome.first_audio_s}
-                root.add_event(names.EVENT_FIRST_AUDIO, event)
+                outcome.root.add_event(names.EVENT_FIRST_AUDIO, event)
                 outcome.span.add_event(names.EVENT_FIRST_AUDIO, event)
                 self._metrics.record_time_to_first_audio(
                     outcome.first_audio_s,
@@ -347,6 +347,7 @@ class _Outcome:
         self.first_audio_s: float | None = None
         self.audio_s: float | None = None
         self.span: Span = trace.INVALID_SPAN
+        self.root: Span = trace.INVALID_SPAN
         self.priority = names.PRIORITY_INTERACTIVE
         #: Held until the request ends (its admission slot).
         self.resources = ExitStack()
