@@ -39,6 +39,7 @@ from services.runtime.errors import (
     ResourceExhausted,
     is_out_of_memory,
 )
+from services.runtime.memory import release_freed_memory
 from telemetry import StageMetrics, names
 from telemetry.context import capture_context, span_links
 
@@ -66,6 +67,8 @@ PRIORITY_METADATA = "voxline-priority"
 PLAYBACK_BUFFER_METADATA = "voxline-playback-buffer-ms"
 # A hint beyond this is not believable (and must not push work to the back forever).
 MAX_PLAYBACK_BUFFER_MS = 600_000.0
+#: Under sustained load a worker returns freed memory to the OS at least this often.
+TRIM_INTERVAL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -364,12 +367,20 @@ class BatchScheduler(Generic[In, Out]):
         self._pending = alive
 
     def _work(self) -> None:
+        last_trim = 0.0
         while (batch := self._take_batch()) is not None:
             try:
                 self._run_batch(batch)
             finally:
                 with self._cond:
                     self._busy -= 1
+                    idle = not self._pending
+            # Varied input lengths leave freed pages stranded in malloc's heaps: RSS would
+            # grow with every new shape (services/runtime/memory.py). Trim when no batch
+            # waits for this worker, or at least once a second under sustained load.
+            if idle or time.monotonic() - last_trim >= TRIM_INTERVAL_S:
+                release_freed_memory()
+                last_trim = time.monotonic()
 
     def _run_batch(self, batch: list[Job[In, Out]]) -> None:
         sizes = [job.size for job in batch]
