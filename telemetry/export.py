@@ -1,7 +1,7 @@
 """Exporters and processors that keep telemetry off the request path.
 
 - :class:`OtlpJsonLinesSpanExporter` / :class:`OtlpJsonLinesMetricExporter`: the local default,
-  one OTLP/JSON line per export batch (see :mod:`telemetry.otlp_json`).
+  one OTLP/JSON line per export batch (format: :mod:`telemetry.otlp_json`).
 - :class:`GuardedSpanExporter` / :class:`GuardedMetricExporter`: wrap any exporter so a failing
   export is *counted* (``voxline.telemetry.dropped``), never raises into the SDK, and can be
   aborted at shutdown (a dead collector must not hold the process for retry back-offs).
@@ -35,7 +35,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from telemetry import names
-from telemetry.otlp_json import otlp_json_line
+from telemetry.otlp_encode import otlp_json_line
 
 _logger = logging.getLogger(__name__)
 

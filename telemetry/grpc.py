@@ -30,7 +30,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import grpc
 from opentelemetry import context as otel_context
@@ -48,13 +48,24 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from telemetry import names
 from telemetry.instruments import DURATION_BUCKETS_S
 
-if TYPE_CHECKING:
-    from telemetry.sdk import Telemetry
-
 _logger = logging.getLogger(__name__)
 
 _SCOPE = "voxline.telemetry.grpc"
 _CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+class Providers(Protocol):
+    """The providers of one telemetry pipeline, e.g. :class:`telemetry.sdk.Telemetry`.
+
+    Typed structurally so this module (the interceptors) does not import the setup module
+    (:mod:`telemetry.sdk`) that builds on it.
+    """
+
+    @property
+    def tracer_provider(self) -> trace.TracerProvider: ...
+
+    @property
+    def meter_provider(self) -> metrics.MeterProvider: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,7 +359,7 @@ class RpcMetricsServerInterceptor(grpc.ServerInterceptor):
 
 
 def server_interceptors(
-    telemetry: Telemetry | None = None, *, redact_exceptions: bool = True
+    telemetry: Providers | None = None, *, redact_exceptions: bool = True
 ) -> list[grpc.ServerInterceptor]:
     """Interceptors for ``grpc.server(..., interceptors=...)``, in this order.
 
@@ -512,7 +523,7 @@ class RpcClientInterceptor(UnaryClientInterceptor, StreamClientInterceptor):
         return call
 
 
-def instrument_channel(channel: grpc.Channel, telemetry: Telemetry | None = None) -> grpc.Channel:
+def instrument_channel(channel: grpc.Channel, telemetry: Providers | None = None) -> grpc.Channel:
     """Return ``channel`` wrapped with client tracing and ``rpc.client.call.duration``.
 
     Use the returned channel for stubs. Every call kind keeps grpc's normal return values; a

@@ -1,13 +1,17 @@
-"""OTLP/JSON encoding and decoding (the format of the Collector's ``otlpjsonfile`` receiver).
+"""OTLP/JSON: reading the format of the Collector's ``otlpjsonfile`` receiver.
 
 One line of a ``*.jsonl`` file is the protobuf JSON mapping of one
 ``ExportTraceServiceRequest`` / ``ExportMetricsServiceRequest``, with the deviations the OTLP/JSON
 spec requires: ``traceId``/``spanId``/``parentSpanId`` are lowercase hex strings (protobuf JSON
 would give base64), enums are integers, keys are lowerCamelCase. 64-bit integers stay decimal
-strings (protobuf JSON mapping; the Collector accepts them).
+strings (protobuf JSON mapping; the Collector accepts them). Writing it is
+:mod:`telemetry.otlp_encode`'s job.
 
-The ``flatten_*`` helpers turn requests into simple dicts for tests and tools; the in-process
-test receiver (tests/otlp_receiver.py) uses the same helpers on what arrives over the wire.
+This is the one OTLP/JSON reader: :func:`iter_spans` walks the spans of ``resourceSpans`` and
+:func:`attributes_dict` / :func:`any_value` decode attribute values, for the ``flatten_*``
+helpers here (simple dicts for tests and tools, e.g. :mod:`telemetry.otlp_receiver`) and for
+the trace analyser's parser (:mod:`traceattr.parse`) alike. It imports nothing but the
+standard library, so the analyser can use it without the OpenTelemetry SDK or protobuf.
 """
 
 from __future__ import annotations
@@ -19,50 +23,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
 _logger = logging.getLogger(__name__)
-
-#: Keys holding trace/span ids (bytes in protobuf) anywhere in an OTLP request.
-_ID_KEYS = frozenset({"traceId", "spanId", "parentSpanId"})
-
-
-def _b64_to_hex(value: str) -> str:
-    return base64.b64decode(value).hex()
-
-
-def _fix_ids(node: Any) -> None:
-    """Rewrite base64 ids to lowercase hex in place (protobuf JSON -> OTLP/JSON)."""
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in _ID_KEYS and isinstance(value, str):
-                node[key] = _b64_to_hex(value)
-            elif isinstance(value, dict | list):
-                _fix_ids(value)
-    elif isinstance(node, list):
-        for item in node:
-            if isinstance(item, dict | list):
-                _fix_ids(item)
-
-
-def message_to_otlp_json(message: Message) -> dict[str, Any]:
-    """Convert an OTLP protobuf message (e.g. ``ExportTraceServiceRequest``) to an OTLP/JSON dict.
-
-    Ids come out as lowercase hex, enums as integers, keys in lowerCamelCase.
-    """
-    data = json_format.MessageToDict(
-        message,
-        preserving_proto_field_name=False,
-        use_integers_for_enums=True,
-    )
-    _fix_ids(data)
-    return data
-
-
-def otlp_json_line(message: Message) -> str:
-    """Serialise ``message`` as one compact OTLP/JSON line (with trailing newline)."""
-    return json.dumps(message_to_otlp_json(message), separators=(",", ":")) + "\n"
 
 
 def read_otlp_json_lines(path: str | Path, *, strict: bool = False) -> list[dict[str, Any]]:
@@ -94,8 +55,19 @@ def read_otlp_json_lines(path: str | Path, *, strict: bool = False) -> list[dict
 # ---------------------------------------------------------------------------------------------
 
 
-def any_value(value: dict[str, Any]) -> Any:
-    """Decode an OTLP/JSON ``AnyValue`` into a Python value."""
+#: snake_case AnyValue keys (some exporters and hand-written files) -> OTLP/JSON camelCase.
+_ANY_VALUE_KEYS = {
+    "string_value": "stringValue",
+    "bool_value": "boolValue",
+    "int_value": "intValue",
+    "double_value": "doubleValue",
+    "array_value": "arrayValue",
+    "kvlist_value": "kvlistValue",
+    "bytes_value": "bytesValue",
+}
+
+
+def _decode_any_value(value: dict[str, Any]) -> Any:
     if "stringValue" in value:
         return value["stringValue"]
     if "boolValue" in value:
@@ -113,9 +85,60 @@ def any_value(value: dict[str, Any]) -> Any:
     return None
 
 
-def attributes_dict(kvs: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Decode a list of OTLP/JSON ``KeyValue`` into a dict."""
-    return {kv["key"]: any_value(kv.get("value", {})) for kv in kvs}
+def any_value(value: Any) -> Any:
+    """Decode an OTLP/JSON ``AnyValue`` into a Python value.
+
+    Tolerant, since query APIs and hand-written files disagree: snake_case keys are accepted,
+    a raw value where an ``AnyValue`` was expected is taken as it is, and one that does not
+    decode (say, an ``intValue`` that is no number) gives its undecoded content.
+    """
+    if not isinstance(value, dict):
+        return value
+    fixed = {_ANY_VALUE_KEYS.get(k, k): v for k, v in value.items()}
+    try:
+        return _decode_any_value(fixed)
+    except (ValueError, TypeError):  # binascii.Error (bad base64) is a ValueError
+        return next(iter(fixed.values()), None)
+
+
+def attributes_dict(kvs: Any) -> dict[str, Any]:
+    """Decode a list of OTLP/JSON ``KeyValue`` into a dict (a mapping, as hand-written files
+    have, is taken as it is; entries without a key are skipped)."""
+    if isinstance(kvs, dict):
+        return dict(kvs)
+    return {
+        str(kv["key"]): any_value(kv.get("value", {}))
+        for kv in kvs or []
+        if isinstance(kv, dict) and "key" in kv
+    }
+
+
+#: Keys of the spans' scope groups in a ``ResourceSpans``: OTLP/JSON, snake_case (some
+#: exporters) and the pre-1.0 name old Tempo versions and SDKs still send.
+_SCOPE_SPANS_KEYS = ("scopeSpans", "scope_spans", "instrumentationLibrarySpans")
+
+
+def iter_spans(
+    resource_spans: Iterable[Any],
+) -> Iterator[tuple[dict[str, Any], str, dict[str, Any]]]:
+    """Yield ``(resource attributes, scope name, span)`` for every span of ``resourceSpans``.
+
+    ``span`` is the span's OTLP/JSON object as it is; the resource dict is shared by the spans
+    of one ``ResourceSpans``. Entries that are not objects are skipped.
+    """
+    for rs in resource_spans:
+        if not isinstance(rs, dict):
+            continue
+        resource = attributes_dict((rs.get("resource") or {}).get("attributes"))
+        for key in _SCOPE_SPANS_KEYS:
+            for ss in rs.get(key) or []:
+                if not isinstance(ss, dict):
+                    continue
+                scope = ss.get("scope") or ss.get("instrumentationLibrary") or {}
+                scope_name = str(scope.get("name", "")) if isinstance(scope, dict) else ""
+                for span in ss.get("spans") or []:
+                    if isinstance(span, dict):
+                        yield resource, scope_name, span
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -134,46 +157,42 @@ def flatten_spans(requests: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     spans: list[dict[str, Any]] = []
     for request in requests:
-        for rs in request.get("resourceSpans", []):
-            resource = attributes_dict(rs.get("resource", {}).get("attributes", []))
-            for ss in rs.get("scopeSpans", []):
-                scope = ss.get("scope", {}).get("name", "")
-                for s in ss.get("spans", []):
-                    status = s.get("status", {})
-                    spans.append(
+        for resource, scope, s in iter_spans(request.get("resourceSpans", [])):
+            status = s.get("status", {})
+            spans.append(
+                {
+                    "trace_id": s.get("traceId", ""),
+                    "span_id": s.get("spanId", ""),
+                    "parent_span_id": s.get("parentSpanId", ""),
+                    "name": s.get("name", ""),
+                    "kind": int(s.get("kind", 0)),
+                    "attributes": attributes_dict(s.get("attributes", [])),
+                    "status": {
+                        "code": int(status.get("code", 0)),
+                        "message": status.get("message", ""),
+                    },
+                    "events": [
                         {
-                            "trace_id": s.get("traceId", ""),
-                            "span_id": s.get("spanId", ""),
-                            "parent_span_id": s.get("parentSpanId", ""),
-                            "name": s.get("name", ""),
-                            "kind": int(s.get("kind", 0)),
-                            "attributes": attributes_dict(s.get("attributes", [])),
-                            "status": {
-                                "code": int(status.get("code", 0)),
-                                "message": status.get("message", ""),
-                            },
-                            "events": [
-                                {
-                                    "name": e.get("name", ""),
-                                    "attributes": attributes_dict(e.get("attributes", [])),
-                                    "time_unix_nano": _int(e.get("timeUnixNano")),
-                                }
-                                for e in s.get("events", [])
-                            ],
-                            "links": [
-                                {
-                                    "trace_id": link.get("traceId", ""),
-                                    "span_id": link.get("spanId", ""),
-                                    "attributes": attributes_dict(link.get("attributes", [])),
-                                }
-                                for link in s.get("links", [])
-                            ],
-                            "resource": resource,
-                            "scope": scope,
-                            "start_time_unix_nano": _int(s.get("startTimeUnixNano")),
-                            "end_time_unix_nano": _int(s.get("endTimeUnixNano")),
+                            "name": e.get("name", ""),
+                            "attributes": attributes_dict(e.get("attributes", [])),
+                            "time_unix_nano": _int(e.get("timeUnixNano")),
                         }
-                    )
+                        for e in s.get("events", [])
+                    ],
+                    "links": [
+                        {
+                            "trace_id": link.get("traceId", ""),
+                            "span_id": link.get("spanId", ""),
+                            "attributes": attributes_dict(link.get("attributes", [])),
+                        }
+                        for link in s.get("links", [])
+                    ],
+                    "resource": resource,
+                    "scope": scope,
+                    "start_time_unix_nano": _int(s.get("startTimeUnixNano")),
+                    "end_time_unix_nano": _int(s.get("endTimeUnixNano")),
+                }
+            )
     return spans
 
 

@@ -23,7 +23,7 @@ import pytest
 
 from services.cli.trace import add_trace_commands, print_attribution
 from telemetry import names
-from telemetry.attribution import (
+from traceattr import (
     NotATraceError,
     TraceFormatError,
     TraceNotFoundError,
@@ -43,8 +43,8 @@ from telemetry.attribution import (
     search_traces,
     select_trace,
 )
-from telemetry.attribution.analysis import SpanTree
-from telemetry.attribution.parse import normalize_id, parse_rfc3339_ns
+from traceattr.analysis import SpanTree
+from traceattr.parse import normalize_id, parse_rfc3339_ns
 
 FIXTURES = Path(__file__).parent / "fixtures" / "traces"
 MS = 1_000_000
@@ -1176,8 +1176,8 @@ def test_phase_timeline_round_trip_through_otlp_and_jaeger_forms() -> None:
     from opentelemetry.sdk.trace import TracerProvider
 
     from telemetry import PhaseTimeline
-    from telemetry.attribution.model import Span
-    from telemetry.attribution.timeline import ATTR_FROM_TIMELINE, expand_timelines
+    from traceattr.model import Span
+    from traceattr.timeline import ATTR_FROM_TIMELINE, expand_timelines
 
     tracer = TracerProvider().get_tracer("test")
     span = tracer.start_span("/voxline.v1.Vocoder/VocodeStream", start_time=1_000_000_000)

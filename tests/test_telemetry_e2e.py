@@ -19,9 +19,9 @@ from voxline.v1 import synthesizer_pb2_grpc
 
 from services.cli.stack import SERVICES, LocalStack, free_port
 from telemetry import flatten_spans, names, read_otlp_json_lines
-from telemetry.attribution.analysis import analyze
-from telemetry.attribution.parse import parse_documents
-from telemetry.attribution.timeline import phase_intervals
+from traceattr.analysis import analyze
+from traceattr.parse import parse_documents
+from traceattr.timeline import phase_intervals
 
 SERVER, CLIENT = 2, 3
 STAGES = ("frontend", "acoustic", "vocoder")

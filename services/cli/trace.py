@@ -39,7 +39,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from telemetry.attribution import (
+from traceattr import (
     AttributionError,
     TraceSet,
     analyze,

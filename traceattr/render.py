@@ -1,6 +1,6 @@
 """Text rendering of an attribution: waterfall, per-stage table, summary lines.
 
-Everything here only formats what :mod:`telemetry.attribution.analysis` computed; no numbers
+Everything here only formats what :mod:`traceattr.analysis` computed; no numbers
 are derived here except percentages and bar cells.
 """
 
@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass
 
 from telemetry import names
-from telemetry.attribution.analysis import (
+from traceattr.analysis import (
     NETWORK,
     TRACE_STAGE,
     Attribution,
@@ -18,7 +18,7 @@ from telemetry.attribution.analysis import (
     Node,
     stage_of,
 )
-from telemetry.attribution.model import KIND_SERVER, STATUS_ERROR
+from traceattr.model import KIND_SERVER, STATUS_ERROR
 
 _KIND_SHORT = {
     "server": "srv",

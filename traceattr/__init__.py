@@ -8,7 +8,7 @@ pre/post-processing, waits, network, critical path, blame, unattributed). ``voxl
 
 Typical use::
 
-    from telemetry.attribution import analyze, load_run_dir, render_attribution, select_trace
+    from traceattr import analyze, load_run_dir, render_attribution, select_trace
 
     trace = select_trace(load_run_dir("runs/20261122-232004"), last=True)
     attribution = analyze(trace)
@@ -20,7 +20,7 @@ Modules: :mod:`.model` (Span/Trace and errors), :mod:`.parse` (formats and files
 explains the streaming accounting), :mod:`.report` (many traces), :mod:`.render` (text).
 """
 
-from telemetry.attribution.analysis import (
+from traceattr.analysis import (
     Attribution,
     Segment,
     SpanTree,
@@ -29,8 +29,8 @@ from telemetry.attribution.analysis import (
     critical_path,
     is_synthesis_root,
 )
-from telemetry.attribution.fetch import BACKENDS, fetch_trace, search_traces
-from telemetry.attribution.model import (
+from traceattr.fetch import BACKENDS, fetch_trace, search_traces
+from traceattr.model import (
     AttributionError,
     FetchError,
     NotATraceError,
@@ -41,7 +41,7 @@ from telemetry.attribution.model import (
     TraceNotFoundError,
     TraceSet,
 )
-from telemetry.attribution.parse import (
+from traceattr.parse import (
     FORMATS,
     NON_TRACE_FORMATS,
     detect_format,
@@ -54,8 +54,8 @@ from telemetry.attribution.parse import (
     resolve_run_dir,
     select_trace,
 )
-from telemetry.attribution.render import render_attribution, render_waterfall
-from telemetry.attribution.report import Report, build_report, percentile, render_report
+from traceattr.render import render_attribution, render_waterfall
+from traceattr.report import Report, build_report, percentile, render_report
 
 __all__ = [
     "BACKENDS",

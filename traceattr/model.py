@@ -92,7 +92,7 @@ class Trace:
 
     trace_id: str
     spans: list[Span]
-    #: Format the spans were read from (see :data:`telemetry.attribution.parse.FORMATS`).
+    #: Format the spans were read from (see :data:`traceattr.parse.FORMATS`).
     source_format: str = ""
     #: Human-readable notes: duplicate span ids, orphans, clamped times, ...
     warnings: list[str] = field(default_factory=list)

@@ -4,7 +4,7 @@ Percentiles are nearest-rank (the smallest observed value with at least p % of o
 or below it), so every reported value is a real request's, and "the tail" -- requests with an
 end-to-end time >= p95 -- always holds at least one request. In each tail request the
 *dominant* stage is the one with the largest blame (critical-path time with streaming waits
-re-attributed; see :mod:`telemetry.attribution.analysis`), ``network`` competing as a stage.
+re-attributed; see :mod:`traceattr.analysis`), ``network`` competing as a stage.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from telemetry.attribution.analysis import NETWORK, STAGE_ORDER, Attribution, analyze
-from telemetry.attribution.model import AttributionError, Trace
+from traceattr.analysis import NETWORK, STAGE_ORDER, Attribution, analyze
+from traceattr.model import AttributionError, Trace
 
 
 def percentile(values: Sequence[float], p: float) -> float:

@@ -11,8 +11,8 @@ backend        one trace                              search (a time window)
                                                       &query.startTimeMin&...`` (RFC 3339)
 =============  =====================================  =========================================
 
-A 404 becomes :class:`~telemetry.attribution.model.TraceNotFoundError` ("trace not found"),
-anything else that goes wrong a :class:`~telemetry.attribution.model.FetchError` naming the URL.
+A 404 becomes :class:`~traceattr.model.TraceNotFoundError` ("trace not found"),
+anything else that goes wrong a :class:`~traceattr.model.FetchError` naming the URL.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
-from telemetry.attribution.model import (
+from traceattr.model import (
     FetchError,
     NotATraceError,
     TraceNotFoundError,
     TraceSet,
 )
-from telemetry.attribution.parse import assemble_traces, parse_document
+from traceattr.parse import assemble_traces, parse_document
 
 BACKENDS = ("tempo", "jaeger", "jaeger-v3")
 DEFAULT_TIMEOUT_S = 10.0

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from telemetry import names
-from telemetry.attribution.model import KIND_INTERNAL, Span
+from traceattr.model import KIND_INTERNAL, Span
 
 #: Attribute marking a phase span rebuilt from a timeline (it was never exported as a span).
 ATTR_FROM_TIMELINE = "voxline.phase.from_timeline"

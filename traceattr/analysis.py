@@ -77,7 +77,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from telemetry import names
-from telemetry.attribution.model import (
+from traceattr.model import (
     KIND_CLIENT,
     KIND_CONSUMER,
     KIND_INTERNAL,

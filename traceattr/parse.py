@@ -1,4 +1,4 @@
-"""Read traces from any query API or file format into :class:`~telemetry.attribution.model.Trace`.
+"""Read traces from any query API or file format into :class:`~traceattr.model.Trace`.
 
 Formats (auto-detected from content, never from a file name):
 
@@ -24,7 +24,7 @@ likewise accepts ``traceID``/``traceId``, microseconds as numbers or strings, an
 
 Recognised responses that hold no trace -- Tempo search results, Jaeger service/operation
 lists, api/v3 trace summaries, error bodies, OTLP metrics or logs -- raise
-:class:`~telemetry.attribution.model.NotATraceError` saying what they are (with the trace ids of
+:class:`~traceattr.model.NotATraceError` saying what they are (with the trace ids of
 a search result), rather than parsing as an empty trace.
 """
 
@@ -40,8 +40,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from telemetry.attribution.analysis import is_synthesis_root
-from telemetry.attribution.model import (
+from telemetry.otlp_json import attributes_dict, iter_spans, read_otlp_json_lines
+from traceattr.analysis import is_synthesis_root
+from traceattr.model import (
     KIND_CLIENT,
     KIND_CONSUMER,
     KIND_INTERNAL,
@@ -60,8 +61,7 @@ from telemetry.attribution.model import (
     TraceNotFoundError,
     TraceSet,
 )
-from telemetry.attribution.timeline import expand_timelines
-from telemetry.otlp_json import any_value, read_otlp_json_lines
+from traceattr.timeline import expand_timelines
 
 #: Trace formats this module parses, with a one-line description each.
 FORMATS: dict[str, str] = {
@@ -112,16 +112,6 @@ _KIND_BY_INT = {
     3: KIND_CLIENT,
     4: KIND_PRODUCER,
     5: KIND_CONSUMER,
-}
-#: snake_case AnyValue keys (some exporters and hand-written files) -> OTLP/JSON camelCase.
-_ANY_VALUE_KEYS = {
-    "string_value": "stringValue",
-    "bool_value": "boolValue",
-    "int_value": "intValue",
-    "double_value": "doubleValue",
-    "array_value": "arrayValue",
-    "kvlist_value": "kvlistValue",
-    "bytes_value": "bytesValue",
 }
 
 
@@ -196,7 +186,7 @@ def _b64decode(text: str) -> bytes | None:
 
 
 def normalize_kind(value: Any) -> str:
-    """One of :data:`~telemetry.attribution.model.KINDS` from an int, a digit string, an OTLP
+    """One of :data:`~traceattr.model.KINDS` from an int, a digit string, an OTLP
     enum name (``SPAN_KIND_SERVER``) or a Jaeger ``span.kind`` tag (``server``)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return _KIND_BY_INT.get(value, KIND_INTERNAL)
@@ -224,26 +214,6 @@ def _otlp_status(status: Any) -> tuple[str, str]:
         return STATUS_UNSET, message
     number = _to_int(code)
     return {1: STATUS_OK, 2: STATUS_ERROR}.get(number, STATUS_UNSET), message
-
-
-def _any_value(value: Any) -> Any:
-    if not isinstance(value, dict):
-        return value  # a raw value where an AnyValue was expected: take it as it is
-    fixed = {_ANY_VALUE_KEYS.get(k, k): v for k, v in value.items()}
-    try:
-        return any_value(fixed)
-    except (ValueError, TypeError, binascii.Error):
-        return next(iter(fixed.values()), None)
-
-
-def _otlp_attrs(kvs: Any) -> dict[str, Any]:
-    if isinstance(kvs, dict):  # already a mapping (hand-written files)
-        return dict(kvs)
-    out: dict[str, Any] = {}
-    for kv in kvs or []:
-        if isinstance(kv, dict) and "key" in kv:
-            out[str(kv["key"])] = _any_value(kv.get("value"))
-    return out
 
 
 def parse_rfc3339_ns(text: str) -> int | None:
@@ -400,21 +370,8 @@ def _resource_spans_of(doc: Any, fmt: str) -> list[Any]:
 
 
 def _otlp_spans(resource_spans: Iterable[Any]) -> Iterator[Span]:
-    for rs in resource_spans:
-        if not isinstance(rs, dict):
-            continue
-        resource = _otlp_attrs((rs.get("resource") or {}).get("attributes"))
-        service = str(resource.get("service.name") or "")
-        scopes: list[Any] = []
-        # Old Tempo versions and old SDKs say instrumentationLibrarySpans; accept both at once.
-        for key in ("scopeSpans", "scope_spans", "instrumentationLibrarySpans"):
-            scopes.extend(rs.get(key) or [])
-        for ss in scopes:
-            if not isinstance(ss, dict):
-                continue
-            for s in ss.get("spans") or []:
-                if isinstance(s, dict):
-                    yield _otlp_span(s, service)
+    for resource, _scope, s in iter_spans(resource_spans):
+        yield _otlp_span(s, str(resource.get("service.name") or ""))
 
 
 def _otlp_span(s: dict[str, Any], service: str) -> Span:
@@ -423,7 +380,7 @@ def _otlp_span(s: dict[str, Any], service: str) -> Span:
         SpanEvent(
             name=str(e.get("name") or ""),
             time_ns=_to_int(_first(e, "timeUnixNano", "time_unix_nano")),
-            attributes=_otlp_attrs(e.get("attributes")),
+            attributes=attributes_dict(e.get("attributes")),
         )
         for e in s.get("events") or []
         if isinstance(e, dict)
@@ -439,7 +396,7 @@ def _otlp_span(s: dict[str, Any], service: str) -> Span:
         start_ns=_to_int(_first(s, "startTimeUnixNano", "start_time_unix_nano")),
         end_ns=_to_int(_first(s, "endTimeUnixNano", "end_time_unix_nano")),
         service=service,
-        attributes=_otlp_attrs(s.get("attributes")),
+        attributes=attributes_dict(s.get("attributes")),
         status=status,
         events=events,
         status_message=message,
@@ -604,7 +561,7 @@ def assemble_traces(spans: Iterable[Span], source_format: str) -> list[Trace]:
     - a span ending before it starts is clamped to zero length;
     - spans whose parent is not in the trace are noted (they are shown as extra roots);
     - a stream's phases recorded as a timeline on its span become phase spans again
-      (:mod:`telemetry.attribution.timeline`).
+      (:mod:`traceattr.timeline`).
     """
     by_trace: dict[str, list[Span]] = {}
     for s in spans:
