@@ -23,15 +23,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
-import torch
 from voxline.v1 import acoustic_pb2, frontend_pb2, vocoder_pb2
 
 from services.gateway.playback import ListenerClock
 from services.gateway.stages import CancelScope, StageClients, UpstreamStream
 from services.runtime.errors import DeadlineExceeded, VoxlineError
 from services.runtime.scheduler import Hints, Priority
-from services.runtime.tensors import from_proto
 from services.runtime.voice import HOP_LENGTH, SAMPLE_RATE_HZ
+from services.runtime.wire import pcm_from_proto
 from telemetry.context import wrap_with_context
 
 #: Sentences whose stage calls run ahead of the one being streamed to the caller.
@@ -347,5 +346,4 @@ class _Feeder:
 
 
 def _pcm(tensor_message: object) -> np.ndarray:
-    audio = from_proto(tensor_message, name="audio", ndim=1, dtypes=(torch.int16,))  # type: ignore[arg-type]
-    return audio.numpy()
+    return pcm_from_proto(tensor_message)  # type: ignore[arg-type]

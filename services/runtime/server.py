@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import grpc
-import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
@@ -370,7 +369,10 @@ def serve(
     global _runtime
     configure_logging(config.service, config.log_level)
     threads = torch_threads(config.torch_threads)
-    torch.set_num_threads(threads)
+    if stage is not None:  # the gateway runs no model and never imports torch
+        import torch
+
+        torch.set_num_threads(threads)
     telemetry = init_telemetry(
         config.service,
         service_version=_version(),

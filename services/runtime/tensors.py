@@ -1,17 +1,16 @@
 """Conversion between `voxline.v1.Tensor` messages and torch tensors.
 
-Tensors travel as dtype + shape + raw little-endian bytes (see protos/voxline/v1/tensor.proto).
-Conversion is a single buffer copy, never a per-element loop.
+Tensors travel as dtype + shape + raw little-endian bytes (see protos/voxline/v1/tensor.proto);
+decoding and its checks are `services.runtime.wire`'s (numpy), shared with processes that run
+no model. Conversion is a single buffer copy, never a per-element loop.
 """
 
 from __future__ import annotations
 
-import sys
-
 import torch
 from voxline.v1 import tensor_pb2
 
-from services.runtime.errors import InvalidArgument
+from services.runtime.wire import array_from_proto
 
 _TO_PROTO: dict[torch.dtype, int] = {
     torch.float32: tensor_pb2.DTYPE_FLOAT32,
@@ -21,10 +20,6 @@ _TO_PROTO: dict[torch.dtype, int] = {
     torch.int32: tensor_pb2.DTYPE_INT32,
     torch.int16: tensor_pb2.DTYPE_INT16,
 }
-_FROM_PROTO: dict[int, torch.dtype] = {v: k for k, v in _TO_PROTO.items()}
-
-if sys.byteorder != "little":  # pragma: no cover - every platform we run on is little-endian
-    raise ImportError("voxline tensors assume a little-endian host")
 
 
 def to_proto(tensor: torch.Tensor) -> tensor_pb2.Tensor:
@@ -50,32 +45,6 @@ def from_proto(
 
     `name` appears in error messages so callers learn which field was malformed.
     """
-    dtype = _FROM_PROTO.get(message.dtype)
-    if dtype is None:
-        raise InvalidArgument(f"{name}: unsupported or missing dtype ({message.dtype})")
-    if dtypes is not None and dtype not in dtypes:
-        allowed = ", ".join(str(d).removeprefix("torch.") for d in dtypes)
-        raise InvalidArgument(
-            f"{name}: dtype {str(dtype).removeprefix('torch.')} not accepted (expected {allowed})"
-        )
-    shape = tuple(int(d) for d in message.shape)
-    if ndim is not None and len(shape) != ndim:
-        raise InvalidArgument(f"{name}: expected {ndim} dimensions, got shape {list(shape)}")
-    if any(d < 0 for d in shape):
-        raise InvalidArgument(f"{name}: negative dimension in shape {list(shape)}")
-    numel = 1
-    for d in shape:
-        numel *= d
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if numel * itemsize != len(message.data):
-        raise InvalidArgument(
-            f"{name}: shape {list(shape)} needs {numel * itemsize} bytes, got {len(message.data)}"
-        )
-    if numel == 0:
-        return torch.empty(shape, dtype=dtype)
-    # bytearray gives torch a writable buffer (frombuffer warns on read-only bytes).
-    wire_dtype = torch.int16 if dtype == torch.bfloat16 else dtype
-    flat = torch.frombuffer(bytearray(message.data), dtype=wire_dtype)
-    if dtype == torch.bfloat16:
-        flat = flat.view(torch.bfloat16)
-    return flat.reshape(shape)
+    wire = None if dtypes is None else tuple(_TO_PROTO[d] for d in dtypes)
+    tensor = torch.from_numpy(array_from_proto(message, name=name, ndim=ndim, dtypes=wire))
+    return tensor.view(torch.bfloat16) if message.dtype == tensor_pb2.DTYPE_BFLOAT16 else tensor
