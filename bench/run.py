@@ -54,6 +54,7 @@ from bench.report import markdown, plot
 from services.cli.client import SynthesisResult, synthesize
 from services.cli.stack import LocalStack
 from services.gateway.admission import AdmissionConfig
+from telemetry.otlp_receiver import OtlpReceiver
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -208,10 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     lengths = list(TEXTS_BY_LENGTH)
     if args.smoke:
         args.requests, args.rounds, levels, lengths = 1, 1, [1, 2], ["sentence"]
-
-    # A real OTLP/gRPC endpoint in this process (the one the tests use).
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from otlp_receiver import OtlpReceiver
 
     run_dir = Path(args.run_dir) / time.strftime("%Y%m%d-%H%M%S")
     result: dict[str, Any] = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -137,85 +137,85 @@ class ServiceConfig:
         )
 
 
+#: ServiceConfig fields that are not common flags.
+_NOT_FLAGS = frozenset({"service", "extra", "max_receive_bytes"})
+_FIELD = object()  # "the default is ServiceConfig's"
+_DEFAULTS = ServiceConfig(service="")
+
+
 def build_parser(service: str, description: str) -> argparse.ArgumentParser:
     """The common flags; services add their own before calling `parse_config`."""
     p = argparse.ArgumentParser(prog=f"voxline-{service}", description=description)
 
-    def add(flag: str, type_: Callable[[str], Any], default: Any, help_: str) -> None:
+    def add(flag: str, type_: Callable[[str], Any], help_: str, default: Any = _FIELD) -> None:
+        # Defaults are ServiceConfig's (stated once, there).
+        if default is _FIELD:
+            default = getattr(_DEFAULTS, flag.replace("-", "_"))
         p.add_argument(f"--{flag}", type=type_, default=_env(flag, default), help=help_)
 
-    add("host", str, "127.0.0.1", "bind address (0.0.0.0 in containers)")
-    add("port", int, DEFAULT_PORTS.get(service, 0), "gRPC port (0 = pick a free one)")
-    add("device", str, "auto", "torch device: auto | cpu | cuda | cuda:N")
-    add("dtype", str, "auto", "inference precision: auto (fp16 on CUDA) | fp32 | fp16 | bf16")
+    add("host", str, "bind address (0.0.0.0 in containers)")
+    add("port", int, "gRPC port (0 = pick a free one)", DEFAULT_PORTS.get(service, 0))
+    add("device", str, "torch device: auto | cpu | cuda | cuda:N")
+    add("dtype", str, "inference precision: auto (fp16 on CUDA) | fp32 | fp16 | bf16")
     add(
         "torch-threads",
         int,
-        0,
         "torch intra-op threads; 0 = the CPUs the container's limit grants (cgroup quota)",
     )
-    add("workers", int, 8, "gRPC handler threads")
-    add("max-concurrent-rpcs", int, 32, "beyond this, calls get RESOURCE_EXHAUSTED")
-    d = SCHEDULER_DEFAULTS
-    add("max-queue", int, d.max_queue, "requests waiting for the model before RESOURCE_EXHAUSTED")
-    add("max-batch-size", int, d.max_batch_size, "most requests one model execution serves")
+    add("workers", int, "gRPC handler threads")
+    add("max-concurrent-rpcs", int, "beyond this, calls get RESOURCE_EXHAUSTED")
+    add("max-queue", int, "requests waiting for the model before RESOURCE_EXHAUSTED")
+    add("max-batch-size", int, "most requests one model execution serves")
     add(
         "max-batch-per-request",
         int,
-        d.max_batch_per_request,
         "most pieces of one request in a batch (bounds a batch's time on a CPU)",
     )
     add(
         "max-queue-delay-ms",
         float,
-        d.max_queue_delay_s * 1000.0,
         "how long a request may wait for others to batch with (0: batch what is queued)",
     )
     add(
         "batch-window-ms",
         float,
-        d.batch_window_s * 1000.0,
         "only work due within this long after the most urgent joins its batch",
     )
-    add("instances", int, d.instances, "model instances (worker threads) running batches")
-    add("drain-seconds", float, 20.0, "on SIGTERM, time allowed for in-flight calls to finish")
+    add("instances", int, "model instances (worker threads) running batches")
+    add("drain-seconds", float, "on SIGTERM, time allowed for in-flight calls to finish")
     add(
         "max-connection-age-s",
         float,
-        300.0,
         "close client connections after this long so they re-resolve (scaling)",
     )
     add(
         "max-connection-age-grace-s",
         float,
-        600.0,
         "calls in flight on an aged-out connection may finish within this (> longest call)",
     )
-    add("log-level", str, "INFO", "DEBUG | INFO | WARNING | ERROR")
-    add("prometheus-port", int, 0, "serve Prometheus /metrics on this port (0 = off)")
-    add("run-dir", str, "", "where local telemetry files go (empty: none)")
+    add("log-level", str, "DEBUG | INFO | WARNING | ERROR")
+    add("prometheus-port", int, "serve Prometheus /metrics on this port (0 = off)")
+    add("run-dir", str, "where local telemetry files go (empty: none)", "")
     # Security (docs/security.md). Server side: serve TLS, optionally require client certs.
-    add("tls-cert", str, "", "PEM certificate to serve TLS with (with --tls-key; empty: plaintext)")
-    add("tls-key", str, "", "PEM private key of --tls-cert")
-    add("tls-client-ca", str, "", "require client certificates signed by this PEM CA (mTLS)")
+    add("tls-cert", str, "PEM certificate to serve TLS with (with --tls-key; empty: plaintext)")
+    add("tls-key", str, "PEM private key of --tls-cert")
+    add("tls-client-ca", str, "require client certificates signed by this PEM CA (mTLS)")
     add(
         "tls-allowed-client-cn",
         str,
-        "",
         "comma-separated client certificate common names allowed to call (needs mTLS)",
     )
     # Client side: the gateway's channels to the stages.
-    add("tls-ca", str, "", "connect to other services over TLS, trusting this PEM CA")
-    add("tls-client-cert", str, "", "PEM client certificate to present (mTLS)")
-    add("tls-client-key", str, "", "PEM private key of --tls-client-cert")
-    add("tls-server-name", str, "", "name to verify in server certificates (default: target host)")
+    add("tls-ca", str, "connect to other services over TLS, trusting this PEM CA")
+    add("tls-client-cert", str, "PEM client certificate to present (mTLS)")
+    add("tls-client-key", str, "PEM private key of --tls-client-cert")
+    add("tls-server-name", str, "name to verify in server certificates (default: target host)")
     add(
         "health-port",
         int,
-        0,
         "also serve grpc.health.v1 alone, plaintext, on this port (kubelet probes; 0 = off)",
     )
-    add("reflection", parse_bool, True, "serve gRPC server reflection (true/false)")
+    add("reflection", parse_bool, "serve gRPC server reflection (true/false)")
     return p
 
 
@@ -224,37 +224,7 @@ def parse_config(
 ) -> ServiceConfig:
     """Parse flags into a ServiceConfig; unknown-to-the-runtime flags land in `extra`."""
     ns = vars(parser.parse_args(argv))
-    common = {
-        "host",
-        "port",
-        "device",
-        "dtype",
-        "torch_threads",
-        "workers",
-        "max_concurrent_rpcs",
-        "max_queue",
-        "max_batch_size",
-        "max_batch_per_request",
-        "max_queue_delay_ms",
-        "batch_window_ms",
-        "instances",
-        "drain_seconds",
-        "max_connection_age_s",
-        "max_connection_age_grace_s",
-        "log_level",
-        "prometheus_port",
-        "run_dir",
-        "tls_cert",
-        "tls_key",
-        "tls_client_ca",
-        "tls_allowed_client_cn",
-        "tls_ca",
-        "tls_client_cert",
-        "tls_client_key",
-        "tls_server_name",
-        "health_port",
-        "reflection",
-    }
+    common = {f.name for f in fields(ServiceConfig)} - _NOT_FLAGS
     cfg = ServiceConfig(service=service, **{k: ns[k] for k in common - {"run_dir"}})
     cfg.run_dir = Path(ns["run_dir"]) if ns["run_dir"] else None
     cfg.extra = {k: v for k, v in ns.items() if k not in common}
