@@ -14,7 +14,7 @@ from services.runtime.config import add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.server import StageRuntime, rpc_method, serve
 from services.runtime.tensors import from_proto, to_proto
-from services.runtime.voice import check_voice, resolve_checkpoint
+from services.runtime.voice import STREAM_WINDOW_FRAMES, check_voice, resolve_checkpoint
 from telemetry import names
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -84,7 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "none (seeded, untrained) | PATH",
     )
     add_flag(parser, "seed", int, 4321, "seed of the untrained initialisation")
-    add_flag(parser, "chunk-frames", int, 32, "default mel frames per streamed chunk")
+    add_flag(
+        parser,
+        "chunk-frames",
+        int,
+        STREAM_WINDOW_FRAMES,
+        "default mel frames per streamed chunk (callers usually say)",
+    )
     config = parse_config("acoustic", parser, argv)
     stage = AcousticStage(
         device=config.device,

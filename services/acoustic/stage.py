@@ -10,12 +10,11 @@ from services.acoustic.model import AcousticModel
 from services.runtime.device import synchronize
 from services.runtime.errors import InvalidArgument
 from services.runtime.model_stage import TorchModelStage
-from services.runtime.voice import N_MELS
+from services.runtime.voice import MAX_MEL_FRAMES, N_MELS
 
 MODEL_NAME = "voxline-acoustic-conv"
 MODEL_VERSION = "0.1.0"
 # Longest mel one request may ask for (~3 min of audio): bounds memory per call.
-MAX_FRAMES = 16_000
 
 
 @dataclass
@@ -71,8 +70,8 @@ class AcousticStage(TorchModelStage[AcousticModel]):
         total = int(durations.sum())
         if total == 0:
             raise InvalidArgument("durations sum to 0 frames")
-        if total > MAX_FRAMES:
-            raise InvalidArgument(f"{total} frames requested; the limit is {MAX_FRAMES}")
+        if total > MAX_MEL_FRAMES:
+            raise InvalidArgument(f"{total} frames requested; the limit is {MAX_MEL_FRAMES}")
         if not bool(torch.isfinite(features).all()):
             raise InvalidArgument("features contain NaN or infinity")
 

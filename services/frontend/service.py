@@ -20,7 +20,13 @@ from services.runtime.config import add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.server import StageRuntime, rpc_method, serve
 from services.runtime.tensors import to_proto
-from services.runtime.voice import HOP_LENGTH, SAMPLE_RATE_HZ, check_voice, resolve_checkpoint
+from services.runtime.voice import (
+    HOP_LENGTH,
+    MAX_TEXT_CHARS,
+    SAMPLE_RATE_HZ,
+    check_voice,
+    resolve_checkpoint,
+)
 from telemetry import names
 
 log = logging.getLogger("voxline.frontend")
@@ -126,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "none (seeded, untrained) | PATH",
     )
     add_flag(parser, "seed", int, 1234, "seed of the untrained initialisation")
-    add_flag(parser, "max-text-chars", int, 5000, "longest accepted text")
+    add_flag(parser, "max-text-chars", int, MAX_TEXT_CHARS, "longest accepted text")
     config = parse_config("frontend", parser, argv)
     stage = FrontendStage(
         device=config.device,

@@ -29,7 +29,7 @@ from services.gateway.playback import ListenerClock
 from services.gateway.stages import CancelScope, StageClients, UpstreamStream
 from services.runtime.errors import DeadlineExceeded, VoxlineError
 from services.runtime.scheduler import Hints, Priority
-from services.runtime.voice import HOP_LENGTH, SAMPLE_RATE_HZ
+from services.runtime.voice import HOP_LENGTH, SAMPLE_RATE_HZ, STREAM_WINDOW_FRAMES
 from services.runtime.wire import pcm_from_proto
 from telemetry.context import wrap_with_context
 
@@ -75,7 +75,9 @@ class AudioPiece:
 class Pipeline:
     """Runs jobs against the stage clients."""
 
-    def __init__(self, clients: StageClients, stream_chunk_frames: int = 48) -> None:
+    def __init__(
+        self, clients: StageClients, stream_chunk_frames: int = STREAM_WINDOW_FRAMES
+    ) -> None:
         self._clients = clients
         self._chunk_frames = stream_chunk_frames
 

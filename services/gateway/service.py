@@ -26,7 +26,7 @@ from services.gateway.text_stream import TextStreamInput, read_config
 from services.gateway.validation import max_request_bytes, validate, validate_options
 from services.runtime.config import DEFAULT_PORTS, add_flag, build_parser, parse_config
 from services.runtime.server import StageRuntime, phase_timeline, rpc_method, serve
-from services.runtime.voice import LANGUAGE_CODE, VOICE_NAME
+from services.runtime.voice import LANGUAGE_CODE, MAX_TEXT_CHARS, STREAM_WINDOW_FRAMES, VOICE_NAME
 from telemetry import SynthesisMetrics, names
 
 log = logging.getLogger("voxline.gateway")
@@ -368,10 +368,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"127.0.0.1:{DEFAULT_PORTS[stage]}",
             f"{stage} stage target (e.g. dns:///{stage}.voxline.svc:50051)",
         )
-    add_flag(parser, "max-text-chars", int, 5000, "longest accepted text")
+    add_flag(parser, "max-text-chars", int, MAX_TEXT_CHARS, "longest accepted text")
     add_flag(parser, "request-timeout-s", float, 120.0, "upper bound on one synthesis")
-    # 48 = the vocoder's window: each pushed chunk is vocoded as one constant-shape window.
-    add_flag(parser, "stream-chunk-frames", int, 48, "mel frames per acoustic->vocoder chunk")
+    add_flag(
+        parser,
+        "stream-chunk-frames",
+        int,
+        STREAM_WINDOW_FRAMES,
+        "mel frames per acoustic->vocoder chunk",
+    )
     d = AdmissionConfig()
     add_flag(parser, "max-active", int, d.max_active, "syntheses running at once (admission)")
     add_flag(parser, "max-waiting", int, d.max_waiting, "callers that may wait for a slot")

@@ -11,6 +11,16 @@ LANGUAGE_CODE = "en-US"
 SAMPLE_RATE_HZ = 22050
 HOP_LENGTH = 256
 N_MELS = 80
+#: Longest mel one request may have (acoustic output, vocoder input): ~3 minutes of audio.
+MAX_MEL_FRAMES = 16_000
+#: Mel frames per streaming window: the acoustic stage's chunks and the vocoder's windows
+#: (48 frames ~ 0.56 s), so each pushed chunk is vocoded as one constant-shape window.
+STREAM_WINDOW_FRAMES = 48
+#: New frames of a stream's first vocoder window (it doubles up to STREAM_WINDOW_FRAMES): a
+#: small first pass is what makes the first audio fast.
+FIRST_WINDOW_FRAMES = 16
+#: Longest text one request may carry (characters).
+MAX_TEXT_CHARS = 5000
 
 
 def check_voice(voice: str, available: frozenset[str] | set[str] = frozenset({VOICE_NAME})) -> None:

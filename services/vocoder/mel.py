@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from services.runtime.voice import HOP_LENGTH, N_MELS, SAMPLE_RATE_HZ
+
 __all__ = [
     "LogMelSpectrogram",
     "MelConfig",
@@ -61,10 +63,10 @@ class MelConfig:
         log_clamp: Magnitudes are clamped to at least this before the natural log.
     """
 
-    sample_rate: int = 22050
-    n_mels: int = 80
+    sample_rate: int = SAMPLE_RATE_HZ
+    n_mels: int = N_MELS
     n_fft: int = 1024
-    hop_length: int = 256
+    hop_length: int = HOP_LENGTH
     win_length: int = 1024
     fmin: float = 0.0
     fmax: float = 8000.0

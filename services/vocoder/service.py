@@ -13,13 +13,18 @@ from services.runtime.config import add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.server import StageRuntime, rpc_method, serve
 from services.runtime.tensors import from_proto, to_proto
-from services.runtime.voice import N_MELS, check_voice
+from services.runtime.voice import (
+    FIRST_WINDOW_FRAMES,
+    MAX_MEL_FRAMES,
+    N_MELS,
+    STREAM_WINDOW_FRAMES,
+    check_voice,
+)
 from services.vocoder.stage import VocoderStage, Window
 from telemetry import names
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 # Longest mel accepted in one message (~3 min of audio).
-MAX_FRAMES = 16_000
 
 
 class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
@@ -34,8 +39,8 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
             raise InvalidArgument(f"mel: expected {N_MELS} bins, got {mel.shape[0]}")
         if mel.shape[1] == 0 and not allow_empty:
             raise InvalidArgument("mel has no frames")
-        if mel.shape[1] > MAX_FRAMES:
-            raise InvalidArgument(f"mel has {mel.shape[1]} frames; the limit is {MAX_FRAMES}")
+        if mel.shape[1] > MAX_MEL_FRAMES:
+            raise InvalidArgument(f"mel has {mel.shape[1]} frames; the limit is {MAX_MEL_FRAMES}")
         if not bool(torch.isfinite(mel).all()):
             raise InvalidArgument("mel contains NaN or infinity")
         return mel.float()
@@ -110,8 +115,8 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
         for request in self._rt.receive(request_iterator):
             with self._rt.phase(names.PHASE_PREPROCESS):
                 mel = self._mel(request, allow_empty=True)
-                if stream.frames_pushed + mel.shape[1] > MAX_FRAMES:
-                    raise InvalidArgument(f"stream exceeds {MAX_FRAMES} mel frames")
+                if stream.frames_pushed + mel.shape[1] > MAX_MEL_FRAMES:
+                    raise InvalidArgument(f"stream exceeds {MAX_MEL_FRAMES} mel frames")
                 windows = stream.plan(mel)
             yield from vocode(windows)
         if stream.frames_pushed == 0:
@@ -124,8 +129,16 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser("vocoder", "Voxline vocoder: mel -> waveform (HiFi-GAN V1)")
     add_flag(parser, "variant", str, "universal", "HiFi-GAN weights: universal | LJSpeech")
-    add_flag(parser, "chunk-frames", int, 48, "mel frames vocoded per streaming window")
-    add_flag(parser, "first-chunk-frames", int, 16, "new frames of a stream's first window")
+    add_flag(
+        parser, "chunk-frames", int, STREAM_WINDOW_FRAMES, "mel frames vocoded per streaming window"
+    )
+    add_flag(
+        parser,
+        "first-chunk-frames",
+        int,
+        FIRST_WINDOW_FRAMES,
+        "new frames of a stream's first window",
+    )
     add_flag(parser, "context-frames", int, 12, "mel frames of context on each side of a window")
     config = parse_config("vocoder", parser, argv)
     stage = VocoderStage(

@@ -16,7 +16,7 @@ import torch
 
 from services.runtime.device import dtype_name, resolve_device, resolve_dtype, synchronize
 from services.runtime.stage import ModelDescription
-from services.runtime.voice import VOICE_NAME
+from services.runtime.voice import FIRST_WINDOW_FRAMES, STREAM_WINDOW_FRAMES, VOICE_NAME
 from services.vocoder.hifigan import (
     HOP_LENGTH,
     MEL_CONFIG,
@@ -87,9 +87,9 @@ class VocoderStage:
         variant: str = "universal",
         device: str = "auto",
         dtype: str = "auto",
-        chunk_frames: int = 48,
+        chunk_frames: int = STREAM_WINDOW_FRAMES,
         context_frames: int = 12,
-        first_chunk_frames: int = 16,
+        first_chunk_frames: int = FIRST_WINDOW_FRAMES,
     ) -> None:
         if chunk_frames < 1 or first_chunk_frames < 1:
             raise ValueError(
