@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from voxline.v1 import synthesizer_pb2, synthesizer_pb2_grpc
 
 from services.runtime.tls import PLAINTEXT, ClientTLS, secure_or_insecure_channel
+from services.runtime.wav import wav_bytes
 
 
 def auth_metadata(api_token: str) -> tuple[tuple[str, str], ...]:
@@ -37,13 +38,8 @@ class SynthesisResult:
         return self.elapsed_s / self.duration_s if self.duration_s else float("inf")
 
     def wav(self) -> bytes:
-        buf = io.BytesIO()
-        with wave.open(buf, "wb") as w:
-            w.setnchannels(1)
-            w.setsampwidth(2)
-            w.setframerate(self.sample_rate)
-            w.writeframes(self.pcm)
-        return buf.getvalue()
+        """The audio as a WAV file."""
+        return wav_bytes(self.pcm, self.sample_rate)
 
 
 def synthesize(

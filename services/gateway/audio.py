@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import io
-import wave
-
 import numpy as np
 import soxr
 
 from services.runtime.voice import SAMPLE_RATE_HZ
 
 SUPPORTED_SAMPLE_RATES = (8000, 16000, 22050, 24000, 44100, 48000)
-
-
-def wav_bytes(pcm: np.ndarray, sample_rate: int) -> bytes:
-    """A RIFF/WAV file holding int16 mono `pcm`."""
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes(pcm.astype("<i2", copy=False).tobytes())
-    return buf.getvalue()
 
 
 def resample(pcm: np.ndarray, sample_rate: int) -> np.ndarray:

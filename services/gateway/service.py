@@ -17,7 +17,7 @@ from opentelemetry.trace import Span
 from voxline.v1 import synthesizer_pb2, synthesizer_pb2_grpc
 
 from services.gateway.admission import Admission, AdmissionConfig
-from services.gateway.audio import SUPPORTED_SAMPLE_RATES, StreamResampler, resample, wav_bytes
+from services.gateway.audio import SUPPORTED_SAMPLE_RATES, StreamResampler, resample
 from services.gateway.auth import BearerTokenInterceptor, load_token
 from services.gateway.pipeline import AudioPiece, Job, Pipeline
 from services.gateway.playback import ListenerClock
@@ -27,6 +27,7 @@ from services.gateway.validation import max_request_bytes, validate, validate_op
 from services.runtime.config import DEFAULT_PORTS, add_flag, build_parser, parse_config
 from services.runtime.server import StageRuntime, phase_timeline, rpc_method, serve
 from services.runtime.voice import LANGUAGE_CODE, MAX_TEXT_CHARS, STREAM_WINDOW_FRAMES, VOICE_NAME
+from services.runtime.wav import wav_bytes
 from telemetry import SynthesisMetrics, names
 
 log = logging.getLogger("voxline.gateway")
