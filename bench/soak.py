@@ -14,13 +14,14 @@ Usage: `python -m bench.soak --requests 600 --out bench/results/soak.json`
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
 import random
-import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,8 @@ from training.corpus import HAND_WRITTEN, generate_templated
 MIB = 1024 * 1024
 #: The gateway admits 2 syntheses at once by default: more callers would be refused.
 MAX_CONCURRENCY = 2
+#: Pause between a round's last reply and the RSS sample: the stages' last batches finish.
+SETTLE_S = 0.5
 
 
 def varied_texts(
@@ -98,7 +101,8 @@ def soak(
 ) -> dict[str, Any]:
     """Warm `stack` up with `warmup` requests, then send `requests` varied ones from
     `concurrency` callers (half streamed, half unary, interleaved), sampling every service's
-    RSS every `sample_every` completed requests. Returns samples and per-service figures."""
+    RSS after each `sample_every` requests, with none in flight. Returns the samples (from
+    the end of the warm-up on) and per-service figures."""
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise ValueError(f"concurrency must be 1..{MAX_CONCURRENCY} (the gateway's admission)")
     total = warmup + requests
@@ -106,50 +110,37 @@ def soak(
     pids = {s: stack.procs[s].pid for s in SERVICES}
     samples: list[dict[str, Any]] = []
     errors: list[str] = []
-    lock = threading.Lock()
-    state = {"next": 0, "done": 0, "chars": 0, "audio_bytes": 0}
+    audio_bytes = 0
 
-    def sample(done: int) -> None:
-        rss = {s: round(rss_mib(pid), 2) for s, pid in pids.items()}
-        samples.append({"requests": done, "t_s": round(time.monotonic() - t0, 2), "rss": rss})
+    def one(stub: synthesizer_pb2_grpc.SynthesizerStub, i: int) -> int:
+        for _attempt in range(5):
+            try:
+                return _request(stub, texts[i], stream=i % 2 == 1)
+            except grpc.RpcError as exc:
+                if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    errors.append(f"request {i}: {exc.code().name}")  # never the text
+                    return 0
+                trailers = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+                time.sleep(int(trailers.get(RETRY_PUSHBACK_KEY, 100)) / 1000)
+        errors.append(f"request {i}: refused 5 times")
+        return 0
 
-    def caller() -> None:
-        with grpc.insecure_channel(stack.gateway) as channel:
-            stub = synthesizer_pb2_grpc.SynthesizerStub(channel)
-            while True:
-                with lock:
-                    i = state["next"]
-                    if i >= total:
-                        return
-                    state["next"] += 1
-                for _attempt in range(5):
-                    try:
-                        audio = _request(stub, texts[i], stream=i % 2 == 1)
-                        break
-                    except grpc.RpcError as exc:
-                        if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                            audio = 0
-                            with lock:  # the code only: the text stays out of the record
-                                errors.append(f"request {i}: {exc.code().name}")
-                            break
-                        trailers = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
-                        time.sleep(int(trailers.get(RETRY_PUSHBACK_KEY, 100)) / 1000)
-                with lock:
-                    state["done"] += 1
-                    state["chars"] += len(texts[i])
-                    state["audio_bytes"] += audio
-                    done = state["done"]
-                    if done == warmup or (done > warmup and (done - warmup) % sample_every == 0):
-                        sample(done)
-
+    # Rounds of `sample_every` requests; RSS is read between rounds, with nothing in flight:
+    # a sample taken mid-request also counts that request's transient buffers (on the
+    # vocoder +-60 MiB from sample to sample), noise that would hide a slope.
+    bounds = [0, warmup, *range(warmup + sample_every, total, sample_every), total]
     t0 = time.monotonic()
-    threads = [threading.Thread(target=caller, name=f"soak-{k}") for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if samples[-1]["requests"] != total:
-        sample(total)
+    with (
+        grpc.insecure_channel(stack.gateway) as channel,
+        ThreadPoolExecutor(concurrency, thread_name_prefix="soak") as pool,
+    ):
+        stub = synthesizer_pb2_grpc.SynthesizerStub(channel)
+        for lo, hi in itertools.pairwise(dict.fromkeys(bounds)):
+            audio_bytes += sum(pool.map(lambda i: one(stub, i), range(lo, hi)))
+            time.sleep(SETTLE_S)
+            rss = {s: round(rss_mib(pid), 2) for s, pid in pids.items()}
+            samples.append({"requests": hi, "t_s": round(time.monotonic() - t0, 2), "rss": rss})
+    samples = [s for s in samples if s["requests"] >= warmup]
 
     half = warmup + requests / 2
     second_half = [s for s in samples if s["requests"] >= half]
@@ -180,8 +171,8 @@ def soak(
         "max_sentences": max_sentences,
         "max_words": max_words,
         "elapsed_s": round(time.monotonic() - t0, 1),
-        "mean_text_chars": round(state["chars"] / total, 1),
-        "audio_s": round(state["audio_bytes"] / 2 / SAMPLE_RATE_HZ, 1),
+        "mean_text_chars": round(sum(map(len, texts)) / total, 1),
+        "audio_s": round(audio_bytes / 2 / SAMPLE_RATE_HZ, 1),
         "errors": errors,
         "slope_window": f"requests {half:.0f}..{total}",
         "services": services,
