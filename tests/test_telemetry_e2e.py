@@ -431,8 +431,8 @@ GONE_TEXT = (
 # interrupted); nothing may start after the cancellation has propagated. Bounds on this
 # loaded 2-core machine: propagation within START_GRACE_S, the running window within
 # WINDOW_S.
-START_GRACE_S = 0.3
-WINDOW_S = 1.5
+START_GRACE_S = 0.5
+WINDOW_S = 2.5
 
 
 @pytest.mark.parametrize("how", ["unary-deadline", "unary-cancel", "stream-cancel"])

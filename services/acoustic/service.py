@@ -12,7 +12,9 @@ from voxline.v1 import acoustic_pb2, acoustic_pb2_grpc
 from services.acoustic.stage import AcousticInput, AcousticStage
 from services.runtime.config import add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
-from services.runtime.server import StageRuntime, rpc_method, serve
+from services.runtime.rpc import rpc_method
+from services.runtime.server import serve
+from services.runtime.stage_runtime import StageRuntime
 from services.runtime.tensors import from_proto, to_proto
 from services.runtime.voice import STREAM_WINDOW_FRAMES, check_voice, resolve_checkpoint
 from telemetry import names
@@ -23,17 +25,17 @@ INTS = (torch.int32, torch.int64)
 
 class AcousticServicer(acoustic_pb2_grpc.AcousticModelServicer):
     def __init__(self, runtime: StageRuntime, stage: AcousticStage, chunk_frames: int) -> None:
-        self._rt = runtime
+        self.runtime = runtime
         self._stage = stage
         self._chunk_frames = chunk_frames
 
     def _run(
         self, request: acoustic_pb2.GenerateRequest, context: grpc.ServicerContext
     ) -> torch.Tensor:
-        with self._rt.phase(names.PHASE_PREPROCESS):
-            self._rt.require_ready()
-            start = self._rt.playback_start(context)
-            self._rt.annotate(self._rt.model_attributes())
+        with self.runtime.phase(names.PHASE_PREPROCESS):
+            self.runtime.require_ready()
+            start = self.runtime.playback_start(context)
+            self.runtime.annotate(self.runtime.model_attributes())
             check_voice(request.voice)
             if request.chunk_frames < 0:
                 raise InvalidArgument(f"chunk_frames must be >= 0, got {request.chunk_frames}")
@@ -41,17 +43,17 @@ class AcousticServicer(acoustic_pb2_grpc.AcousticModelServicer):
             durations = from_proto(request.durations, name="durations", ndim=1, dtypes=INTS)
             self._stage.validate(features, durations)
             frames = int(durations.sum())
-            self._rt.annotate(
+            self.runtime.annotate(
                 {names.ATTR_TOKEN_COUNT: int(features.shape[0]), names.ATTR_MEL_FRAMES: frames}
             )
-        return self._rt.infer(context, AcousticInput(features, durations), urgency=start)
+        return self.runtime.infer(context, AcousticInput(features, durations), urgency=start)
 
     @rpc_method
     def Generate(
         self, request: acoustic_pb2.GenerateRequest, context: grpc.ServicerContext
     ) -> acoustic_pb2.GenerateResponse:
         mel = self._run(request, context)
-        with self._rt.phase(names.PHASE_POSTPROCESS):
+        with self.runtime.phase(names.PHASE_POSTPROCESS):
             return acoustic_pb2.GenerateResponse(mel=to_proto(mel))
 
     @rpc_method
@@ -64,13 +66,13 @@ class AcousticServicer(acoustic_pb2_grpc.AcousticModelServicer):
         mel = self._run(request, context)
         total = mel.shape[1]
         for start in range(0, total, chunk):
-            with self._rt.phase(names.PHASE_POSTPROCESS):
+            with self.runtime.phase(names.PHASE_POSTPROCESS):
                 message = acoustic_pb2.MelChunk(
                     mel=to_proto(mel[:, start : start + chunk]),
                     offset_frames=start,
                     last=start + chunk >= total,
                 )
-            yield from self._rt.send(message)
+            yield from self.runtime.send(message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,9 @@ from services.frontend.stage import (
 )
 from services.runtime.config import add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
-from services.runtime.server import StageRuntime, rpc_method, serve
+from services.runtime.rpc import rpc_method
+from services.runtime.server import serve
+from services.runtime.stage_runtime import StageRuntime
 from services.runtime.tensors import to_proto
 from services.runtime.voice import (
     HOP_LENGTH,
@@ -34,15 +36,15 @@ log = logging.getLogger("voxline.frontend")
 
 class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
     def __init__(self, runtime: StageRuntime, stage: FrontendStage, max_text_chars: int) -> None:
-        self._rt = runtime
+        self.runtime = runtime
         self._stage = stage
         self._max_text_chars = max_text_chars
 
     def _check(self, request: frontend_pb2.AnalyzeRequest) -> float:
         """Validate a request (the caller's text is never echoed); returns the speaking rate."""
-        self._rt.require_ready()
-        self._rt.annotate(
-            {**self._rt.model_attributes(), names.ATTR_TEXT_LENGTH: len(request.text)}
+        self.runtime.require_ready()
+        self.runtime.annotate(
+            {**self.runtime.model_attributes(), names.ATTR_TEXT_LENGTH: len(request.text)}
         )
         check_voice(request.voice)
         if len(request.text) > self._max_text_chars:
@@ -66,7 +68,7 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
         )
 
     def _annotate(self, encoded: list[EncodedSentence]) -> None:
-        self._rt.annotate(
+        self.runtime.annotate(
             {
                 names.ATTR_SENTENCE_COUNT: len(encoded),
                 names.ATTR_TOKEN_COUNT: sum(len(s.phoneme_ids) for s in encoded),
@@ -78,12 +80,12 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
     def Analyze(
         self, request: frontend_pb2.AnalyzeRequest, context: grpc.ServicerContext
     ) -> frontend_pb2.AnalyzeResponse:
-        with self._rt.phase(names.PHASE_PREPROCESS):
+        with self.runtime.phase(names.PHASE_PREPROCESS):
             rate = self._check(request)
-            start = self._rt.playback_start(context)
+            start = self.runtime.playback_start(context)
             prepared = self._stage.prepare(request.text)
-        encoded = self._rt.infer(context, FrontendInput(prepared, rate), urgency=start)
-        with self._rt.phase(names.PHASE_POSTPROCESS):
+        encoded = self.runtime.infer(context, FrontendInput(prepared, rate), urgency=start)
+        with self.runtime.phase(names.PHASE_POSTPROCESS):
             response = frontend_pb2.AnalyzeResponse(
                 sentences=[self._sentence(s) for s in encoded], model_version=MODEL_VERSION
             )
@@ -95,29 +97,29 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
     def AnalyzeStream(
         self, request: frontend_pb2.AnalyzeRequest, context: grpc.ServicerContext
     ) -> Iterator[frontend_pb2.Sentence]:
-        with self._rt.phase(names.PHASE_PREPROCESS):
+        with self.runtime.phase(names.PHASE_PREPROCESS):
             rate = self._check(request)
-            start = self._rt.playback_start(context)
+            start = self.runtime.playback_start(context)
             sentences = self._stage.prepare_iter(request.text)
             first = next(sentences)  # raises InvalidArgument for an unspeakable text
         # The first sentence alone (its audio is due now), then all the others in one batch
         # (due once the first has played: the listener has time).
-        head = self._rt.infer(context, FrontendInput([first], rate), urgency=start)
-        with self._rt.phase(names.PHASE_POSTPROCESS):
+        head = self.runtime.infer(context, FrontendInput([first], rate), urgency=start)
+        with self.runtime.phase(names.PHASE_POSTPROCESS):
             message = self._sentence(head[0])
-        yield from self._rt.send(message)
-        with self._rt.phase(names.PHASE_PREPROCESS):
+        yield from self.runtime.send(message)
+        with self.runtime.phase(names.PHASE_PREPROCESS):
             rest = list(sentences)
         encoded = list(head)
         if rest:
             due = start + int(head[0].durations.sum()) * HOP_LENGTH / SAMPLE_RATE_HZ
-            (tail,) = self._rt.infer_many(context, [FrontendInput(rest, rate)], [due])
+            (tail,) = self.runtime.infer_many(context, [FrontendInput(rest, rate)], [due])
             encoded += tail
             for s in tail:
-                with self._rt.phase(names.PHASE_POSTPROCESS):
+                with self.runtime.phase(names.PHASE_POSTPROCESS):
                     message = self._sentence(s)
-                yield from self._rt.send(message)
-        with self._rt.phase(names.PHASE_POSTPROCESS):
+                yield from self.runtime.send(message)
+        with self.runtime.phase(names.PHASE_POSTPROCESS):
             self._annotate(encoded)
 
 

@@ -25,7 +25,10 @@ from services.gateway.stages import StageClients
 from services.gateway.text_stream import TextStreamInput, read_config
 from services.gateway.validation import max_request_bytes, validate, validate_options
 from services.runtime.config import DEFAULT_PORTS, add_flag, build_parser, parse_config
-from services.runtime.server import StageRuntime, phase_timeline, rpc_method, serve
+from services.runtime.phases import phase_timeline
+from services.runtime.rpc import rpc_method
+from services.runtime.server import serve
+from services.runtime.stage_runtime import StageRuntime
 from services.runtime.voice import LANGUAGE_CODE, MAX_TEXT_CHARS, STREAM_WINDOW_FRAMES, VOICE_NAME
 from services.runtime.wav import wav_bytes
 from telemetry import SynthesisMetrics, names
@@ -91,7 +94,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         timeout_s: float,
         admission: Admission,
     ) -> None:
-        self._rt = runtime
+        self.runtime = runtime
         self._admission = admission
         self._pipeline = pipeline
         self._catalog = catalog
@@ -109,7 +112,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
     ) -> tuple[Job, int]:
         """Validate the request, then admit it (a slot held until the synthesis ends).
         `text_follows`: the text arrives later (a text stream checks it as it comes)."""
-        with self._rt.phase(names.PHASE_PREPROCESS):
+        with self.runtime.phase(names.PHASE_PREPROCESS):
             voices = {v.name for v in self._catalog.voices()}
             if text_follows:
                 voice, rate, sample_rate, priority = validate_options(request, voices)
@@ -117,7 +120,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
                 voice, rate, sample_rate, priority = validate(request, self._max_text_chars, voices)
         remaining = context.time_remaining()
         budget = self._timeout_s if remaining is None else min(remaining, self._timeout_s)
-        with self._rt.phase(names.PHASE_QUEUE):
+        with self.runtime.phase(names.PHASE_QUEUE):
             outcome.resources.enter_context(
                 self._admission.slot(time.monotonic() + budget, context.is_active)
             )
@@ -150,7 +153,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
             names.ATTR_STAGE: names.STAGE_GATEWAY,
         }
         with (
-            self._rt.tracer.start_as_current_span(
+            self.runtime.tracer.start_as_current_span(
                 names.SPAN_SYNTHESIS, attributes=attributes, record_exception=False
             ) as span,
             # A stream's per-chunk phases go onto this span, not one child span each.
@@ -193,7 +196,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
             context.add_callback(job.scope.cancel_all)
             outcome.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
             pieces = [p.pcm for p in self._pipeline.synthesize(job)]
-            with self._rt.phase(names.PHASE_POSTPROCESS):
+            with self.runtime.phase(names.PHASE_POSTPROCESS):
                 pcm = resample(np.concatenate(pieces), sample_rate)
                 audio = wav_bytes(pcm, sample_rate)
             outcome.audio_s = len(pcm) / sample_rate
@@ -258,7 +261,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         last_index = 0
         for piece in pieces:
             check()
-            with self._rt.phase(names.PHASE_POSTPROCESS):
+            with self.runtime.phase(names.PHASE_POSTPROCESS):
                 pcm = resampler.process(piece.pcm)
                 message = self._chunk(pcm, sample_rate, piece.sentence_index, job.request_id)
             last_index = piece.sentence_index
@@ -279,13 +282,13 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
                 )
             samples += len(pcm)
             listener.on_send(len(pcm))
-            yield from self._rt.send(message)
-        with self._rt.phase(names.PHASE_POSTPROCESS):
+            yield from self.runtime.send(message)
+        with self.runtime.phase(names.PHASE_POSTPROCESS):
             tail = resampler.process(np.zeros(0, dtype=np.int16), last=True)
         if len(tail):
             samples += len(tail)
             listener.on_send(len(tail))
-            yield from self._rt.send(self._chunk(tail, sample_rate, last_index, job.request_id))
+            yield from self.runtime.send(self._chunk(tail, sample_rate, last_index, job.request_id))
         outcome.audio_s = samples / sample_rate
         outcome.span.set_attribute(names.ATTR_STALL_DURATION, listener.stall_s)
         self._metrics.record_stall(

@@ -11,7 +11,9 @@ from voxline.v1 import vocoder_pb2, vocoder_pb2_grpc
 
 from services.runtime.config import add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
-from services.runtime.server import StageRuntime, rpc_method, serve
+from services.runtime.rpc import rpc_method
+from services.runtime.server import serve
+from services.runtime.stage_runtime import StageRuntime
 from services.runtime.tensors import from_proto, to_proto
 from services.runtime.voice import (
     FIRST_WINDOW_FRAMES,
@@ -29,7 +31,7 @@ FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
     def __init__(self, runtime: StageRuntime, stage: VocoderStage) -> None:
-        self._rt = runtime
+        self.runtime = runtime
         self._stage = stage
 
     def _mel(self, request: vocoder_pb2.VocodeRequest, *, allow_empty: bool) -> torch.Tensor:
@@ -49,10 +51,10 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
     def Vocode(
         self, request: vocoder_pb2.VocodeRequest, context: grpc.ServicerContext
     ) -> vocoder_pb2.VocodeResponse:
-        with self._rt.phase(names.PHASE_PREPROCESS):
-            self._rt.require_ready()
-            start = self._rt.playback_start(context)
-            self._rt.annotate(self._rt.model_attributes())
+        with self.runtime.phase(names.PHASE_PREPROCESS):
+            self.runtime.require_ready()
+            start = self.runtime.playback_start(context)
+            self.runtime.annotate(self.runtime.model_attributes())
             mel = self._mel(request, allow_empty=False)
             # Vocoded in bounded windows, like a stream: shapes and memory stay bounded, the
             # windows batch with each other and with other requests, and a long utterance
@@ -64,8 +66,8 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
             windows = [*stream.plan(mel), *stream.plan_flush()]
             audio_s = mel.shape[1] * self._stage.hop_length / self._stage.sample_rate
             due = [start + audio_s] * len(windows)
-        outputs = self._rt.infer_many(context, [w.mel for w in windows], due)
-        with self._rt.phase(names.PHASE_POSTPROCESS):
+        outputs = self.runtime.infer_many(context, [w.mel for w in windows], due)
+        with self.runtime.phase(names.PHASE_POSTPROCESS):
             audio = stream.finish(windows, outputs)
             response = vocoder_pb2.VocodeResponse(
                 audio=to_proto(audio), sample_rate_hz=self._stage.sample_rate
@@ -74,7 +76,7 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
         return response
 
     def _annotate_sizes(self, frames: int, samples: int) -> None:
-        self._rt.annotate(
+        self.runtime.annotate(
             {
                 names.ATTR_MEL_FRAMES: frames,
                 names.ATTR_AUDIO_DURATION: samples / self._stage.sample_rate,
@@ -86,10 +88,10 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
     def VocodeStream(
         self, request_iterator: Iterator[vocoder_pb2.VocodeRequest], context: grpc.ServicerContext
     ) -> Iterator[vocoder_pb2.AudioChunk]:
-        with self._rt.phase(names.PHASE_PREPROCESS):
-            self._rt.require_ready()
-            start = self._rt.playback_start(context)
-            self._rt.annotate(self._rt.model_attributes())
+        with self.runtime.phase(names.PHASE_PREPROCESS):
+            self.runtime.require_ready()
+            start = self.runtime.playback_start(context)
+            self.runtime.annotate(self.runtime.model_attributes())
             stream = self._stage.stream()
         offset = 0
 
@@ -106,14 +108,14 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
             for window in windows:
                 # Due when the listener has played what this stream has sent so far.
                 due = start + stream.samples_emitted / self._stage.sample_rate
-                output = self._rt.infer(context, window.mel, urgency=due)
-                with self._rt.phase(names.PHASE_POSTPROCESS):
+                output = self.runtime.infer(context, window.mel, urgency=due)
+                with self.runtime.phase(names.PHASE_POSTPROCESS):
                     message = emit(stream.finish([window], [output]))
-                yield from self._rt.send(message)
+                yield from self.runtime.send(message)
 
         # Waiting for the caller's next mel chunk is `transfer` time, not this stage's work.
-        for request in self._rt.receive(request_iterator):
-            with self._rt.phase(names.PHASE_PREPROCESS):
+        for request in self.runtime.receive(request_iterator):
+            with self.runtime.phase(names.PHASE_PREPROCESS):
                 mel = self._mel(request, allow_empty=True)
                 if stream.frames_pushed + mel.shape[1] > MAX_MEL_FRAMES:
                     raise InvalidArgument(f"stream exceeds {MAX_MEL_FRAMES} mel frames")
@@ -122,7 +124,7 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
         if stream.frames_pushed == 0:
             raise InvalidArgument("stream carried no mel frames")
         yield from vocode(stream.plan_flush())
-        with self._rt.phase(names.PHASE_POSTPROCESS):
+        with self.runtime.phase(names.PHASE_POSTPROCESS):
             self._annotate_sizes(stream.frames_pushed, offset)
 
 
