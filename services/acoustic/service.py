@@ -12,11 +12,17 @@ from voxline.v1 import acoustic_pb2, acoustic_pb2_grpc
 from services.acoustic.stage import AcousticInput, AcousticStage
 from services.runtime.config import add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
+from services.runtime.memory import bound_kernel_cache
 from services.runtime.rpc import rpc_method
 from services.runtime.server import serve
 from services.runtime.stage_runtime import StageRuntime
 from services.runtime.tensors import from_proto, to_proto
-from services.runtime.voice import STREAM_WINDOW_FRAMES, check_voice, resolve_checkpoint
+from services.runtime.voice import (
+    STREAM_WINDOW_FRAMES,
+    add_weights_flags,
+    check_voice,
+    stage_options,
+)
 from telemetry import names
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -77,15 +83,7 @@ class AcousticServicer(acoustic_pb2_grpc.AcousticModelServicer):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser("acoustic", "Voxline acoustic model: phoneme features -> mel")
-    add_flag(
-        parser,
-        "checkpoint",
-        str,
-        "auto",
-        "weights: auto (the shipped voice; VOXLINE_MODEL_DIR overrides its folder) | "
-        "none (seeded, untrained) | PATH",
-    )
-    add_flag(parser, "seed", int, 4321, "seed of the untrained initialisation")
+    add_weights_flags(parser, seed=4321)
     add_flag(
         parser,
         "chunk-frames",
@@ -94,18 +92,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "default mel frames per streamed chunk (callers usually say)",
     )
     config = parse_config("acoustic", parser, argv)
-    stage = AcousticStage(
-        device=config.device,
-        dtype=config.dtype,
-        checkpoint=resolve_checkpoint(config.extra["checkpoint"], "acoustic"),
-        seed=config.extra["seed"],
-    )
+    stage = AcousticStage(**stage_options(config))
 
     def register(server: grpc.Server, runtime: StageRuntime) -> list[str]:
         servicer = AcousticServicer(runtime, stage, config.extra["chunk_frames"])
         acoustic_pb2_grpc.add_AcousticModelServicer_to_server(servicer, server)
         return [acoustic_pb2.DESCRIPTOR.services_by_name["AcousticModel"].full_name]
 
+    bound_kernel_cache()  # a new input length per text (services/runtime/memory.py)
     return serve(config, stage, register)
 
 

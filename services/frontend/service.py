@@ -18,6 +18,7 @@ from services.frontend.stage import (
 )
 from services.runtime.config import add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
+from services.runtime.memory import bound_kernel_cache
 from services.runtime.rpc import rpc_method
 from services.runtime.server import serve
 from services.runtime.stage_runtime import StageRuntime
@@ -26,8 +27,9 @@ from services.runtime.voice import (
     HOP_LENGTH,
     MAX_TEXT_CHARS,
     SAMPLE_RATE_HZ,
+    add_weights_flags,
     check_voice,
-    resolve_checkpoint,
+    stage_options,
 )
 from telemetry import names
 
@@ -125,29 +127,17 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser("frontend", "Voxline text frontend: text -> phonemes -> features")
-    add_flag(
-        parser,
-        "checkpoint",
-        str,
-        "auto",
-        "weights: auto (the shipped voice; VOXLINE_MODEL_DIR overrides its folder) | "
-        "none (seeded, untrained) | PATH",
-    )
-    add_flag(parser, "seed", int, 1234, "seed of the untrained initialisation")
+    add_weights_flags(parser, seed=1234)
     add_flag(parser, "max-text-chars", int, MAX_TEXT_CHARS, "longest accepted text")
     config = parse_config("frontend", parser, argv)
-    stage = FrontendStage(
-        device=config.device,
-        dtype=config.dtype,
-        checkpoint=resolve_checkpoint(config.extra["checkpoint"], "frontend"),
-        seed=config.extra["seed"],
-    )
+    stage = FrontendStage(**stage_options(config))
 
     def register(server: grpc.Server, runtime: StageRuntime) -> list[str]:
         servicer = TextFrontendServicer(runtime, stage, config.extra["max_text_chars"])
         frontend_pb2_grpc.add_TextFrontendServicer_to_server(servicer, server)
         return [frontend_pb2.DESCRIPTOR.services_by_name["TextFrontend"].full_name]
 
+    bound_kernel_cache()  # a new input length per text (services/runtime/memory.py)
     return serve(config, stage, register)
 
 

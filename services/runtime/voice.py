@@ -6,6 +6,12 @@ samples. Phoneme ids follow the Piper teacher voice's map (services/frontend).
 
 from __future__ import annotations
 
+import argparse
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from services.runtime.config import ServiceConfig
+
 VOICE_NAME = "voxline-en-us"
 LANGUAGE_CODE = "en-US"
 SAMPLE_RATE_HZ = 22050
@@ -54,3 +60,28 @@ def resolve_checkpoint(flag: str, stage: str) -> str | None:
     if flag in ("", "none"):
         return None
     return flag
+
+
+def add_weights_flags(parser: argparse.ArgumentParser, seed: int) -> None:
+    """The model stages' `--checkpoint` (see `resolve_checkpoint`) and `--seed` flags."""
+    from services.runtime.config import add_flag
+
+    add_flag(
+        parser,
+        "checkpoint",
+        str,
+        "auto",
+        "weights: auto (the shipped voice; VOXLINE_MODEL_DIR overrides its folder) | "
+        "none (seeded, untrained) | PATH",
+    )
+    add_flag(parser, "seed", int, seed, "seed of the untrained initialisation")
+
+
+def stage_options(config: ServiceConfig) -> dict[str, Any]:
+    """A model stage's constructor options from its flags: device, dtype, weights, seed."""
+    return {
+        "device": config.device,
+        "dtype": config.dtype,
+        "checkpoint": resolve_checkpoint(config.extra["checkpoint"], config.service),
+        "seed": config.extra["seed"],
+    }
