@@ -408,25 +408,6 @@ class _SpyMeter:
         return create
 
 
-def fake_pynvml() -> Any:
-    """NVML stand-in with one GPU, so GPU instruments register without a GPU."""
-    from types import SimpleNamespace
-
-    return SimpleNamespace(
-        NVMLError=RuntimeError,
-        NVML_TEMPERATURE_GPU=0,
-        nvmlInit=lambda: None,
-        nvmlDeviceGetCount=lambda: 1,
-        nvmlDeviceGetHandleByIndex=lambda i: f"h{i}",
-        nvmlDeviceGetUUID=lambda h: "GPU-00000000-fake",
-        nvmlDeviceGetName=lambda h: "Fake GPU",
-        nvmlDeviceGetUtilizationRates=lambda h: SimpleNamespace(gpu=0, memory=0),
-        nvmlDeviceGetMemoryInfo=lambda h: SimpleNamespace(used=0, total=1),
-        nvmlDeviceGetTemperature=lambda h, sensor: 0,
-        nvmlDeviceGetPowerUsage=lambda h: 0,
-    )
-
-
 def voxline_instruments() -> list[Instrument]:
     """Every instrument Voxline's telemetry library creates, observed on the real code paths:
     ``init_telemetry`` (drop counter, GPU instruments — with a fake NVML so they register
@@ -437,6 +418,7 @@ def voxline_instruments() -> list[Instrument]:
     from unittest import mock
 
     import grpc
+    from fakes import pynvml as fake_nvml
     from opentelemetry.sdk.metrics import MeterProvider
 
     from telemetry import gpu, init_telemetry, names
@@ -453,7 +435,7 @@ def voxline_instruments() -> list[Instrument]:
     clean_env = {k: v for k, v in os.environ.items() if k not in drop_env}
     with (
         mock.patch.dict(os.environ, {**clean_env, **env}, clear=True),
-        mock.patch.dict(sys.modules, {"pynvml": fake_pynvml()}),
+        mock.patch.dict(sys.modules, {"pynvml": fake_nvml.load()}),
         mock.patch.object(MeterProvider, "get_meter", spy_get_meter),
     ):
         gpu._reset_for_tests()

@@ -48,57 +48,6 @@ IDLE = "vocoder-6f9c7d8b5-p7m3z"
 GPU_UTIL = {BUSY: 81, IDLE: 37}  # percent, as NVML reports it
 LOAD_SECONDS = 6.0
 
-FAKE_PYNVML = '''"""Stand-in for nvidia-ml-py without a GPU (one device, fixed readings)."""
-import os
-from types import SimpleNamespace
-
-NVML_TEMPERATURE_GPU = 0
-
-
-class NVMLError(Exception):
-    pass
-
-
-def nvmlInit():
-    pass
-
-
-def nvmlShutdown():
-    pass
-
-
-def nvmlDeviceGetCount():
-    return 1
-
-
-def nvmlDeviceGetHandleByIndex(index):
-    return index
-
-
-def nvmlDeviceGetUUID(handle):
-    return os.environ["FAKE_NVML_UUID"]
-
-
-def nvmlDeviceGetName(handle):
-    return "NVIDIA Test GPU"
-
-
-def nvmlDeviceGetUtilizationRates(handle):
-    return SimpleNamespace(gpu=int(os.environ["FAKE_NVML_GPU_UTIL"]), memory=0)
-
-
-def nvmlDeviceGetMemoryInfo(handle):
-    return SimpleNamespace(used=1 << 30, free=15 << 30, total=16 << 30)
-
-
-def nvmlDeviceGetTemperature(handle, sensor):
-    return 50
-
-
-def nvmlDeviceGetPowerUsage(handle):
-    return 100_000
-'''
-
 
 class Vocoder:
     """One `python -m services.vocoder` process standing for one pod."""
@@ -185,9 +134,7 @@ def pods(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Vocoder
     except PrometheusError as exc:  # CI installs it: fail, never skip
         pytest.fail(str(exc))
     base = tmp_path_factory.mktemp("k8s-adapter")
-    fake = base / "fake_nvml"
-    fake.mkdir()
-    (fake / "pynvml.py").write_text(FAKE_PYNVML)
+    fake = Path(__file__).parent / "fakes"  # its pynvml.py reads FAKE_NVML_* from the env
     started = {pod: Vocoder(pod, fake, base) for pod in (BUSY, IDLE)}
     try:
         for v in started.values():

@@ -20,11 +20,11 @@ from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import grpc
 import pytest
+from fakes import pynvml as fake_pynvml
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -830,39 +830,12 @@ def test_without_nvml_no_gpu_instruments_and_one_info_line(
     assert not exported & names.GPU_METRICS
 
 
-class _FakeNVMLError(Exception):
-    pass
-
-
-def _fake_pynvml() -> SimpleNamespace:
-    calls = {"power": 0}
-
-    def power(_handle: Any) -> int:
-        calls["power"] += 1
-        if calls["power"] == 1:
-            raise _FakeNVMLError("Not Supported")
-        return 123_500  # mW
-
-    return SimpleNamespace(
-        NVMLError=_FakeNVMLError,
-        NVML_TEMPERATURE_GPU=0,
-        nvmlInit=lambda: None,
-        nvmlDeviceGetCount=lambda: 1,
-        nvmlDeviceGetHandleByIndex=lambda i: f"h{i}",
-        nvmlDeviceGetUUID=lambda h: "GPU-1234-abcd",
-        nvmlDeviceGetName=lambda h: b"NVIDIA H100 80GB HBM3",
-        nvmlDeviceGetUtilizationRates=lambda h: SimpleNamespace(gpu=37, memory=10),
-        nvmlDeviceGetMemoryInfo=lambda h: SimpleNamespace(used=2 * 1024**3, total=80 * 1024**3),
-        nvmlDeviceGetTemperature=lambda h, sensor: 61,
-        nvmlDeviceGetPowerUsage=power,
-    )
-
-
 def test_gpu_metrics_with_fake_nvml(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # NVML needs a GPU; this checks our callbacks, attributes and per-call error handling.
-    monkeypatch.setitem(sys.modules, "pynvml", _fake_pynvml())
+    monkeypatch.setenv("FAKE_NVML_POWER_FAILS_FIRST", "1")
+    monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml.load())
     gpu_mod._reset_for_tests()
     try:
         reader = InMemoryMetricReader()
