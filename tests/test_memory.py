@@ -20,16 +20,15 @@ WARMUP = 50
 #: Short texts (2-8 words) so the soak takes minutes on 2 cores; still ~all distinct.
 MAX_WORDS = 8
 #: RSS slope over the second half (MiB per 100 requests) and growth from the end of the
-#: warm-up to the end (MiB), per service. Vocoder and gateway are flat (measured slope
-#: < 1, growth < 5); the guarded-against growth was the vocoder's +74 MiB (unary, in
-#: process: +300 MiB in 60 calls). Frontend and acoustic still fill oneDNN's primitive
-#: cache with every new input length (an open item, docs/reliability.md "Memory"): their
-#: looser bounds only stop it from getting worse.
+#: warm-up to the end (MiB), per service. Measured with the trim and the bounded oneDNN
+#: cache (docs/reliability.md "Memory"): slopes 0.4-1.4, growth -1 to +10 MiB. Without
+#: them the vocoder grew +74 MiB (in process: +300 MiB in 60 calls) and the acoustic stage
+#: sloped 2.2-5.9 MiB per 100 requests.
 BOUNDS = {
     "vocoder": (2.0, 40.0),
     "gateway": (2.0, 40.0),
-    "frontend": (10.0, 60.0),
-    "acoustic": (10.0, 60.0),
+    "frontend": (3.0, 40.0),
+    "acoustic": (3.0, 40.0),
 }
 
 
