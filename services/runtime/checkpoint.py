@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -28,26 +29,40 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def checkpoint_problems(
+    expected: Mapping[str, Sequence[int]], given: Mapping[str, torch.Tensor]
+) -> list[str]:
+    """What keeps `given` weights from loading into a model whose parameters have the
+    `expected` shapes: missing, unexpected and mis-shaped keys, each named (empty: fits)."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    mismatched = [
+        f"{k!r}: checkpoint {list(given[k].shape)} vs model {list(shape)}"
+        for k, shape in sorted(expected.items())
+        if k in given and tuple(given[k].shape) != tuple(shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_describe([repr(k) for k in missing])}")
+    if unexpected:
+        problems.append(f"unexpected keys {_describe([repr(k) for k in unexpected])}")
+    if mismatched:
+        problems.append(f"shape mismatch {_describe(mismatched)}")
+    return problems
+
+
+def _describe(items: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f" (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
 def load_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Load `state` into `module`, failing with every missing/unexpected/mis-shaped key named.
 
     Values are cast to the module's parameter dtype (checkpoints may be stored in fp16).
     """
     expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [
-        f"{k}: checkpoint {list(state[k].shape)} vs model {list(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {', '.join(missing[:10])}")
-    if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected[:10])}")
-    if mismatched:
-        problems.append(f"shape mismatch: {'; '.join(mismatched[:10])}")
+    problems = checkpoint_problems({k: v.shape for k, v in expected.items()}, state)
     if problems:
         raise CheckpointError(
             f"checkpoint {source} does not fit the model: " + " | ".join(problems)

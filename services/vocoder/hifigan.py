@@ -34,6 +34,7 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
+from services.runtime.checkpoint import checkpoint_problems
 from services.vocoder.mel import MelConfig
 
 __all__ = [
@@ -268,11 +269,6 @@ def _from_legacy_key(key: str) -> str:
     return key
 
 
-def _describe(keys: Sequence[str], limit: int = 5) -> str:
-    shown = ", ".join(repr(k) for k in keys[:limit])
-    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def load_checkpoint(generator: Generator, checkpoint: str | Path | Mapping[str, Any]) -> None:
     """Strictly load HiFi-GAN generator weights into ``generator`` (which must be weight-normed).
 
@@ -296,23 +292,11 @@ def load_checkpoint(generator: Generator, checkpoint: str | Path | Mapping[str, 
 
     expected = {_to_legacy_key(k): v.shape for k, v in generator.state_dict().items()}
     given = {_to_legacy_key(k): v for k, v in state.items()}
-    missing = sorted(expected.keys() - given.keys())
-    unexpected = sorted(given.keys() - expected.keys())
-    wrong_shape = [
-        f"{k!r}: checkpoint {list(given[k].shape)} vs model {list(expected[k])}"
-        for k in sorted(expected.keys() & given.keys())
-        if given[k].shape != expected[k]
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {_describe(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys {_describe(unexpected)}")
-    if wrong_shape:
-        problems.append(f"shape mismatches {_describe(wrong_shape)}")
+    problems = checkpoint_problems(expected, given)
     if problems:
         # A folded (inference) generator has plain .weight keys where the file has g/v pairs.
         folded = not any(".parametrizations." in k for k in generator.state_dict())
+        unexpected = given.keys() - expected.keys()
         hint = " (was weight norm already removed?)" if folded and unexpected else ""
         raise CheckpointMismatchError(
             f"checkpoint does not fit {generator.config}{hint}: " + "; ".join(problems)
