@@ -254,7 +254,10 @@ def test_out_of_memory_fails_the_batch_with_resource_exhausted_then_serves(
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
         monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
     model = _OomOnce()
-    config = SchedulerConfig(max_batch_size=4, max_queue=8, max_queue_delay_s=0.2)
+    # One request's three pieces in one batch (the CPU default takes one piece per request).
+    config = SchedulerConfig(
+        max_batch_size=4, max_batch_per_request=4, max_queue=8, max_queue_delay_s=0.2
+    )
     scheduler: BatchScheduler[str, str] = BatchScheduler("acoustic", model.execute, config)
     scheduler.start()
     try:
