@@ -67,7 +67,8 @@ def exported() -> Iterator[SimpleNamespace]:
     """Every instrument a Voxline service can register and its Prometheus names (derived from
     the telemetry library by tests/prometheus_harness.py), plus the names a real scrape of a
     service's /metrics endpoint shows (GPU instruments via a fake NVML)."""
-    from prometheus_harness import fake_pynvml, voxline_instruments, voxline_metric_names
+    from fakes import pynvml as fake_pynvml
+    from prometheus_harness import voxline_instruments, voxline_metric_names
 
     import telemetry.sdk as sdk  # noqa: F401 - imported before patching pynvml
     from telemetry import StageMetrics, SynthesisMetrics, gpu, init_telemetry
@@ -75,7 +76,7 @@ def exported() -> Iterator[SimpleNamespace]:
     instruments = {i.name for i in voxline_instruments()}
     derived = set(voxline_metric_names())
     mp = pytest.MonkeyPatch()
-    mp.setitem(sys.modules, "pynvml", fake_pynvml())
+    mp.setitem(sys.modules, "pynvml", fake_pynvml.load())
     mp.setenv("OTEL_TRACES_EXPORTER", "none")
     mp.setenv("OTEL_METRICS_EXPORTER", "none")
     gpu._reset_for_tests()
