@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from services.runtime.tls import HEALTH_PREFIX
+from services.runtime.tls import HEALTH_PREFIX, guarded
 
 log = logging.getLogger("voxline.gateway.auth")
 
@@ -73,16 +73,9 @@ _MESSAGE = "missing or invalid API token: send metadata 'authorization: Bearer <
 
 
 def _refusal(handler: grpc.RpcMethodHandler) -> Any:
-    """A handler of `handler`'s kind that ends the call UNAUTHENTICATED without running it."""
+    """`handler` ending the call UNAUTHENTICATED before it runs."""
 
-    def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
+    def refuse(context: grpc.ServicerContext) -> None:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, _MESSAGE)
 
-    args = (refuse, handler.request_deserializer, handler.response_serializer)
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(*args)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(*args)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(*args)
-    return grpc.unary_unary_rpc_method_handler(*args)
+    return guarded(handler, refuse)
