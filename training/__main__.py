@@ -1,8 +1,10 @@
-"""``python -m training {corpus,teacher,train,export,evaluate,all}``: the voice pipeline.
+"""``python -m training STEP``: the voice pipeline.
 
 Each step reads what the previous one wrote under ``--build-dir`` (default
-``build/training``). ``all`` runs every step; the teacher step is skipped when its output
-already matches the current corpus (``--force`` regenerates).
+``build/training``). ``all`` runs corpus, teacher, train, export and evaluate (the teacher
+step is skipped when its output already matches the current corpus; ``--force``
+regenerates). ``vocoder`` distils the fast CPU vocoder (training/vocoder.py): the corpus if
+missing, then vocoder-data, vocoder-train, vocoder-export.
 """
 
 from __future__ import annotations
@@ -102,9 +104,54 @@ def _all(args: argparse.Namespace) -> None:
         step(args)
 
 
+def _vocoder_data(args: argparse.Namespace) -> None:
+    from training.vocoder import build_vocoder_data
+
+    build_vocoder_data(
+        args.build_dir, args.model_dir, args.vocoder_sentences, args.threads, args.seed
+    )
+
+
+def _vocoder_train(args: argparse.Namespace) -> None:
+    from training.vocoder import VocoderTrainConfig, train_vocoder
+
+    cfg = VocoderTrainConfig(
+        minutes=args.vocoder_minutes, max_steps=args.vocoder_steps, seed=args.seed,
+        threads=args.threads,
+    )  # fmt: skip
+    train_vocoder(args.build_dir / "vocoder", args.build_dir / "checkpoints", cfg)
+
+
+def _vocoder_export(args: argparse.Namespace) -> None:
+    from training.vocoder import export_vocoder
+
+    export_vocoder(args.build_dir / "checkpoints" / "vocoder.pt", args.model_dir)
+
+
+def _vocoder(args: argparse.Namespace) -> None:
+    if not (args.build_dir / "corpus" / "train.txt").exists():
+        _corpus(args)
+    for step in (_vocoder_data, _vocoder_train, _vocoder_export):
+        step(args)
+
+
+STEPS = {
+    "corpus": _corpus,
+    "teacher": _teacher,
+    "train": _train,
+    "export": _export,
+    "evaluate": _evaluate,
+    "all": _all,
+    "vocoder-data": _vocoder_data,
+    "vocoder-train": _vocoder_train,
+    "vocoder-export": _vocoder_export,
+    "vocoder": _vocoder,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
-    parser.add_argument("step", choices=("corpus", "teacher", "train", "export", "evaluate", "all"))
+    parser.add_argument("step", choices=tuple(STEPS))
     parser.add_argument("--build-dir", type=Path, default=BUILD_DIR)
     parser.add_argument("--model-dir", type=Path, default=MODEL_DIR)
     parser.add_argument("--seed", type=int, default=0)
@@ -130,6 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         help="training steps; the LR schedule follows steps or time, whichever is further "
         "along (0: time only)",
     )
+    parser.add_argument(
+        "--vocoder-sentences", type=int, default=1000, help="teacher sentences for the vocoder"
+    )
+    parser.add_argument(
+        "--vocoder-minutes", type=float, default=36.0, help="vocoder training cap (minutes)"
+    )
+    parser.add_argument("--vocoder-steps", type=int, default=6000, help="vocoder training steps")
     args = parser.parse_args(argv)
     if args.scales is None:
         from training.teacher import DEFAULT_SCALES
@@ -137,15 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         args.scales = list(DEFAULT_SCALES)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
-    step = {
-        "corpus": _corpus,
-        "teacher": _teacher,
-        "train": _train,
-        "export": _export,
-        "evaluate": _evaluate,
-        "all": _all,
-    }[args.step]
-    step(args)
+    STEPS[args.step](args)
     return 0
 
 

@@ -60,7 +60,11 @@ def export(student_path: Path, model_dir: Path) -> None:
     load_checked(FrontendModel(), read_state_dict(model_dir / FRONTEND_FILE), FRONTEND_FILE)
     load_checked(AcousticModel(), read_state_dict(model_dir / ACOUSTIC_FILE), ACOUSTIC_FILE)
     summary = ckpt["summary"]
+    config_path = model_dir / CONFIG_FILE
+    # Entries this export does not write (the fast vocoder's, training/vocoder.py) are kept.
+    previous = json.loads(config_path.read_text()) if config_path.exists() else {}
     config = {
+        **previous,
         "format_version": FORMAT_VERSION,
         "voice": "en_US-joe-medium (distilled)",
         "sample_rate_hz": 22050,
@@ -73,6 +77,6 @@ def export(student_path: Path, model_dir: Path) -> None:
         "training": {k: v for k, v in summary.items() if k not in ("history", "teacher")},
         "history": summary["history"],
     }
-    (model_dir / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
+    config_path.write_text(json.dumps(config, indent=1) + "\n")
     size = sum((model_dir / f).stat().st_size for f in digests)
     _LOG.info("export: %s (%.1f MB of weights)", model_dir, size / 1e6)

@@ -58,6 +58,7 @@ class Example:
     ids: torch.Tensor  # [T] int64 phoneme ids
     durations: torch.Tensor  # [T] int64 mel frames, sum == mel frames
     mel: torch.Tensor  # [80, frames] float16 log-mel
+    audio: torch.Tensor | None = None  # [frames * 256] int16 PCM (only when asked for)
 
 
 class Teacher:
@@ -123,6 +124,10 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
         w.writeframes(pcm.tobytes())
 
 
+def _pcm16(audio: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy((np.clip(audio, -1.0, 1.0) * 32767.0).round().astype(np.int16))
+
+
 def generate_split(
     sentences: list[str],
     teacher: Teacher,
@@ -130,8 +135,10 @@ def generate_split(
     batch_size: int = 6,
     scales: tuple[float, float, float] = DEFAULT_SCALES,
     wav_dir: Path | None = None,
+    keep_audio: bool = False,
 ) -> list[Example]:
-    """Teacher-read `sentences` (normalised, one per item); optionally keep their WAVs.
+    """Teacher-read `sentences` (normalised, one per item); optionally keep their WAVs
+    (`wav_dir`) or their audio in the examples (`keep_audio`, for the vocoder).
 
     Sentences are read in batches of similar length (padding wastes little). The result keeps
     the input order. Sentences with no phonemes are dropped.
@@ -162,6 +169,7 @@ def generate_split(
                 ids=torch.tensor(ids[i], dtype=torch.int64),
                 durations=torch.from_numpy(durations),
                 mel=mel.to(torch.float16),
+                audio=_pcm16(audio) if keep_audio else None,
             )
         if (k // batch_size) % 20 == 0:
             _LOG.info(

@@ -36,7 +36,7 @@ from torch import nn
 from services.acoustic.model import AcousticModel, AcousticModelConfig
 from services.frontend.model import FrontendModel, FrontendModelConfig
 
-__all__ = ["Student", "TrainConfig", "batches", "load_examples", "train"]
+__all__ = ["Student", "TrainConfig", "batches", "collate", "load_examples", "lr_factor", "train"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -160,10 +160,12 @@ def validate(student: Student, val_batches: list[dict[str, torch.Tensor]]) -> di
     return {k: round(v / len(val_batches), 4) for k, v in sums.items()}
 
 
-def _lr_factor(step: int, progress: float, cfg: TrainConfig) -> float:
-    warm = min(1.0, (step + 1) / cfg.warmup_steps)
+def lr_factor(step: int, progress: float, warmup_steps: int, final_fraction: float) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine decay to `final_fraction` as
+    `progress` (0..1: steps or time, whichever is further along) runs out."""
+    warm = min(1.0, (step + 1) / warmup_steps)
     cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return warm * (cfg.final_lr_fraction + (1 - cfg.final_lr_fraction) * cosine)
+    return warm * (final_fraction + (1 - final_fraction) * cosine)
 
 
 def train(data_dir: Path, out_dir: Path, cfg: TrainConfig) -> Path:
@@ -212,7 +214,9 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig) -> Path:
                 done = True
                 break
             for g in optimizer.param_groups:
-                g["lr"] = cfg.lr * _lr_factor(step, progress, cfg)
+                g["lr"] = cfg.lr * lr_factor(
+                    step, progress, cfg.warmup_steps, cfg.final_lr_fraction
+                )
             loss, parts = losses(student, collate(group), cfg.duration_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
