@@ -30,8 +30,12 @@ PARAGRAPH = (
     "On March 3rd, 2026, the invoice came to $1,234.56, which Dr. Smith paid at once."
 )
 LONG = " ".join([PARAGRAPH] * 5)[:2000]
-#: Texts of three lengths (the bench's "short / paragraph / ~2,000 characters").
-TEXTS = {"sentence": SENTENCE, "paragraph": PARAGRAPH, "long": LONG}
+#: A voice assistant's typical reply (the fast-vocoder issue's TTFA target is for 12 words).
+TWELVE_WORDS = "Set a timer for ten minutes and remind me to call home."
+#: The texts by name; the concurrency sweep uses SWEEP_LENGTHS ("short / paragraph / ~2,000
+#: characters"; the paragraph is about 20 s of audio).
+TEXTS = {"sentence": SENTENCE, "paragraph": PARAGRAPH, "long": LONG, "twelve_words": TWELVE_WORDS}
+SWEEP_LENGTHS = ("sentence", "paragraph", "long")
 #: A long text's stream is followed for this much audio, then cancelled: TTFA and stalls are
 #: what it measures (its whole ~2 minutes of audio would dominate the run's time).
 AUDIO_CAP_S = 20.0
@@ -71,8 +75,10 @@ class StreamResult:
     retry_after_s: float | None = None
 
 
-def stream_once(address: str, length: str, timeout: float = 300.0) -> StreamResult:
-    """Stream TEXTS[length] and follow it as a listener would (up to AUDIO_CAP_S)."""
+def stream_once(
+    address: str, length: str, timeout: float = 300.0, cap_s: float = AUDIO_CAP_S
+) -> StreamResult:
+    """Stream TEXTS[length] and follow it as a listener would (up to ``cap_s`` of audio)."""
     request = synthesizer_pb2.SynthesizeRequest(text=TEXTS[length])
     clock = ListenerClock(SAMPLE_RATE_HZ)
     t0 = time.monotonic()
@@ -88,7 +94,7 @@ def stream_once(address: str, length: str, timeout: float = 300.0) -> StreamResu
                 if samples and ttfa is None:
                     ttfa = time.monotonic() - t0
                 clock.on_send(samples)
-                if clock.sent_s >= AUDIO_CAP_S:
+                if clock.sent_s >= cap_s:
                     completed = False
                     call.cancel()
                     break
@@ -246,17 +252,20 @@ class InProcess:
     """The three stages composed in one process, no gRPC (the microservice-tax baseline):
     the same models, the same streaming windows, the same first-sentence-first order."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, vocoder: str = "auto") -> None:
         from services.acoustic.stage import AcousticInput, AcousticStage
         from services.frontend.stage import FrontendInput, FrontendStage
         from services.runtime.voice import resolve_checkpoint
-        from services.vocoder.stage import VocoderStage
+        from services.vocoder.stage import VocoderStage, default_vocoder
 
         torch.set_num_threads(threads)
         self._inputs = FrontendInput, AcousticInput
         self.frontend = FrontendStage(checkpoint=resolve_checkpoint("auto", "frontend"))
         self.acoustic = AcousticStage(checkpoint=resolve_checkpoint("auto", "acoustic"))
-        self.vocoder = VocoderStage()
+        if vocoder == "auto":
+            vocoder = default_vocoder("auto")
+        checkpoint = resolve_checkpoint("auto", "vocoder") if vocoder == "fast" else None
+        self.vocoder = VocoderStage(vocoder=vocoder, checkpoint=checkpoint)
         for stage in (self.frontend, self.acoustic, self.vocoder):
             stage.load()
             stage.warmup()

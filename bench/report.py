@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -89,10 +90,29 @@ def markdown(result: dict[str, Any]) -> str:
             f"{_ms(unloaded, 'p95')} ms; p95 ratio {ratio or 0:.2f}",
             "",
         ]
+    vocoders = result.get("vocoder_stacks")
+    if vocoders:
+        lines += [
+            "## The local stack: fast vocoder vs HiFi-GAN V1 (alternated)",
+            "",
+            "| vocoder | 12-word TTFA p50 ms | p95 ms | ~20 s paragraph RTF p50 | p95 "
+            "| x real time | audio s | stall p95 ms | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for name, r in vocoders.items():
+            rtf = r["paragraph_rtf"] or {"median": math.nan, "p95": math.nan}
+            audio = (r["paragraph_audio_s"] or {}).get("median", math.nan)
+            lines.append(
+                f"| {name} | {_ms(r['twelve_words_ttfa_s'])} "
+                f"| {_ms(r['twelve_words_ttfa_s'], 'p95')} | {rtf['median']:.3f} "
+                f"| {rtf['p95']:.3f} | {1 / rtf['median']:.1f} | {audio:.1f} "
+                f"| {_ms(r['paragraph_stall_s'], 'p95')} | {len(r['errors'])} |"
+            )
+        lines.append("")
     peers = result.get("peers")
     if peers:
         lines += [
-            "## In one process: Voxline vs the Piper peer (2 threads each, alternated)",
+            "## In one process: Voxline, each vocoder, vs the Piper peer (2 threads, alternated)",
             "",
             "| | text | TTFA p50 ms | TTFA p95 ms | RTF p50 | RTF p95 | x real time |",
             "|---|---|---:|---:|---:|---:|---:|",

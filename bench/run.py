@@ -13,8 +13,11 @@ medians and p95 (machines here are noisy; never compare numbers across runs):
   process (bench/load.py `InProcess`), request by request;
 - a voice agent: text streamed in as a language model writes it (SynthesizeTextStream),
   latency from the first sentence's completion to its first audio, and stalls;
-- peers: those in-process stages against the Piper voice on onnxruntime (bench/peer.py, when
-  the `train` extra is installed), the CPU tool a user might pick instead.
+- vocoders: the local stack with the fast vocoder against one with HiFi-GAN V1 (TTFA of a
+  12-word sentence, end-to-end RTF of a ~20 s paragraph), alternated;
+- peers: the stages in one process with each vocoder against the Piper voice on onnxruntime
+  (bench/peer.py, when the `train` extra is installed), the CPU tool a user might pick
+  instead.
 
 Writes JSON, a Markdown summary and a PNG plot next to `--out`.
 Usage: `make bench` (or `python -m bench.run --out bench/results/latest.json`);
@@ -40,6 +43,7 @@ from bench.load import (
     AGENT_CHARS,
     AGENT_EVERY_S,
     PARAGRAPH,
+    SWEEP_LENGTHS,
     InProcess,
     StreamResult,
     closed_loop,
@@ -49,7 +53,6 @@ from bench.load import (
     summary,
     voice_agent_once,
 )
-from bench.load import TEXTS as TEXTS_BY_LENGTH
 from bench.report import markdown, plot
 from services.cli.client import SynthesisResult, synthesize
 from services.cli.stack import LocalStack
@@ -167,10 +170,18 @@ def bench_voice_agent(stack: LocalStack, requests: int) -> dict[str, Any]:
     }
 
 
+def _rtf(results: list[StreamResult]) -> dict[str, float] | None:
+    return summary([r.elapsed_s / r.audio_s for r in results if r.completed and r.audio_s])
+
+
 def bench_peers(requests: int, lengths: list[str]) -> dict[str, Any]:
-    """Voxline's stages in one process against the Piper peer (when installed), both on two
-    threads, request by request, alternated: TTFA, stall and RTF (wall / audio seconds)."""
-    peers: dict[str, Any] = {"voxline_in_process": InProcess(threads=2)}
+    """Voxline's stages in one process, with the fast vocoder and with HiFi-GAN V1, against
+    the Piper peer (when installed), all on two threads, request by request, alternated:
+    TTFA, stall and RTF (wall / audio seconds)."""
+    peers: dict[str, Any] = {
+        "voxline_fast": InProcess(threads=2, vocoder="fast"),
+        "voxline_hifigan": InProcess(threads=2, vocoder="hifigan"),
+    }
     if peer.available():
         peers["piper"] = peer.PiperPeer(threads=2)
     for p in peers.values():
@@ -179,7 +190,7 @@ def bench_peers(requests: int, lengths: list[str]) -> dict[str, Any]:
         name: {length: [] for length in lengths} for name in peers
     }
     for i in range(requests):
-        order = list(peers) if i % 2 == 0 else list(reversed(peers))
+        order = list(peers)[i % len(peers) :] + list(peers)[: i % len(peers)]  # rotate
         for length in lengths:
             for name in order:
                 results[name][length].append(peers[name].stream_once(length, math.inf))
@@ -189,9 +200,38 @@ def bench_peers(requests: int, lengths: list[str]) -> dict[str, Any]:
             length: {
                 "ttfa_s": summary([r.ttfa_s for r in rs if r.ttfa_s is not None]),
                 "stall_s": summary([r.stall_s for r in rs]),
-                "rtf": summary([r.elapsed_s / r.audio_s for r in rs if r.completed and r.audio_s]),
+                "rtf": _rtf(rs),
+                "audio_s": summary([r.audio_s for r in rs]),
             }
             for length, rs in by_length.items()
+        }
+    return out
+
+
+def bench_vocoder_stacks(stacks: dict[str, LocalStack], requests: int) -> dict[str, Any]:
+    """The local stack with each vocoder, alternated: TTFA of a 12-word sentence, and
+    end-to-end RTF of the ~20 s paragraph streamed to the end."""
+    results: dict[str, dict[str, list[StreamResult]]] = {
+        name: {"twelve_words": [], "paragraph": []} for name in stacks
+    }
+    for i in range(requests):
+        order = list(stacks) if i % 2 == 0 else list(reversed(stacks))
+        for length in ("twelve_words", "paragraph"):
+            for name in order:
+                results[name][length].append(
+                    stream_once(stacks[name].gateway, length, cap_s=math.inf)
+                )
+    out: dict[str, Any] = {}
+    for name, by_length in results.items():
+        errors = sorted(r.error for rs in by_length.values() for r in rs if r.error)
+        out[name] = {
+            "errors": errors,
+            "twelve_words_ttfa_s": summary(
+                [r.ttfa_s for r in by_length["twelve_words"] if r.ttfa_s is not None]
+            ),
+            "paragraph_rtf": _rtf(by_length["paragraph"]),
+            "paragraph_audio_s": summary([r.audio_s for r in by_length["paragraph"]]),
+            "paragraph_stall_s": summary([r.stall_s for r in by_length["paragraph"]]),
         }
     return out
 
@@ -206,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", default="runs/bench")
     args = p.parse_args(argv)
     levels = [int(n) for n in args.levels.split(",")]
-    lengths = list(TEXTS_BY_LENGTH)
+    lengths = list(SWEEP_LENGTHS)
     if args.smoke:
         args.requests, args.rounds, levels, lengths = 1, 1, [1, 2], ["sentence"]
 
@@ -251,8 +291,19 @@ def main(argv: list[str] | None = None) -> int:
         with LocalStack(run_dir / "admission", env=on_env) as admitting:
             _run(admitting.gateway, "Warm up.", True)
             result["admission"] = bench_overload(admitting, args.requests, 5 if args.smoke else 60)
-    print("in-process peers: Voxline vs Piper ...", flush=True)
-    peer_lengths = ["sentence"] if args.smoke else ["sentence", "paragraph"]
+        print("vocoders through the local stack: fast vs HiFi-GAN ...", flush=True)
+        fast_args, hifigan_args = ({"vocoder": ["--vocoder", v]} for v in ("fast", "hifigan"))
+        with (
+            LocalStack(run_dir / "fast", env=on_env, extra_args=fast_args) as fast,
+            LocalStack(run_dir / "hifigan", env=on_env, extra_args=hifigan_args) as hifigan,
+        ):
+            for stack in (fast, hifigan):
+                _run(stack.gateway, "Warm up.", True)
+            result["vocoder_stacks"] = bench_vocoder_stacks(
+                {"fast": fast, "hifigan": hifigan}, args.requests
+            )
+    print("in one process: fast vocoder vs HiFi-GAN vs Piper ...", flush=True)
+    peer_lengths = ["twelve_words"] if args.smoke else ["twelve_words", "paragraph"]
     result["peers"] = bench_peers(args.requests, peer_lengths)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -37,9 +37,10 @@ def acoustic() -> AcousticStage:
     return stage
 
 
-@pytest.fixture(scope="module")
-def vocoder() -> VocoderStage:
-    stage = VocoderStage(device="cpu")
+@pytest.fixture(scope="module", params=["hifigan", "fast"])
+def vocoder(request: pytest.FixtureRequest) -> VocoderStage:
+    checkpoint = resolve_checkpoint("auto", "vocoder") if request.param == "fast" else None
+    stage = VocoderStage(vocoder=request.param, device="cpu", checkpoint=checkpoint)
     stage.load()
     return stage
 

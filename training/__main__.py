@@ -4,7 +4,7 @@ Each step reads what the previous one wrote under ``--build-dir`` (default
 ``build/training``). ``all`` runs corpus, teacher, train, export and evaluate (the teacher
 step is skipped when its output already matches the current corpus; ``--force``
 regenerates). ``vocoder`` distils the fast CPU vocoder (training/vocoder.py): the corpus if
-missing, then vocoder-data, vocoder-train, vocoder-export.
+missing, then vocoder-data, vocoder-train, vocoder-export, vocoder-evaluate.
 """
 
 from __future__ import annotations
@@ -128,10 +128,17 @@ def _vocoder_export(args: argparse.Namespace) -> None:
     export_vocoder(args.build_dir / "checkpoints" / "vocoder.pt", args.model_dir)
 
 
+def _vocoder_evaluate(args: argparse.Namespace) -> None:
+    from training import REPO_ROOT
+    from training.vocoder_eval import evaluate_vocoder
+
+    evaluate_vocoder(args.build_dir, args.model_dir, REPO_ROOT / "docs", threads=args.threads)
+
+
 def _vocoder(args: argparse.Namespace) -> None:
     if not (args.build_dir / "corpus" / "train.txt").exists():
         _corpus(args)
-    for step in (_vocoder_data, _vocoder_train, _vocoder_export):
+    for step in (_vocoder_data, _vocoder_train, _vocoder_export, _vocoder_evaluate):
         step(args)
 
 
@@ -145,6 +152,7 @@ STEPS = {
     "vocoder-data": _vocoder_data,
     "vocoder-train": _vocoder_train,
     "vocoder-export": _vocoder_export,
+    "vocoder-evaluate": _vocoder_evaluate,
     "vocoder": _vocoder,
 }
 

@@ -1,7 +1,8 @@
-"""Shared lifecycle of the torch model stages whose weights Voxline trains itself.
+"""Shared lifecycle of the torch model stages: device, precision, weights, description.
 
-Frontend and acoustic stages differ only in their model and their inference methods; device
-and precision selection, checkpoint-or-seeded weights and the model description live here.
+Every model stage (frontend, acoustic, vocoder) differs only in its model, where its weights
+come from and its inference methods; device and precision selection, checkpoint-or-seeded
+weights, freeing the model and the model description live here.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ class TorchModelStage(Generic[M]):
     """Loads `build_model()` onto the selected device from a checkpoint or a seeded init.
 
     Subclasses set `name`, `model_name`, `model_version` and implement `build_model`,
-    `warmup` and their inference methods.
+    `warmup` and their inference methods; `load_weights` and `weights_dtype` may be
+    overridden (the vocoder loads HiFi-GAN's own checkpoint format and keeps fp32 weights
+    under CPU bf16 autocast).
     """
 
     name: str
@@ -42,27 +45,63 @@ class TorchModelStage(Generic[M]):
         self._dtype_name = dtype
         self._checkpoint = checkpoint or None
         self._seed = seed
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32
+        self._device: torch.device | None = None
+        self._dtype: torch.dtype | None = None
         self.model: M | None = None
         self._trained = False
         self._source = ""
         self._sha256 = ""
 
+    @property
+    def device(self) -> torch.device:
+        """Device the model runs on (resolved by :meth:`load`)."""
+        if self._device is None:
+            raise RuntimeError(f"{type(self).__name__}.load() has not been called")
+        return self._device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Compute dtype (resolved by :meth:`load`)."""
+        if self._dtype is None:
+            raise RuntimeError(f"{type(self).__name__}.load() has not been called")
+        return self._dtype
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        """The dtype the weights are stored in on the device (the compute dtype here)."""
+        return self.dtype
+
+    @property
+    def is_loaded(self) -> bool:
+        """Whether :meth:`load` has run and :meth:`finalize` has not."""
+        return self.model is not None
+
     def build_model(self) -> M:
         """A fresh, untrained model instance."""
         raise NotImplementedError
 
+    def load_weights(self, model: M) -> tuple[bool, str, str]:
+        """Put the weights into `model`: the checkpoint if one was given, else the seeded
+        initialisation. Returns (trained, source, sha256 of the weights file or "")."""
+        trained, source = initialise_weights(model, self._checkpoint, self._seed)
+        sha256 = file_sha256(Path(self._checkpoint)) if self._checkpoint else ""
+        return trained, source, sha256
+
     def load(self) -> None:
-        self.device = resolve_device(self._device_name)
-        self.dtype = resolve_dtype(self._dtype_name, self.device)
+        """Resolve device and dtype, build the model and load its weights. Idempotent."""
+        if self.model is not None:
+            return
+        self._device = resolve_device(self._device_name)
+        self._dtype = resolve_dtype(self._dtype_name, self._device)
         model = self.build_model()
-        self._trained, self._source = initialise_weights(model, self._checkpoint, self._seed)
-        self._sha256 = file_sha256(Path(self._checkpoint)) if self._checkpoint else ""
-        self.model = model.eval().to(self.device, self.dtype)
+        self._trained, self._source, self._sha256 = self.load_weights(model)
+        self.model = model.eval().to(self.device, self.weights_dtype)
 
     def finalize(self) -> None:
+        """Free the model (and cached CUDA memory). :meth:`load` may be called again."""
         self.model = None
+        if self._device is not None and self._device.type == "cuda":
+            torch.cuda.empty_cache()
 
     @staticmethod
     def batch_key(request: object) -> None:
@@ -70,6 +109,7 @@ class TorchModelStage(Generic[M]):
         return None
 
     def describe(self) -> ModelDescription:
+        """What the runtime reports about the model (valid after :meth:`load`)."""
         return ModelDescription(
             stage=self.name,
             model_name=self.model_name,

