@@ -27,13 +27,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from otlp_receiver import OtlpReceiver
 from voxline.v1 import stage_pb2, stage_pb2_grpc
 
 from services.cli.client import list_voices, synthesize
 from services.cli.stack import STAGES, free_port, wait_serving
 from services.frontend.normalize import normalize
 from services.runtime.voice import VOICE_NAME
+from telemetry.otlp_receiver import OtlpReceiver
 from training.asr import ASR_RATE, Recognizer, wer
 from training.corpus import HELD_OUT
 

@@ -20,7 +20,6 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
-from otlp_receiver import OtlpReceiver
 from voxline.v1 import synthesizer_pb2 as pb
 from voxline.v1 import synthesizer_pb2_grpc, vocoder_pb2
 
@@ -29,6 +28,7 @@ from services.gateway.stages import RETRIED_METHODS, CancelScope, StageClients, 
 from services.runtime.config import SchedulerConfig
 from services.runtime.errors import ResourceExhausted, Unavailable, grpc_status_for
 from services.runtime.scheduler import BatchScheduler, Hints
+from telemetry.otlp_receiver import OtlpReceiver
 
 # Several sentences: the stream is still running when the vocoder is killed.
 LONG_TEXT = " ".join(

@@ -22,10 +22,10 @@ from typing import Any
 
 import openai
 import pytest
-from otlp_receiver import OtlpReceiver
 
 from services.cli.stack import LocalStack, free_port, wait_http_ready
 from services.http import HEALTH_PATH, READY_PATH
+from telemetry.otlp_receiver import OtlpReceiver
 
 TOKEN = "test-" + secrets.token_hex(8)
 # Must never leave the request body: not in spans, not in the HTTP service's logs.

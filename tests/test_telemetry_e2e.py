@@ -13,12 +13,12 @@ from typing import Any
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from otlp_receiver import OtlpReceiver
 from voxline.v1 import synthesizer_pb2 as pb
 from voxline.v1 import synthesizer_pb2_grpc
 
 from services.cli.stack import SERVICES, LocalStack, free_port
 from telemetry import flatten_spans, names, read_otlp_json_lines
+from telemetry.otlp_receiver import OtlpReceiver
 from traceattr.analysis import analyze
 from traceattr.parse import parse_documents
 from traceattr.timeline import phase_intervals

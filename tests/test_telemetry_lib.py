@@ -33,8 +33,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from otlp_receiver import OtlpReceiver
-
 from telemetry import (
     StageMetrics,
     SynthesisMetrics,
@@ -52,6 +50,7 @@ from telemetry.export import DropCountingBatchSpanProcessor, DropReporter
 from telemetry.grpc import instrument_channel, mark_span_error, server_interceptors
 from telemetry.instruments import DURATION_BUCKETS_S
 from telemetry.logging import configure_logging, redact_text
+from telemetry.otlp_receiver import OtlpReceiver
 from telemetry.sdk import build_resource
 
 SPAN_KIND_SERVER = 2

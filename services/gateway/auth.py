@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from services.runtime.tls import HEALTH_PREFIX, guarded
+from services.runtime.tls import CallGuard, guarded
 
 log = logging.getLogger("voxline.gateway.auth")
 
@@ -38,7 +37,7 @@ def load_token(token: str, token_file: str) -> str:
     return token
 
 
-class BearerTokenInterceptor(grpc.ServerInterceptor):
+class BearerTokenInterceptor(CallGuard):
     """Refuse calls without `authorization: Bearer <token>` (UNAUTHENTICATED)."""
 
     def __init__(self, token: str) -> None:
@@ -56,12 +55,7 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
             return hmac.compare_digest(supplied, self._expected)
         return False
 
-    def intercept_service(
-        self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
-    ) -> Any:
-        handler = continuation(details)
-        if handler is None or details.method.startswith(HEALTH_PREFIX):
-            return handler
+    def guard(self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails) -> Any:
         if self._authorized(details.invocation_metadata):
             return handler
         # The method only: the metadata holds the (wrong) token.

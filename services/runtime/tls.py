@@ -121,16 +121,16 @@ def peer_common_name(context: grpc.ServicerContext) -> str | None:
     return values[0].decode("utf-8", "replace") if values else None
 
 
-class ClientNameInterceptor(grpc.ServerInterceptor):
-    """Refuse callers whose client certificate's common name is not allowed (PERMISSION_DENIED).
+#: The grpc.health.v1 methods' prefix: probes and load balancers call them unauthenticated.
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
-    Health checks stay open: the certificate's CA is already verified by the TLS handshake;
-    this narrows which holder of a certificate from that CA may call (the gateway, not
-    another stage sharing the CA).
+
+class CallGuard(grpc.ServerInterceptor):
+    """A server interceptor that may refuse a call before it reaches the servicer.
+
+    Subclasses implement :meth:`guard`. Health checks are never guarded: kubelet probes and
+    load balancers carry no token or client certificate.
     """
-
-    def __init__(self, allowed: Sequence[str]) -> None:
-        self._allowed = frozenset(allowed)
 
     def intercept_service(
         self, continuation: Callable[[Any], Any], details: grpc.HandlerCallDetails
@@ -138,7 +138,24 @@ class ClientNameInterceptor(grpc.ServerInterceptor):
         handler = continuation(details)
         if handler is None or details.method.startswith(HEALTH_PREFIX):
             return handler
+        return self.guard(handler, details)
 
+    def guard(self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails) -> Any:
+        """`handler` itself (allowed), or `guarded(handler, check)` with a refusing check."""
+        raise NotImplementedError
+
+
+class ClientNameInterceptor(CallGuard):
+    """Refuse callers whose client certificate's common name is not allowed (PERMISSION_DENIED).
+
+    The certificate's CA is already verified by the TLS handshake; this narrows which holder
+    of a certificate from that CA may call (the gateway, not another stage sharing the CA).
+    """
+
+    def __init__(self, allowed: Sequence[str]) -> None:
+        self._allowed = frozenset(allowed)
+
+    def guard(self, handler: grpc.RpcMethodHandler, details: grpc.HandlerCallDetails) -> Any:
         def check(context: grpc.ServicerContext) -> None:
             name = peer_common_name(context)
             if name not in self._allowed:
@@ -149,10 +166,6 @@ class ClientNameInterceptor(grpc.ServerInterceptor):
                 )
 
         return guarded(handler, check)
-
-
-#: The grpc.health.v1 methods' prefix: probes and load balancers call them unauthenticated.
-HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 
 def guarded(handler: grpc.RpcMethodHandler, check: Callable[[grpc.ServicerContext], None]) -> Any:
