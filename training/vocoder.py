@@ -196,7 +196,7 @@ def _validate(
 
 def train_vocoder(data_dir: Path, out_dir: Path, cfg: VocoderTrainConfig) -> Path:
     """Train for `cfg.minutes` and/or `cfg.max_steps`; write ``vocoder.pt`` into `out_dir`."""
-    from training.train import lr_factor
+    from training.train import lr_factor, optimise, record, smooth
 
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads)
@@ -236,34 +236,19 @@ def train_vocoder(data_dir: Path, out_dir: Path, cfg: VocoderTrainConfig) -> Pat
             g["lr"] = cfg.lr * lr_factor(step, progress, cfg.warmup_steps, cfg.final_lr_fraction)
         mel, audio = train_set.sample(rng, cfg.batch_size)
         loss, parts = _losses(model, mel_fn, mel, audio, cfg)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
         step += 1
-        with torch.no_grad():
-            d = min(cfg.ema_decay, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.mul_(d).add_(pm.detach(), alpha=1 - d)
-        for k, v in parts.items():
-            running[k] = 0.98 * running.get(k, v) + 0.02 * v
+        optimise(model, ema, optimizer, loss, step, cfg.grad_clip, cfg.ema_decay)
+        smooth(running, parts)
         if time.monotonic() - last_eval >= cfg.eval_every_s:
             last_eval = time.monotonic()
-            history.append(_record(step, start, running, _validate(ema, mel_fn, val_set, cfg)))
+            history.append(
+                record("vocoder-train", step, start, running, _validate(ema, mel_fn, val_set, cfg))
+            )
             _save(out_dir, ema, cfg, step, start, params, audio_min, history)
-    history.append(_record(step, start, running, _validate(ema, mel_fn, val_set, cfg)))
+    history.append(
+        record("vocoder-train", step, start, running, _validate(ema, mel_fn, val_set, cfg))
+    )
     return _save(out_dir, ema, cfg, step, start, params, audio_min, history)
-
-
-def _record(step: int, start: float, running: dict[str, float], val: dict[str, float]) -> dict:
-    row = {
-        "step": step,
-        "minutes": round((time.monotonic() - start) / 60, 2),
-        "train": {k: round(v, 4) for k, v in running.items()},
-        "val": val,
-    }
-    _LOG.info("vocoder-train: %s", json.dumps(row))
-    return row
 
 
 def _save(
