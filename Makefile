@@ -12,7 +12,7 @@ PROTOS := $(wildcard protos/voxline/v1/*.proto)
 GEN    := gen/voxline/v1/.generated-stamp
 
 .PHONY: help venv proto run serve test test-deps lint fmt clean bench k8s-config k8s-validate \
-        train image container-test
+        train train-vocoder image container-test
 
 help:
 	@echo "make run    - start the local stack, synthesise out/demo.wav, print TTFA/RTF, stop"
@@ -20,6 +20,7 @@ help:
 	@echo "make test   - lint + the whole test suite"
 	@echo "make proto  - regenerate gRPC code into gen/ (never edit gen/)"
 	@echo "make train  - regenerate the teacher data and retrain services/voices/voxline-en-us (CPU, ~35 min)"
+	@echo "make train-vocoder - distil the fast CPU vocoder from the Piper teacher and evaluate it (CPU, ~45 min)"
 	@echo "make bench  - latency/TTFA/RTF, telemetry on vs off, concurrency -> bench/results/*.json"
 	@echo "make image  - build the CPU service image with podman (voxline:0.1.0-cpu)"
 	@echo "make container-test - the image's four services as four containers, end to end"
@@ -106,6 +107,12 @@ clean:
 train: proto
 	$(PY) -m pip install -q -e '.[dev,train]'
 	nice -n 15 $(PY) -m training all
+
+# Distil the fast CPU vocoder (services/vocoder/fast.py) from the Piper teacher's audio, export
+# it into the voice folder and evaluate it against HiFi-GAN V1 (docs/models.md, "Fast vocoder").
+train-vocoder: proto
+	$(PY) -m pip install -q -e '.[dev,train]'
+	nice -n 15 $(PY) -m training vocoder
 
 # The train extra brings the Piper peer (onnxruntime) the bench compares against.
 bench: proto

@@ -24,7 +24,7 @@ from services.runtime.tls import ClientTLS
 DEFAULT_SERVER = f"127.0.0.1:{DEFAULT_PORTS['gateway']}"
 DEMO_TEXT = (
     "Hello from Voxline. This sentence travelled through four gRPC services: "
-    "the text frontend, the acoustic model, and the HiFi-GAN vocoder, on 22 November 2026."
+    "the text frontend, the acoustic model, and the vocoder, on 22 November 2026."
 )
 
 
