@@ -27,12 +27,16 @@ TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
     "It costs $3.50 at the corner shop, said Dr. Smith on March 3rd.",
 ]
-# Fast vs HiFi-GAN on the same acoustic-model mels (measured with the committed weights:
-# see MEASURED in docs/models.md); an untrained model of the same architecture is far off.
-MAX_LOG_MEL_L1_VS_HIFIGAN = 0.6
-MAX_MCD_DB_VS_HIFIGAN = 8.0
-# Stream vs one pass with the default context (24 frames) and 1-frame pushes.
-MIN_STREAM_SNR_DB = 50.0
+# Fast vs HiFi-GAN on the same acoustic-model mels. Measured with the committed weights on
+# TEXTS: log-mel L1 0.295-0.301, MCD 13.2-14.0 dB (on the 16 held-out sentences 0.295 and
+# 13.4 dB, docs/models.md); an untrained model of the same architecture: 2.13-2.15, 89-93 dB.
+MAX_LOG_MEL_L1_VS_HIFIGAN = 0.40
+MAX_MCD_DB_VS_HIFIGAN = 16.0
+# The rendering's log-mel against the mel it was given: measured 0.21 (HiFi-GAN's: 0.22).
+MAX_LOG_MEL_L1_VS_INPUT = 0.30
+# Stream vs one pass with the default context (24 frames) and 1-frame pushes: measured
+# >= 75.5 dB on three sentences (20 frames: 48 dB, 16 frames: 37 dB).
+MIN_STREAM_SNR_DB = 60.0
 
 
 def _snr_db(reference: torch.Tensor, test: torch.Tensor) -> float:
@@ -113,7 +117,7 @@ def test_sounds_like_hifigan_and_untrained_does_not(
         l1, mcd = log_mel_l1(reference, rendered), mel_cepstral_distortion(reference, rendered)
         assert l1 <= MAX_LOG_MEL_L1_VS_HIFIGAN and mcd <= MAX_MCD_DB_VS_HIFIGAN, (l1, mcd)
         # The rendering's own log-mel follows the mel it was given.
-        assert (log_mel(rendered) - mel).abs().mean().item() < 1.0
+        assert (log_mel(rendered) - mel).abs().mean().item() <= MAX_LOG_MEL_L1_VS_INPUT
         # The same check on an untrained model of the same architecture must fail, or it
         # would prove nothing about training.
         with torch.inference_mode():
@@ -140,7 +144,7 @@ def test_streaming_matches_one_pass(fast: VocoderStage, mels: list[torch.Tensor]
     assert audio.shape == unary.shape
     assert _snr_db(unary, audio) >= MIN_STREAM_SNR_DB
     # Less context, less exact: the default is not more than needed by accident.
-    snrs = [_snr_db(unary, _stream(fast, mel, [5, 30, 3], context_frames=c)) for c in (8, 16)]
+    snrs = [_snr_db(unary, _stream(fast, mel, [5, 30, 3], context_frames=c)) for c in (12, 20)]
     assert snrs[0] < snrs[1] < _snr_db(unary, _stream(fast, mel, [5, 30, 3]))
     # Beyond the receptive field a window sees exactly what the one pass sees.
     exact = _stream(fast, mel, [5, 30, 3], context_frames=RECEPTIVE_FIELD_FRAMES + 2)

@@ -47,13 +47,14 @@ class VocoderModel:
     """One vocoder model the stage can serve.
 
     ``context_frames`` is the mel context a streaming window needs on each side to match the
-    one-pass output, measured against it (tests/test_vocoder_model.py):
+    one-pass output, measured against it (tests/test_vocoder_model.py, test_fast_vocoder.py):
 
-    * HiFi-GAN V1, receptive field about +-13 frames: 8 frames give ~33-40 dB SNR with pushes
-      of tens of frames but only ~10 dB with 1-frame pushes; 12 give > 75 dB at ~10 % more
-      compute.
-    * The fast vocoder, receptive field +-29 frames (`fast.RECEPTIVE_FIELD_FRAMES`) but most
-      of it weak: 16 frames give ~35 dB, 24 give > 60 dB.
+    * HiFi-GAN V1, receptive field about +-13 frames: 8 frames give 7-11 dB SNR, 12 give
+      > 85 dB, with 1-frame pushes (a seam at every frame) and with pushes of tens of frames.
+    * The fast vocoder, receptive field +-29 frames (`fast.RECEPTIVE_FIELD_FRAMES`), most of
+      it weak: 16 frames give 14-37 dB, 20 give 48-63 dB, 24 give > 75 dB.
+
+    (Minimum over three sentences of the acoustic model's mels.)
     """
 
     name: str
