@@ -207,3 +207,9 @@ def test_metrics_file_matches_the_weights() -> None:
     assert metrics["student_wer"] <= MAX_MEAN_WER
     assert config["frontend"]["file"] == FRONTEND.name
     assert config["acoustic"]["file"] == ACOUSTIC.name
+    # The fast vocoder's own evaluation (training/vocoder_eval.py, in process) agrees with
+    # the stack comparison above.
+    fast = metrics["vocoder_fast"]
+    assert fast["sentences"] == len(HELD_OUT)
+    assert fast["fast_wer"] - fast["hifigan_wer"] <= MAX_FAST_VOCODER_WER_INCREASE
+    assert (MODEL_DIR / config["vocoder"]["file"]).is_file()
