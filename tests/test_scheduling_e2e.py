@@ -22,7 +22,10 @@ from services.runtime.tensors import to_proto
 
 @pytest.fixture(scope="module")
 def vocoder() -> Iterator[str]:
-    with running_service("vocoder", "--torch-threads", "1") as address:
+    # HiFi-GAN, the slower vocoder: contention between two calls must last long enough to be
+    # observed (the fast vocoder finishes a 1,200-frame request before a second one arrives).
+    # The scheduler is the same whichever model it runs.
+    with running_service("vocoder", "--torch-threads", "1", "--vocoder", "hifigan") as address:
         yield address
 
 

@@ -421,11 +421,16 @@ def test_client_cancel_cancels_upstream_streams(traced_stack, receiver) -> None:
     assert span["status"]["code"] == 2  # ERROR
 
 
-GONE_TEXT = (
-    "When the caller goes away, the stages must stop working for it. This paragraph is long "
-    "enough to keep the acoustic model and the vocoder busy for many seconds of audio. It has "
-    "several sentences, so work for later ones is queued while the first is being vocoded. "
-    "None of that queued work may run once nobody is listening any more."
+GONE_TEXT = " ".join(
+    [
+        "When the caller goes away, the stages must stop working for it. This paragraph is "
+        "long enough to keep the acoustic model and the vocoder busy for many seconds of audio. "
+        "It has several sentences, so work for later ones is queued while the first is being "
+        "vocoded. None of that queued work may run once nobody is listening any more."
+    ]
+    # About 100 s of audio: several seconds of work even for the fast CPU vocoder (~20x
+    # real time on the local stack), so the caller leaves while most of it is still queued.
+    * 4
 )
 # A batch already running when the caller leaves finishes (a model call cannot be
 # interrupted); nothing may start after the cancellation has propagated. Bounds on this
