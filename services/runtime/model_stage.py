@@ -25,9 +25,9 @@ class TorchModelStage(Generic[M]):
     """Loads `build_model()` onto the selected device from a checkpoint or a seeded init.
 
     Subclasses set `name`, `model_name`, `model_version` and implement `build_model`,
-    `warmup` and their inference methods; `load_weights` and `weights_dtype` may be
-    overridden (the vocoder loads HiFi-GAN's own checkpoint format and keeps fp32 weights
-    under CPU bf16 autocast).
+    `warmup` and their inference methods; `check_precision`, `load_weights` and
+    `weights_dtype` may be overridden (the vocoder refuses fp16 on a CPU, loads HiFi-GAN's
+    own checkpoint format and keeps fp32 weights under CPU bf16 autocast).
     """
 
     name: str
@@ -80,6 +80,10 @@ class TorchModelStage(Generic[M]):
         """A fresh, untrained model instance."""
         raise NotImplementedError
 
+    def check_precision(self) -> None:
+        """Refuse (or warn about) a device/dtype pair the model cannot run well; called by
+        :meth:`load` once both are resolved, before the model is built."""
+
     def load_weights(self, model: M) -> tuple[bool, str, str]:
         """Put the weights into `model`: the checkpoint if one was given, else the seeded
         initialisation. Returns (trained, source, sha256 of the weights file or "")."""
@@ -93,6 +97,7 @@ class TorchModelStage(Generic[M]):
             return
         self._device = resolve_device(self._device_name)
         self._dtype = resolve_dtype(self._dtype_name, self._device)
+        self.check_precision()
         model = self.build_model()
         self._trained, self._source, self._sha256 = self.load_weights(model)
         self.model = model.eval().to(self.device, self.weights_dtype)

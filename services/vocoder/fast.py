@@ -25,7 +25,6 @@ so batch rows are computed exactly as they would be alone and a window with enou
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -69,9 +68,6 @@ class FastVocoderConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
 
 
 #: How far (in mel frames, each side) the shipped architecture sees: streaming windows need

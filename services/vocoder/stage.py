@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from services.runtime.device import resolve_device, resolve_dtype, synchronize
+from services.runtime.device import resolve_device, synchronize
 from services.runtime.model_stage import TorchModelStage
 from services.runtime.voice import (
     FIRST_WINDOW_FRAMES,
@@ -183,10 +183,8 @@ class VocoderStage(TorchModelStage[nn.Module]):
         model.remove_weight_norm()
         return True, source, file_sha256(path)
 
-    def load(self) -> None:
-        """Check the precision fits the device, then load (see :class:`TorchModelStage`)."""
-        device = resolve_device(self._device_name)
-        dtype = resolve_dtype(self._dtype_name, device)
+    def check_precision(self) -> None:
+        device, dtype = self.device, self.dtype
         if dtype == torch.float16 and device.type != "cuda":
             # CPU fp16 convolutions are slow or missing; bf16 is the CPU half type.
             raise ValueError("fp16 needs a CUDA device; use 'bf16' or 'fp32' on CPU")
@@ -196,10 +194,9 @@ class VocoderStage(TorchModelStage[nn.Module]):
             warnings.warn(
                 "bf16 on this CPU is emulated and far slower than fp32",
                 RuntimeWarning,
-                stacklevel=2,
+                stacklevel=3,
             )
         self._autocast = dtype == torch.bfloat16 and device.type == "cpu"
-        super().load()
 
     @property
     def weights_dtype(self) -> torch.dtype:
