@@ -111,12 +111,19 @@ def render_text(data: MetricsData | None) -> str:
         return ""
     lines: list[str] = []
     seen: set[str] = set()
+
+    def family(name: str, kind: str, description: str) -> bool:
+        """Open metric family `name` (HELP and TYPE lines); False if already rendered."""
+        if name in seen:
+            return False
+        seen.add(name)
+        lines.append(f"# HELP {name} {_escape(description)}")
+        lines.append(f"# TYPE {name} {kind}")
+        return True
+
     for rm in data.resource_metrics:
         res = {k: v for k, v in rm.resource.attributes.items() if not k.startswith("telemetry.")}
-        if "target_info" not in seen and res:
-            seen.add("target_info")
-            lines.append("# HELP target_info Target metadata")
-            lines.append("# TYPE target_info gauge")
+        if res and family("target_info", "gauge", "Target metadata"):
             lines.append(f"target_info{_labels(res)} 1")
         for sm in rm.scope_metrics:
             for metric in sm.metrics:
@@ -125,41 +132,38 @@ def render_text(data: MetricsData | None) -> str:
                     counter = d.is_monotonic
                     name = prometheus_name(metric.name, metric.unit, counter=counter, gauge=False)
                     full = name + "_total" if counter else name
-                    if full in seen:
-                        continue
-                    seen.add(full)
-                    lines.append(f"# HELP {full} {_escape(metric.description)}")
-                    lines.append(f"# TYPE {full} {'counter' if counter else 'gauge'}")
-                    for p in d.data_points:
-                        lines.append(f"{full}{_labels(dict(p.attributes or {}))} {_fmt(p.value)}")
+                    if family(full, "counter" if counter else "gauge", metric.description):
+                        for p in d.data_points:
+                            attrs = dict(p.attributes or {})
+                            lines.append(f"{full}{_labels(attrs)} {_fmt(p.value)}")
                 elif isinstance(d, Gauge):
                     name = prometheus_name(metric.name, metric.unit, counter=False, gauge=True)
-                    if name in seen:
-                        continue
-                    seen.add(name)
-                    lines.append(f"# HELP {name} {_escape(metric.description)}")
-                    lines.append(f"# TYPE {name} gauge")
-                    for p in d.data_points:
-                        lines.append(f"{name}{_labels(dict(p.attributes or {}))} {_fmt(p.value)}")
+                    if family(name, "gauge", metric.description):
+                        for p in d.data_points:
+                            attrs = dict(p.attributes or {})
+                            lines.append(f"{name}{_labels(attrs)} {_fmt(p.value)}")
                 elif isinstance(d, Histogram):
                     name = prometheus_name(metric.name, metric.unit, counter=False, gauge=False)
-                    if name in seen:
-                        continue
-                    seen.add(name)
-                    lines.append(f"# HELP {name} {_escape(metric.description)}")
-                    lines.append(f"# TYPE {name} histogram")
-                    for p in d.data_points:
-                        attrs = dict(p.attributes or {})
-                        cumulative = 0
-                        bounds = [*list(p.explicit_bounds), math.inf]
-                        for bound, count in zip(bounds, p.bucket_counts, strict=False):
-                            cumulative += count
-                            le = _labels(attrs, [("le", _fmt(float(bound)))])
-                            lines.append(f"{name}_bucket{le} {cumulative}")
-                        lines.append(f"{name}_sum{_labels(attrs)} {_fmt(p.sum)}")
-                        lines.append(f"{name}_count{_labels(attrs)} {p.count}")
+                    if family(name, "histogram", metric.description):
+                        for p in d.data_points:
+                            lines.extend(_histogram_lines(name, p))
                 # Exponential histograms are not produced by Voxline's instruments.
     return "\n".join(lines) + "\n"
+
+
+def _histogram_lines(name: str, point: Any) -> list[str]:
+    """One histogram data point: cumulative ``_bucket`` lines, ``_sum`` and ``_count``."""
+    attrs = dict(point.attributes or {})
+    lines = []
+    cumulative = 0
+    bounds = [*list(point.explicit_bounds), math.inf]
+    for bound, count in zip(bounds, point.bucket_counts, strict=False):
+        cumulative += count
+        le = _labels(attrs, [("le", _fmt(float(bound)))])
+        lines.append(f"{name}_bucket{le} {cumulative}")
+    lines.append(f"{name}_sum{_labels(attrs)} {_fmt(point.sum)}")
+    lines.append(f"{name}_count{_labels(attrs)} {point.count}")
+    return lines
 
 
 class PrometheusPullReader(MetricReader):
