@@ -47,7 +47,11 @@ def _watch_health(address: str, service: str, until: float) -> list[int]:
 def test_health_not_serving_until_model_warm(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.vocoder", "--port", str(port), "--torch-threads", "1"],
+        # HiFi-GAN: its load and warm-up take seconds, so NOT_SERVING is observable (the fast
+        # vocoder is warm within a few polls). The health transition is the runtime's, the same
+        # for either model.
+        [sys.executable, "-m", "services.vocoder", "--port", str(port), "--torch-threads", "1",
+         "--vocoder", "hifigan"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -63,7 +67,11 @@ def test_model_calls_refused_while_loading(tmp_path: Path) -> None:
     """While NOT_SERVING, model RPCs get UNAVAILABLE (retryable), never a hang."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "services.vocoder", "--port", str(port), "--torch-threads", "1"],
+        # HiFi-GAN: its load and warm-up take seconds, so NOT_SERVING is observable (the fast
+        # vocoder is warm within a few polls). The health transition is the runtime's, the same
+        # for either model.
+        [sys.executable, "-m", "services.vocoder", "--port", str(port), "--torch-threads", "1",
+         "--vocoder", "hifigan"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     from voxline.v1 import vocoder_pb2, vocoder_pb2_grpc

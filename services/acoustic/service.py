@@ -83,7 +83,7 @@ class AcousticServicer(acoustic_pb2_grpc.AcousticModelServicer):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser("acoustic", "Voxline acoustic model: phoneme features -> mel")
-    add_weights_flags(parser, seed=4321)
+    add_weights_flags(parser, seed=AcousticStage.default_seed)
     add_flag(
         parser,
         "chunk-frames",

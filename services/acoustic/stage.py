@@ -31,15 +31,7 @@ class AcousticStage(TorchModelStage[AcousticModel]):
     name = "acoustic"
     model_name = MODEL_NAME
     model_version = MODEL_VERSION
-
-    def __init__(
-        self,
-        device: str = "auto",
-        dtype: str = "auto",
-        checkpoint: str | None = None,
-        seed: int = 4321,
-    ) -> None:
-        super().__init__(device, dtype, checkpoint, seed)
+    default_seed = 4321
 
     def build_model(self) -> AcousticModel:
         return AcousticModel()

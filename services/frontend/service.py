@@ -127,7 +127,7 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser("frontend", "Voxline text frontend: text -> phonemes -> features")
-    add_weights_flags(parser, seed=1234)
+    add_weights_flags(parser, seed=FrontendStage.default_seed)
     add_flag(parser, "max-text-chars", int, MAX_TEXT_CHARS, "longest accepted text")
     config = parse_config("frontend", parser, argv)
     stage = FrontendStage(**stage_options(config))

@@ -58,13 +58,14 @@ class FrontendStage(TorchModelStage[FrontendModel]):
     name = "frontend"
     model_name = MODEL_NAME
     model_version = MODEL_VERSION
+    default_seed = 1234
 
     def __init__(
         self,
         device: str = "auto",
         dtype: str = "auto",
         checkpoint: str | None = None,
-        seed: int = 1234,
+        seed: int | None = None,
         max_sentence_chars: int = 400,
     ) -> None:
         super().__init__(device, dtype, checkpoint, seed)

@@ -24,27 +24,29 @@ M = TypeVar("M", bound=torch.nn.Module)
 class TorchModelStage(Generic[M]):
     """Loads `build_model()` onto the selected device from a checkpoint or a seeded init.
 
-    Subclasses set `name`, `model_name`, `model_version` and implement `build_model`,
-    `warmup` and their inference methods; `check_precision`, `load_weights` and
-    `weights_dtype` may be overridden (the vocoder refuses fp16 on a CPU, loads HiFi-GAN's
+    Subclasses set `name`, `model_name`, `model_version`, `default_seed` and implement
+    `build_model`, `warmup` and their inference methods; `check_precision`, `load_weights`
+    and `weights_dtype` may be overridden (the vocoder refuses fp16 on a CPU, loads HiFi-GAN's
     own checkpoint format and keeps fp32 weights under CPU bf16 autocast).
     """
 
     name: str
     model_name: str
     model_version: str
+    #: Seed of the untrained initialisation when none is given (the `--seed` flag default).
+    default_seed: int
 
     def __init__(
         self,
         device: str = "auto",
         dtype: str = "auto",
         checkpoint: str | None = None,
-        seed: int = 1234,
+        seed: int | None = None,
     ) -> None:
         self._device_name = device
         self._dtype_name = dtype
         self._checkpoint = checkpoint or None
-        self._seed = seed
+        self._seed = self.default_seed if seed is None else seed
         self._device: torch.device | None = None
         self._dtype: torch.dtype | None = None
         self.model: M | None = None

@@ -138,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "auto",
         f"model: {' | '.join(VOCODERS)} | auto (hifigan on a GPU, fast on a CPU)",
     )
-    add_weights_flags(parser, seed=2468)
+    add_weights_flags(parser, seed=VocoderStage.default_seed)
     add_flag(parser, "variant", str, "universal", "HiFi-GAN weights: universal | LJSpeech")
     add_flag(
         parser, "chunk-frames", int, STREAM_WINDOW_FRAMES, "mel frames vocoded per streaming window"

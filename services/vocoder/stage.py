@@ -119,6 +119,7 @@ class VocoderStage(TorchModelStage[nn.Module]):
     """
 
     name = "vocoder"
+    default_seed = 2468
 
     def __init__(
         self,
@@ -127,7 +128,7 @@ class VocoderStage(TorchModelStage[nn.Module]):
         device: str = "auto",
         dtype: str = "auto",
         checkpoint: str | None = None,
-        seed: int = 2468,
+        seed: int | None = None,
         chunk_frames: int = STREAM_WINDOW_FRAMES,
         context_frames: int | None = None,
         first_chunk_frames: int = FIRST_WINDOW_FRAMES,
