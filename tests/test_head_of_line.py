@@ -12,7 +12,9 @@ from voxline.v1 import synthesizer_pb2 as pb
 from bench.load import PARAGRAPH
 
 SHORT = "A short request of about a dozen words, sent while a long one runs."
-LONG = " ".join([PARAGRAPH] * 3)[:1000]  # about a minute of work on this machine
+# About 4 minutes of audio: ~10 s of work for the local stack with the fast CPU vocoder (~20x
+# real time), over a minute with HiFi-GAN; either way still running while the short ones go.
+LONG = " ".join([PARAGRAPH] * 12)[:4000]
 
 
 def _latency(synthesizer, text: str) -> float:
