@@ -16,6 +16,12 @@ from voxline.v1 import synthesizer_pb2_grpc
 
 from services.cli.stack import LocalStack, free_port, wait_serving
 
+#: Vocoder flags for tests that must observe a model call or a warm-up *in progress* (a
+#: queue filling, NOT_SERVING while loading, two calls racing): HiFi-GAN's calls and warm-up
+#: take seconds on a CPU, the fast vocoder's a few milliseconds. What such a test checks
+#: (the runtime's health, queue and scheduler) is the same for either model.
+SLOW_VOCODER = ("--vocoder", "hifigan")
+
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:

@@ -7,6 +7,7 @@ import sys
 
 import grpc
 import pytest
+from conftest import SLOW_VOCODER
 from voxline.v1 import synthesizer_pb2 as pb
 from voxline.v1 import synthesizer_pb2_grpc
 
@@ -110,7 +111,7 @@ def test_overload_is_resource_exhausted(tmp_path) -> None:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.vocoder", "--port", str(port), "--max-queue", "1",
-         "--torch-threads", "1"],
+         "--torch-threads", "1", *SLOW_VOCODER],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:

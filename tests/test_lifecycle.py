@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 import torch
+from conftest import SLOW_VOCODER
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from voxline.v1 import synthesizer_pb2 as pb
 from voxline.v1 import synthesizer_pb2_grpc
@@ -47,11 +48,8 @@ def _watch_health(address: str, service: str, until: float) -> list[int]:
 def test_health_not_serving_until_model_warm(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        # HiFi-GAN: its load and warm-up take seconds, so NOT_SERVING is observable (the fast
-        # vocoder is warm within a few polls). The health transition is the runtime's, the same
-        # for either model.
         [sys.executable, "-m", "services.vocoder", "--port", str(port), "--torch-threads", "1",
-         "--vocoder", "hifigan"],
+         *SLOW_VOCODER],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -67,11 +65,8 @@ def test_model_calls_refused_while_loading(tmp_path: Path) -> None:
     """While NOT_SERVING, model RPCs get UNAVAILABLE (retryable), never a hang."""
     port = free_port()
     proc = subprocess.Popen(
-        # HiFi-GAN: its load and warm-up take seconds, so NOT_SERVING is observable (the fast
-        # vocoder is warm within a few polls). The health transition is the runtime's, the same
-        # for either model.
         [sys.executable, "-m", "services.vocoder", "--port", str(port), "--torch-threads", "1",
-         "--vocoder", "hifigan"],
+         *SLOW_VOCODER],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     from voxline.v1 import vocoder_pb2, vocoder_pb2_grpc

@@ -203,8 +203,15 @@ def test_rules_over_the_telemetry_library_endpoints(
         )
         assert all(r["metric"].get("namespace") == "it" for r in finite(phases))
 
+        # Wait until the failing pod's errors are in the rate window too: right after its
+        # error series appears, rate() has one sample of it and the ratio still reads 0.
         errors = prom.wait_for(
-            ERROR_RATIO, lambda r: set(MODEL_STAGES) <= set(by_label(r, "voxline_stage")), 60
+            ERROR_RATIO,
+            lambda r: (
+                set(MODEL_STAGES) <= set(by_label(r, "voxline_stage"))
+                and by_label(r, "voxline_stage")["acoustic"] > 0
+            ),
+            60,
         )
         ratio = by_label(errors, "voxline_stage")
         assert ratio["frontend"] == 0 and ratio["vocoder"] == 0, ratio

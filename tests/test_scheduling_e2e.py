@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import grpc
 import pytest
 import torch
-from conftest import running_service
+from conftest import SLOW_VOCODER, running_service
 from voxline.v1 import vocoder_pb2, vocoder_pb2_grpc
 
 from services.runtime.scheduler import Hints, Priority, hints_metadata, read_hints
@@ -22,10 +22,7 @@ from services.runtime.tensors import to_proto
 
 @pytest.fixture(scope="module")
 def vocoder() -> Iterator[str]:
-    # HiFi-GAN, the slower vocoder: contention between two calls must last long enough to be
-    # observed (the fast vocoder finishes a 1,200-frame request before a second one arrives).
-    # The scheduler is the same whichever model it runs.
-    with running_service("vocoder", "--torch-threads", "1", "--vocoder", "hifigan") as address:
+    with running_service("vocoder", "--torch-threads", "1", *SLOW_VOCODER) as address:
         yield address
 
 
