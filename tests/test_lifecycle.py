@@ -87,42 +87,49 @@ def test_model_calls_refused_while_loading(tmp_path: Path) -> None:
         proc.wait()
 
 
+def _draining(service: str) -> dict[str, list[str]]:
+    """Stack flags: `service` drains for 90 s (on a loaded 2-core CI machine a stream takes
+    seconds), and HiFi-GAN keeps the stage calls in flight long enough for a signal to land
+    mid-call."""
+    extra = {"vocoder": [*SLOW_VOCODER]}
+    extra[service] = [*extra.get(service, []), "--drain-seconds", "90"]
+    return extra
+
+
+def _sigterm_mid_stream(stack: LocalStack, service: str, text: str) -> None:
+    """Stream `text`; once its first audio arrives, SIGTERM `service`. The stream must still
+    carry all its audio and the service exit 0."""
+    with grpc.insecure_channel(stack.gateway) as channel:
+        stub = synthesizer_pb2_grpc.SynthesizerStub(channel)
+        expected = stub.Synthesize(pb.SynthesizeRequest(text=text), timeout=120)
+        stream = stub.SynthesizeStream(pb.SynthesizeRequest(text=text), timeout=120)
+        first = next(stream)
+        stack.procs[service].send_signal(signal.SIGTERM)
+        got = len(first.audio) + sum(len(m.audio) for m in stream)
+    # The WAV header is 44 bytes; the PCM must be complete.
+    assert got == len(expected.audio) - 44
+    assert stack.procs[service].wait(30) == 0
+
+
 def test_sigterm_drains_in_flight_stream(tmp_path: Path) -> None:
     """SIGTERM to the gateway mid-stream: the stream still completes; the process exits 0."""
-    # A generous drain window: on a loaded 2-core CI machine this stream takes seconds.
-    with LocalStack(tmp_path, extra_args={"gateway": ["--drain-seconds", "90"]}) as stack:
-        text = "This stream must finish. The gateway was told to stop, but it drains first."
+    text = "This stream must finish. The gateway was told to stop, but it drains first."
+    with LocalStack(tmp_path, extra_args=_draining("gateway")) as stack:
+        _sigterm_mid_stream(stack, "gateway", text)
+        # Refused after the drain: nothing is listening any more.
         with grpc.insecure_channel(stack.gateway) as channel:
             stub = synthesizer_pb2_grpc.SynthesizerStub(channel)
-            expected = stub.Synthesize(pb.SynthesizeRequest(text=text), timeout=120)
-            stream = stub.SynthesizeStream(pb.SynthesizeRequest(text=text), timeout=120)
-            first = next(stream)
-            stack.procs["gateway"].send_signal(signal.SIGTERM)
-            rest = list(stream)
-            got = len(first.audio) + sum(len(m.audio) for m in rest)
-            # The WAV header is 44 bytes; the PCM must be complete.
-            assert got == len(expected.audio) - 44
-            assert stack.procs["gateway"].wait(30) == 0
-            # Refused after the drain: nothing is listening any more.
             with pytest.raises(grpc.RpcError) as info:
                 stub.Synthesize(pb.SynthesizeRequest(text="too late"), timeout=5)
-            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_sigterm_drains_in_flight_stage_call(tmp_path: Path) -> None:
     """SIGTERM to the vocoder while it serves a stream: that stream completes, exit 0."""
-    with LocalStack(tmp_path, extra_args={"vocoder": ["--drain-seconds", "90"]}) as stack:
-        # One sentence = one VocodeStream call, in flight once the first audio arrives.
-        text = "One long sentence for the vocoder to work on while it is being asked to stop"
-        with grpc.insecure_channel(stack.gateway) as channel:
-            stub = synthesizer_pb2_grpc.SynthesizerStub(channel)
-            expected = stub.Synthesize(pb.SynthesizeRequest(text=text), timeout=120)
-            stream = stub.SynthesizeStream(pb.SynthesizeRequest(text=text), timeout=120)
-            first = next(stream)
-            stack.procs["vocoder"].send_signal(signal.SIGTERM)
-            got = len(first.audio) + sum(len(m.audio) for m in stream)
-            assert got == len(expected.audio) - 44
-        assert stack.procs["vocoder"].wait(30) == 0
+    # One sentence = one VocodeStream call, in flight once the first audio arrives.
+    text = "One long sentence for the vocoder to work on while it is being asked to stop"
+    with LocalStack(tmp_path, extra_args=_draining("vocoder")) as stack:
+        _sigterm_mid_stream(stack, "vocoder", text)
 
 
 def test_checkpoint_shape_mismatch_is_clear(tmp_path: Path) -> None:
