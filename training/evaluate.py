@@ -33,26 +33,30 @@ _LOG = logging.getLogger(__name__)
 
 
 class StudentVoice:
-    """The exported student + HiFi-GAN, through the services' stage classes, in process."""
+    """The exported student + a vocoder (HiFi-GAN unless told), through the services' stage
+    classes, in process."""
 
-    def __init__(self, model_dir: Path) -> None:
+    def __init__(self, model_dir: Path, vocoder: str = "hifigan") -> None:
         from services.acoustic.stage import AcousticStage
         from services.frontend.stage import FrontendStage
         from services.vocoder.stage import VocoderStage
 
         self.frontend = FrontendStage(device="cpu", checkpoint=str(model_dir / FRONTEND_FILE))
         self.acoustic = AcousticStage(device="cpu", checkpoint=str(model_dir / ACOUSTIC_FILE))
-        self.vocoder = VocoderStage(device="cpu")
+        self.vocoder = VocoderStage(vocoder=vocoder, device="cpu")
         for stage in (self.frontend, self.acoustic, self.vocoder):
             stage.load()
 
+    def mels(self, text: str) -> list[torch.Tensor]:
+        """Raw text -> the acoustic model's log-mel of each sentence."""
+        return [
+            self.acoustic.generate(sentence.features, sentence.durations)
+            for sentence in self.frontend.encode(self.frontend.prepare(text), 1.0)
+        ]
+
     def synthesize(self, text: str) -> np.ndarray:
         """Raw text -> int16 PCM at 22050 Hz (sentences concatenated)."""
-        pieces = []
-        for sentence in self.frontend.encode(self.frontend.prepare(text), 1.0):
-            mel = self.acoustic.generate(sentence.features, sentence.durations)
-            pieces.append(self.vocoder.infer(mel).numpy())
-        return np.concatenate(pieces)
+        return np.concatenate([self.vocode(mel) for mel in self.mels(text)])
 
     def vocode(self, mel: torch.Tensor) -> np.ndarray:
         return self.vocoder.infer(mel).numpy()
@@ -99,7 +103,12 @@ def evaluate(build_dir: Path, model_dir: Path, threads: int = 2) -> dict:
     systems = ("teacher", "teacher_mel_hifigan", "student")
     summary = {f"{k}_wer": round(float(np.mean([r[f"{k}_wer"] for r in rows])), 4) for k in systems}
     config = json.loads((model_dir / CONFIG_FILE).read_text())
+    metrics_path = model_dir / "metrics.json"
+    # Entries this evaluation does not write (the fast vocoder's, training/vocoder_eval.py)
+    # are kept.
+    previous = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     metrics = {
+        **previous,
         "test_sentences": len(rows),
         "asr": "pocketsphinx (bundled en-us models), 16 kHz",
         **summary,
@@ -109,6 +118,6 @@ def evaluate(build_dir: Path, model_dir: Path, threads: int = 2) -> dict:
         "training": config.get("training", {}),
         "sentences": rows,
     }
-    (model_dir / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    metrics_path.write_text(json.dumps(metrics, indent=1) + "\n")
     _LOG.info("eval: %s in %.0f s", summary, time.monotonic() - start)
     return metrics

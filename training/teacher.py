@@ -28,6 +28,7 @@ import torch
 
 from services.frontend.g2p import PhonemeIdMapper, Phonemizer
 from services.vocoder.mel import LogMelSpectrogram, MelConfig
+from services.vocoder.stage import to_pcm16
 
 __all__ = [
     "DEFAULT_SCALES",
@@ -124,10 +125,6 @@ def write_wav(path: Path, audio: np.ndarray, sample_rate: int) -> None:
         w.writeframes(pcm.tobytes())
 
 
-def _pcm16(audio: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy((np.clip(audio, -1.0, 1.0) * 32767.0).round().astype(np.int16))
-
-
 def generate_split(
     sentences: list[str],
     teacher: Teacher,
@@ -169,7 +166,7 @@ def generate_split(
                 ids=torch.tensor(ids[i], dtype=torch.int64),
                 durations=torch.from_numpy(durations),
                 mel=mel.to(torch.float16),
-                audio=_pcm16(audio) if keep_audio else None,
+                audio=to_pcm16(torch.from_numpy(audio)) if keep_audio else None,
             )
         if (k // batch_size) % 20 == 0:
             _LOG.info(

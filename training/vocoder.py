@@ -31,6 +31,7 @@ import torch
 from torch.nn import functional as F
 
 from services.runtime.device import resolve_device
+from services.runtime.voice import HOP_LENGTH, SAMPLE_RATE_HZ
 from services.vocoder.fast import FastVocoder, FastVocoderConfig
 from services.vocoder.mel import LogMelSpectrogram
 
@@ -45,7 +46,6 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 
 VOCODER_FILE = "vocoder-fast.safetensors"
-HOP = FastVocoderConfig().hop_length
 _PCM_SCALE = 32767.0
 
 
@@ -114,7 +114,7 @@ def build_vocoder_data(
         for e, predicted in zip(examples, _predicted_mels(examples, model_dir), strict=True):
             e["predicted_mel"] = predicted
         torch.save(examples, out_dir / f"{split}.pt")
-        seconds = sum(int(e["audio"].numel()) for e in examples) / 22050
+        seconds = sum(int(e["audio"].numel()) for e in examples) / SAMPLE_RATE_HZ
         _LOG.info("vocoder-data: %s: %d sentences, %.0f s of audio in %.0f s", split,
                   len(examples), seconds, time.monotonic() - start)  # fmt: skip
     return out_dir
@@ -154,23 +154,26 @@ class _Segments:
         self.weights = [int(e["mel"].shape[1]) - frames + 1 for e in self.examples]
 
     def sample(self, rng: random.Random, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        mels, audios = [], []
+        pairs = []
         for e in rng.choices(self.examples, weights=self.weights, k=batch):
             start = rng.randrange(int(e["mel"].shape[1]) - self.frames + 1)
             source = "predicted_mel" if rng.random() < self.predicted_fraction else "mel"
-            mels.append(e[source][:, start : start + self.frames].float())
-            pcm = e["audio"][start * HOP : (start + self.frames) * HOP]
-            audios.append(pcm.float() / _PCM_SCALE)
+            pairs.append(self._segment(e, source, start))
+        mels, audios = zip(*pairs, strict=True)
         return torch.stack(mels), torch.stack(audios)
+
+    def _segment(self, e: dict, source: str, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """`self.frames` frames of `e[source]` from `start`, and their audio in [-1, 1]."""
+        end = start + self.frames
+        pcm = e["audio"][start * HOP_LENGTH : end * HOP_LENGTH]
+        return e[source][:, start:end].float(), pcm.float() / _PCM_SCALE
 
     def fixed(self, count: int, source: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Deterministic validation batches (the middle segment of each example)."""
         out = []
         for e in self.examples[:count]:
-            start = (int(e["mel"].shape[1]) - self.frames) // 2
-            mel = e[source][:, start : start + self.frames].float()[None]
-            pcm = e["audio"][start * HOP : (start + self.frames) * HOP].float()[None] / _PCM_SCALE
-            out.append((mel, pcm))
+            mel, pcm = self._segment(e, source, (int(e["mel"].shape[1]) - self.frames) // 2)
+            out.append((mel[None], pcm[None]))
         return out
 
 
@@ -208,7 +211,7 @@ def train_vocoder(data_dir: Path, out_dir: Path, cfg: VocoderTrainConfig) -> Pat
     train_set = _Segments(torch.load(data_dir / "train.pt", weights_only=False),
                           cfg.segment_frames, cfg.predicted_mel_fraction)  # fmt: skip
     val_set = _Segments(torch.load(data_dir / "val.pt", weights_only=False), cfg.segment_frames, 0)
-    audio_min = sum(int(e["audio"].numel()) for e in train_set.examples) / 22050 / 60
+    audio_min = sum(int(e["audio"].numel()) for e in train_set.examples) / SAMPLE_RATE_HZ / 60
     _LOG.info("vocoder-train: %d sentences, %.1f min of audio", len(train_set.examples), audio_min)
 
     device = resolve_device(cfg.device)

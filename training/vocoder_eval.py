@@ -25,54 +25,42 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from services.runtime.voice import SAMPLE_RATE_HZ
+from services.vocoder.mel import MelConfig
+from services.vocoder.stage import VocoderStage
 from training.asr import Recognizer, wer
 from training.corpus import HELD_OUT
+from training.evaluate import StudentVoice
 from training.spectral import log_mel, log_mel_l1, mel_cepstral_distortion
 
 __all__ = ["evaluate_vocoder"]
 
 _LOG = logging.getLogger(__name__)
-SAMPLE_RATE = 22050
 _PLOTTED = 3
 
 
-def _stages(model_dir: Path) -> dict:
-    from services.acoustic.stage import AcousticStage
-    from services.frontend.stage import FrontendStage
-    from services.vocoder.stage import VocoderStage
-    from training.export import ACOUSTIC_FILE, FRONTEND_FILE
+def _vocoders(model_dir: Path) -> tuple[StudentVoice, dict[str, VocoderStage]]:
+    """The student with HiFi-GAN (which makes the mels), and both vocoders, warm."""
     from training.vocoder import VOCODER_FILE
 
-    stages = {
-        "frontend": FrontendStage(device="cpu", checkpoint=str(model_dir / FRONTEND_FILE)),
-        "acoustic": AcousticStage(device="cpu", checkpoint=str(model_dir / ACOUSTIC_FILE)),
-        "hifigan": VocoderStage(vocoder="hifigan", device="cpu"),
-        "fast": VocoderStage(
-            vocoder="fast", device="cpu", checkpoint=str(model_dir / VOCODER_FILE)
-        ),
-    }
-    for stage in stages.values():
-        stage.load()
-    for name in ("hifigan", "fast"):
-        stages[name].warmup()
-    return stages
+    voice = StudentVoice(model_dir, vocoder="hifigan")
+    fast = VocoderStage(vocoder="fast", device="cpu", checkpoint=str(model_dir / VOCODER_FILE))
+    fast.load()
+    vocoders = {"hifigan": voice.vocoder, "fast": fast}
+    for stage in vocoders.values():
+        stage.warmup()
+    return voice, vocoders
 
 
-def _mels(stages: dict, text: str) -> list[torch.Tensor]:
-    frontend, acoustic = stages["frontend"], stages["acoustic"]
-    return [
-        acoustic.generate(s.features, s.durations)
-        for s in frontend.encode(frontend.prepare(text), 1.0)
-    ]
-
-
-def _render(stage, mels: list[torch.Tensor]) -> tuple[np.ndarray, float]:
+def _render(stage: VocoderStage, mels: list[torch.Tensor]) -> tuple[np.ndarray, float]:
     t0 = time.perf_counter()
     pcm = np.concatenate([stage.infer(m).numpy() for m in mels])
     return pcm, time.perf_counter() - t0
 
 
-def _copy_synthesis(stages: dict, data_dir: Path, count: int = 16) -> dict | None:
+def _copy_synthesis(
+    vocoders: dict[str, VocoderStage], data_dir: Path, count: int = 16
+) -> dict | None:
     path = data_dir / "val.pt"
     if not path.exists():
         return None
@@ -81,7 +69,7 @@ def _copy_synthesis(stages: dict, data_dir: Path, count: int = 16) -> dict | Non
     for name in ("hifigan", "fast"):
         l1, mcd = [], []
         for e in examples:
-            pcm = stages[name].infer(e["mel"].float()).numpy()
+            pcm = vocoders[name].infer(e["mel"].float()).numpy()
             l1.append(log_mel_l1(e["audio"].numpy(), pcm))
             mcd.append(mel_cepstral_distortion(e["audio"].numpy(), pcm))
         out[name] = {"log_mel_l1": round(float(np.mean(l1)), 4),
@@ -100,8 +88,9 @@ def _plot(rows: list[tuple[str, np.ndarray, np.ndarray]], path: Path) -> None:
     for r, (text, hifi, fast) in enumerate(rows):
         for c, (name, pcm) in enumerate((("HiFi-GAN V1", hifi), ("fast vocoder", fast))):
             ax = axes[r][c]
-            ax.imshow(log_mel(pcm).numpy(), origin="lower", aspect="auto", vmin=-11.5, vmax=2,
-                      cmap="magma", extent=(0, len(pcm) / SAMPLE_RATE, 0, 80))  # fmt: skip
+            ax.imshow(log_mel(pcm).numpy(), origin="lower", aspect="auto", cmap="magma",
+                      vmin=MelConfig().log_floor, vmax=2,
+                      extent=(0, len(pcm) / SAMPLE_RATE_HZ, 0, 80))  # fmt: skip
             ax.set_title(f"{name}: {text[:48]}", fontsize=9)
             ax.set_xlabel("s")
             ax.set_ylabel("mel band")
@@ -114,7 +103,7 @@ def _plot(rows: list[tuple[str, np.ndarray, np.ndarray]], path: Path) -> None:
 def evaluate_vocoder(build_dir: Path, model_dir: Path, docs_dir: Path, threads: int = 2) -> dict:
     """Score both vocoders on the held-out sentences; update metrics.json; draw the PNG."""
     torch.set_num_threads(threads)
-    stages = _stages(model_dir)
+    voice, vocoders = _vocoders(model_dir)
     asr = Recognizer()
     rows, plotted = [], []
     seconds = {"hifigan": 0.0, "fast": 0.0}
@@ -123,17 +112,17 @@ def evaluate_vocoder(build_dir: Path, model_dir: Path, docs_dir: Path, threads: 
 
     for i, text in enumerate(HELD_OUT):
         reference = normalize(text)
-        mels = _mels(stages, text)
+        mels = voice.mels(text)
         # Alternate which vocoder runs first, so neither always meets a warmer cache.
         order = ("hifigan", "fast") if i % 2 == 0 else ("fast", "hifigan")
         pcm: dict[str, np.ndarray] = {}
         for name in order:
-            pcm[name], elapsed = _render(stages[name], mels)
+            pcm[name], elapsed = _render(vocoders[name], mels)
             seconds[name] += elapsed
-        audio_s += len(pcm["fast"]) / SAMPLE_RATE
+        audio_s += len(pcm["fast"]) / SAMPLE_RATE_HZ
         row = {"text": text}
         for name in ("hifigan", "fast"):
-            hyp = asr.transcribe(pcm[name], SAMPLE_RATE)
+            hyp = asr.transcribe(pcm[name], SAMPLE_RATE_HZ)
             row[f"{name}_hyp"], row[f"{name}_wer"] = hyp, round(wer(reference, hyp), 4)
         row["log_mel_l1"] = round(log_mel_l1(pcm["hifigan"], pcm["fast"]), 4)
         row["mcd_db"] = round(mel_cepstral_distortion(pcm["hifigan"], pcm["fast"]), 3)
@@ -154,7 +143,7 @@ def evaluate_vocoder(build_dir: Path, model_dir: Path, docs_dir: Path, threads: 
         "vocoder_rtf": {name: round(s / audio_s, 4) for name, s in seconds.items()},
         "speedup": round(seconds["hifigan"] / seconds["fast"], 1),
         "threads": threads,
-        "copy_synthesis_vs_teacher_audio": _copy_synthesis(stages, build_dir / "vocoder"),
+        "copy_synthesis_vs_teacher_audio": _copy_synthesis(vocoders, build_dir / "vocoder"),
         "by_sentence": rows,
     }
     metrics_path = model_dir / "metrics.json"

@@ -138,10 +138,6 @@ class VocoderStage(TorchModelStage[nn.Module]):
             vocoder = default_vocoder(device)
         if vocoder not in VOCODERS:
             raise ValueError(f"unknown vocoder {vocoder!r}; choose from {', '.join(VOCODERS)}")
-        if variant not in hifigan.VARIANTS:
-            raise ValueError(
-                f"unknown HiFi-GAN variant {variant!r}; choose from {hifigan.VARIANTS}"
-            )
         spec = VOCODERS[vocoder]
         context_frames = spec.context_frames if context_frames is None else context_frames
         if chunk_frames < 1 or first_chunk_frames < 1:
