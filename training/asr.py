@@ -71,11 +71,19 @@ class Recognizer:
         from pocketsphinx import Decoder
 
         self._decoder = Decoder(samprate=ASR_RATE, loglevel="FATAL")
+        # The decoder's cepstral mean adapts to every utterance it hears and carries over to
+        # the next, so a transcript would depend on what was transcribed before (measured:
+        # noise transcribed first moved a 16-sentence WER from 0.167 to 0.184). Every
+        # utterance starts from the initial mean instead.
+        self._initial_cmn = self._decoder.get_cmn()
 
     def transcribe(self, pcm: np.ndarray, sample_rate: int = ASR_RATE) -> str:
-        """Best hypothesis for one utterance of mono audio (int16 or float)."""
+        """Best hypothesis for one utterance of mono audio (int16 or float), independent of
+        the utterances transcribed before it."""
         audio = to_asr_rate(pcm, sample_rate)
         d = self._decoder
+        d.reinit_feat()
+        d.set_cmn(self._initial_cmn)
         d.start_utt()
         d.process_raw(np.ascontiguousarray(audio, dtype="<i2").tobytes(), full_utt=True)
         d.end_utt()
