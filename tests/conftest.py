@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 import wave
@@ -15,6 +16,13 @@ import pytest
 from voxline.v1 import synthesizer_pb2_grpc
 
 from services.cli.stack import LocalStack, free_port, wait_serving
+
+#: The voices every stack a test starts serves, unless the test says otherwise: the student
+#: voice, which the service-level tests (scheduling, faults, telemetry, vocoder choice) were
+#: written against and which keeps each stack's start-up short. The VITS voices' tests
+#: (tests/test_vits_*.py) set VOXLINE_VOICES themselves.
+LEGACY_VOICES = "voxline-en-us"
+os.environ.setdefault("VOXLINE_VOICES", LEGACY_VOICES)
 
 #: Vocoder flags for tests that must observe a model call or a warm-up *in progress* (a
 #: queue filling, NOT_SERVING while loading, two calls racing): HiFi-GAN's calls and warm-up

@@ -9,7 +9,8 @@ import grpc
 import torch
 from voxline.v1 import acoustic_pb2, acoustic_pb2_grpc
 
-from services.acoustic.stage import AcousticInput, AcousticStage
+from services.acoustic.stage import AcousticStage
+from services.acoustic.vits_stage import VitsAcousticStage
 from services.runtime.config import add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.memory import bound_kernel_cache
@@ -19,10 +20,13 @@ from services.runtime.stage_runtime import StageRuntime
 from services.runtime.tensors import from_proto, to_proto
 from services.runtime.voice import (
     STREAM_WINDOW_FRAMES,
+    add_voice_flags,
     add_weights_flags,
-    check_voice,
+    served_voices,
     stage_options,
 )
+from services.runtime.voices import Routed, VoiceRouter
+from services.voices.catalog import VoiceEntry
 from telemetry import names
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -30,9 +34,9 @@ INTS = (torch.int32, torch.int64)
 
 
 class AcousticServicer(acoustic_pb2_grpc.AcousticModelServicer):
-    def __init__(self, runtime: StageRuntime, stage: AcousticStage, chunk_frames: int) -> None:
+    def __init__(self, runtime: StageRuntime, voices: VoiceRouter, chunk_frames: int) -> None:
         self.runtime = runtime
-        self._stage = stage
+        self._voices = voices
         self._chunk_frames = chunk_frames
 
     def _run(
@@ -42,17 +46,19 @@ class AcousticServicer(acoustic_pb2_grpc.AcousticModelServicer):
             self.runtime.require_ready()
             start = self.runtime.playback_start(context)
             self.runtime.annotate(self.runtime.model_attributes())
-            check_voice(request.voice)
+            voice = self._voices.resolve(request.voice)
+            stage = self._voices.stage(voice)
             if request.chunk_frames < 0:
                 raise InvalidArgument(f"chunk_frames must be >= 0, got {request.chunk_frames}")
             features = from_proto(request.features, name="features", ndim=2, dtypes=FLOATS)
             durations = from_proto(request.durations, name="durations", ndim=1, dtypes=INTS)
-            self._stage.validate(features, durations)
+            stage.validate(features, durations)
+            payload = stage.make_input(features, durations, request.speaker_id, request.seed)
             frames = int(durations.sum())
             self.runtime.annotate(
                 {names.ATTR_TOKEN_COUNT: int(features.shape[0]), names.ATTR_MEL_FRAMES: frames}
             )
-        return self.runtime.infer(context, AcousticInput(features, durations), urgency=start)
+        return self.runtime.infer(context, Routed(voice, payload), urgency=start)
 
     @rpc_method
     def Generate(
@@ -81,8 +87,19 @@ class AcousticServicer(acoustic_pb2_grpc.AcousticModelServicer):
             yield from self.runtime.send(message)
 
 
+def voice_stage(entry: VoiceEntry, config) -> AcousticStage | VitsAcousticStage:
+    """The acoustic stage of one catalogue voice."""
+    if entry.architecture == "vits":
+        return VitsAcousticStage(entry.folder, config.device, config.dtype)
+    return AcousticStage(**stage_options(config))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser("acoustic", "Voxline acoustic model: phoneme features -> mel")
+    parser = build_parser(
+        "acoustic",
+        "Voxline acoustic model: phoneme features -> frame-rate features (mel or VITS latent)",
+    )
+    add_voice_flags(parser)
     add_weights_flags(parser, seed=AcousticStage.default_seed)
     add_flag(
         parser,
@@ -92,7 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "default mel frames per streamed chunk (callers usually say)",
     )
     config = parse_config("acoustic", parser, argv)
-    stage = AcousticStage(**stage_options(config))
+    entries, default = served_voices(config)
+    stage = VoiceRouter("acoustic", {e.name: voice_stage(e, config) for e in entries}, default)
 
     def register(server: grpc.Server, runtime: StageRuntime) -> list[str]:
         servicer = AcousticServicer(runtime, stage, config.extra["chunk_frames"])

@@ -14,7 +14,29 @@ from services.runtime.voice import MAX_MEL_FRAMES, N_MELS
 
 MODEL_NAME = "voxline-acoustic-conv"
 MODEL_VERSION = "0.1.0"
-# Longest mel one request may ask for (~3 min of audio): bounds memory per call.
+
+
+def check_features(features: torch.Tensor, durations: torch.Tensor, channels: int) -> None:
+    """Reject phoneme features [T, channels] + durations [T] a model cannot take, with
+    messages naming the problem (every voice's acoustic stage takes this shape)."""
+    if features.shape[1] != channels:
+        raise InvalidArgument(f"features: expected {channels} channels, got {features.shape[1]}")
+    if features.shape[0] != durations.shape[0]:
+        raise InvalidArgument(
+            f"features has {features.shape[0]} phonemes but durations has {durations.shape[0]}"
+        )
+    if features.shape[0] == 0:
+        raise InvalidArgument("empty phoneme sequence")
+    if bool((durations < 0).any()):
+        raise InvalidArgument("durations must be >= 0")
+    total = int(durations.sum())
+    if total == 0:
+        raise InvalidArgument("durations sum to 0 frames")
+    # Longest output one request may ask for (~3 min of audio): bounds memory per call.
+    if total > MAX_MEL_FRAMES:
+        raise InvalidArgument(f"{total} frames requested; the limit is {MAX_MEL_FRAMES}")
+    if not bool(torch.isfinite(features).all()):
+        raise InvalidArgument("features contain NaN or infinity")
 
 
 @dataclass
@@ -47,25 +69,20 @@ class AcousticStage(TorchModelStage[AcousticModel]):
 
     def validate(self, features: torch.Tensor, durations: torch.Tensor) -> None:
         """Reject inputs the model cannot take, with messages naming the problem."""
-        if features.shape[1] != self.feature_dim:
-            raise InvalidArgument(
-                f"features: expected {self.feature_dim} channels, got {features.shape[1]}"
-            )
-        if features.shape[0] != durations.shape[0]:
-            raise InvalidArgument(
-                f"features has {features.shape[0]} phonemes but durations has {durations.shape[0]}"
-            )
-        if features.shape[0] == 0:
-            raise InvalidArgument("empty phoneme sequence")
-        if bool((durations < 0).any()):
-            raise InvalidArgument("durations must be >= 0")
-        total = int(durations.sum())
-        if total == 0:
-            raise InvalidArgument("durations sum to 0 frames")
-        if total > MAX_MEL_FRAMES:
-            raise InvalidArgument(f"{total} frames requested; the limit is {MAX_MEL_FRAMES}")
-        if not bool(torch.isfinite(features).all()):
-            raise InvalidArgument("features contain NaN or infinity")
+        check_features(features, durations, self.feature_dim)
+
+    @property
+    def channels(self) -> int:
+        """Channels of the output features (mel bins)."""
+        return N_MELS
+
+    def make_input(
+        self, features: torch.Tensor, durations: torch.Tensor, speaker_id: int, seed: int
+    ) -> AcousticInput:
+        """One request's model input (the student has one speaker and no sampling noise)."""
+        if speaker_id:
+            raise InvalidArgument(f"speaker_id {speaker_id} out of range: this voice has 1 speaker")
+        return AcousticInput(features, durations)
 
     def generate(self, features: torch.Tensor, durations: torch.Tensor) -> torch.Tensor:
         """[T, D] features + [T] frames -> [80, frames] float32 log-mel on CPU (a batch of

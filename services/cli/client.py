@@ -48,6 +48,8 @@ def synthesize(
     *,
     stream: bool = False,
     voice: str = "",
+    speaker: str = "",
+    seed: int | None = None,
     speaking_rate: float | None = None,
     sample_rate: int = 0,
     timeout: float = 120.0,
@@ -56,10 +58,15 @@ def synthesize(
     api_token: str = "",
 ) -> SynthesisResult:
     """Call Synthesize or SynthesizeStream and collect the audio (over TLS if `tls` is set;
-    `api_token` for a gateway that requires one)."""
-    request = synthesizer_pb2.SynthesizeRequest(text=text, voice=voice, sample_rate_hz=sample_rate)
+    `api_token` for a gateway that requires one). `seed` makes a VITS voice's output
+    reproducible; `speaker` picks a multi-speaker voice's speaker."""
+    request = synthesizer_pb2.SynthesizeRequest(
+        text=text, voice=voice, speaker=speaker, sample_rate_hz=sample_rate
+    )
     if speaking_rate is not None:
         request.speaking_rate = speaking_rate
+    if seed is not None:
+        request.seed = seed
     metadata = (*metadata, *auth_metadata(api_token))
     with secure_or_insecure_channel(address, tls=tls) as channel:
         stub = synthesizer_pb2_grpc.SynthesizerStub(channel)

@@ -140,13 +140,15 @@ class Phonemizer:
 class PhonemeIdMapper:
     """Maps IPA phoneme strings to Piper model input ids using a `phoneme_id_map.json`."""
 
-    def __init__(self, path: str | Path = PHONEME_ID_MAP_PATH) -> None:
-        """Load the map (a Piper voice config subset: "phoneme_id_map", "num_symbols", ...).
+    def __init__(self, path: str | Path = PHONEME_ID_MAP_PATH, config: dict | None = None) -> None:
+        """Load the map (a Piper voice config subset: "phoneme_id_map", "num_symbols", ...)
+        from `path`, or take it from `config` (a voice's own map) when given.
 
-        Raises `ValueError` if the file lacks the pad "_", BOS "^" or EOS "$" symbols.
+        Raises `ValueError` if the map lacks the pad "_", BOS "^" or EOS "$" symbols.
         """
-        with open(path, encoding="utf-8") as f:
-            config = json.load(f)
+        if config is None:
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
         raw: dict[str, list[int]] = config["phoneme_id_map"]
         self._map: dict[str, tuple[int, ...]] = {
             k: tuple(int(i) for i in v) for k, v in raw.items()

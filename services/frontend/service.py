@@ -10,12 +10,8 @@ from collections.abc import Iterator, Sequence
 import grpc
 from voxline.v1 import frontend_pb2, frontend_pb2_grpc
 
-from services.frontend.stage import (
-    MODEL_VERSION,
-    EncodedSentence,
-    FrontendInput,
-    FrontendStage,
-)
+from services.frontend.stage import EncodedSentence, FrontendStage
+from services.frontend.vits_stage import VitsFrontendStage
 from services.runtime.config import add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.memory import bound_kernel_cache
@@ -24,31 +20,33 @@ from services.runtime.server import serve
 from services.runtime.stage_runtime import StageRuntime
 from services.runtime.tensors import to_proto
 from services.runtime.voice import (
-    HOP_LENGTH,
     MAX_TEXT_CHARS,
-    SAMPLE_RATE_HZ,
+    add_voice_flags,
     add_weights_flags,
-    check_voice,
+    served_voices,
     stage_options,
 )
+from services.runtime.voices import Routed, VoiceRouter
+from services.voices.catalog import VoiceEntry
 from telemetry import names
 
 log = logging.getLogger("voxline.frontend")
 
 
 class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
-    def __init__(self, runtime: StageRuntime, stage: FrontendStage, max_text_chars: int) -> None:
+    def __init__(self, runtime: StageRuntime, voices: VoiceRouter, max_text_chars: int) -> None:
         self.runtime = runtime
-        self._stage = stage
+        self._voices = voices
         self._max_text_chars = max_text_chars
 
-    def _check(self, request: frontend_pb2.AnalyzeRequest) -> float:
-        """Validate a request (the caller's text is never echoed); returns the speaking rate."""
+    def _check(self, request: frontend_pb2.AnalyzeRequest) -> tuple[str, float]:
+        """Validate a request (the caller's text is never echoed); returns the voice served
+        and the speaking rate."""
         self.runtime.require_ready()
         self.runtime.annotate(
             {**self.runtime.model_attributes(), names.ATTR_TEXT_LENGTH: len(request.text)}
         )
-        check_voice(request.voice)
+        voice = self._voices.resolve(request.voice)
         if len(request.text) > self._max_text_chars:
             raise InvalidArgument(
                 f"text is {len(request.text)} characters; the limit is {self._max_text_chars}"
@@ -56,7 +54,14 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
         rate = request.speaking_rate or 1.0
         if not math.isfinite(rate) or rate <= 0:
             raise InvalidArgument(f"speaking_rate must be > 0, got {rate}")
-        return rate
+        return voice, rate
+
+    def _input(
+        self, voice: str, request: frontend_pb2.AnalyzeRequest, rate: float, sentences: list
+    ) -> Routed:
+        stage = self._voices.stage(voice)
+        payload = stage.make_input(sentences, rate, request.speaker_id, request.seed)
+        return Routed(voice, payload)
 
     @staticmethod
     def _sentence(s: EncodedSentence) -> frontend_pb2.Sentence:
@@ -67,6 +72,7 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
             durations=to_proto(s.durations),
             num_frames=int(s.durations.sum()),
             num_chars=s.num_chars,
+            seed=s.seed,
         )
 
     def _annotate(self, encoded: list[EncodedSentence]) -> None:
@@ -83,13 +89,14 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
         self, request: frontend_pb2.AnalyzeRequest, context: grpc.ServicerContext
     ) -> frontend_pb2.AnalyzeResponse:
         with self.runtime.phase(names.PHASE_PREPROCESS):
-            rate = self._check(request)
+            voice, rate = self._check(request)
             start = self.runtime.playback_start(context)
-            prepared = self._stage.prepare(request.text)
-        encoded = self.runtime.infer(context, FrontendInput(prepared, rate), urgency=start)
+            stage = self._voices.stage(voice)
+            payload = self._input(voice, request, rate, list(stage.prepare_iter(request.text)))
+        encoded = self.runtime.infer(context, payload, urgency=start)
         with self.runtime.phase(names.PHASE_POSTPROCESS):
             response = frontend_pb2.AnalyzeResponse(
-                sentences=[self._sentence(s) for s in encoded], model_version=MODEL_VERSION
+                sentences=[self._sentence(s) for s in encoded], model_version=stage.model_version
             )
             self._annotate(encoded)
         log.debug("analyzed", extra={"sentences": len(encoded), "request_id": request.request_id})
@@ -100,13 +107,15 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
         self, request: frontend_pb2.AnalyzeRequest, context: grpc.ServicerContext
     ) -> Iterator[frontend_pb2.Sentence]:
         with self.runtime.phase(names.PHASE_PREPROCESS):
-            rate = self._check(request)
+            voice, rate = self._check(request)
             start = self.runtime.playback_start(context)
-            sentences = self._stage.prepare_iter(request.text)
+            stage = self._voices.stage(voice)
+            sentences = stage.prepare_iter(request.text)
             first = next(sentences)  # raises InvalidArgument for an unspeakable text
+            head_input = self._input(voice, request, rate, [first])
         # The first sentence alone (its audio is due now), then all the others in one batch
         # (due once the first has played: the listener has time).
-        head = self.runtime.infer(context, FrontendInput([first], rate), urgency=start)
+        head = self.runtime.infer(context, head_input, urgency=start)
         with self.runtime.phase(names.PHASE_POSTPROCESS):
             message = self._sentence(head[0])
         yield from self.runtime.send(message)
@@ -114,8 +123,9 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
             rest = list(sentences)
         encoded = list(head)
         if rest:
-            due = start + int(head[0].durations.sum()) * HOP_LENGTH / SAMPLE_RATE_HZ
-            (tail,) = self.runtime.infer_many(context, [FrontendInput(rest, rate)], [due])
+            due = start + int(head[0].durations.sum()) * stage.seconds_per_frame
+            tail_input = self._input(voice, request, rate, rest)
+            (tail,) = self.runtime.infer_many(context, [tail_input], [due])
             encoded += tail
             for s in tail:
                 with self.runtime.phase(names.PHASE_POSTPROCESS):
@@ -125,12 +135,21 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
             self._annotate(encoded)
 
 
+def voice_stage(entry: VoiceEntry, config) -> FrontendStage | VitsFrontendStage:
+    """The frontend stage of one catalogue voice."""
+    if entry.architecture == "vits":
+        return VitsFrontendStage(entry.folder, config.device, config.dtype)
+    return FrontendStage(**stage_options(config))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser("frontend", "Voxline text frontend: text -> phonemes -> features")
+    add_voice_flags(parser)
     add_weights_flags(parser, seed=FrontendStage.default_seed)
     add_flag(parser, "max-text-chars", int, MAX_TEXT_CHARS, "longest accepted text")
     config = parse_config("frontend", parser, argv)
-    stage = FrontendStage(**stage_options(config))
+    entries, default = served_voices(config)
+    stage = VoiceRouter("frontend", {e.name: voice_stage(e, config) for e in entries}, default)
 
     def register(server: grpc.Server, runtime: StageRuntime) -> list[str]:
         servicer = TextFrontendServicer(runtime, stage, config.extra["max_text_chars"])

@@ -12,25 +12,15 @@ from dataclasses import dataclass
 
 import torch
 
-from services.frontend.g2p import PhonemeIdMapper, Phonemizer
+from services.frontend.analyzer import MAX_SENTENCE_CHARS, PreparedSentence, TextAnalyzer
 from services.frontend.model import FrontendModel, durations_to_frames
-from services.frontend.normalize import is_speakable, normalize
-from services.frontend.sentences import split_sentences
 from services.runtime.device import synchronize
 from services.runtime.errors import InvalidArgument
 from services.runtime.model_stage import TorchModelStage
+from services.runtime.voice import HOP_LENGTH, SAMPLE_RATE_HZ
 
 MODEL_NAME = "voxline-frontend-conv"
 MODEL_VERSION = "0.1.0"
-
-
-@dataclass
-class PreparedSentence:
-    """One sentence after the text half: ids only (the text itself is not kept)."""
-
-    index: int
-    phoneme_ids: torch.Tensor  # [T] int64
-    num_chars: int
 
 
 @dataclass
@@ -42,6 +32,8 @@ class EncodedSentence:
     features: torch.Tensor  # [T, D] float, CPU
     durations: torch.Tensor  # [T] int32 frames
     num_chars: int
+    #: Seed of this sentence's acoustic sampling noise (VITS voices; 0 for the student).
+    seed: int = 0
 
 
 @dataclass
@@ -66,45 +58,44 @@ class FrontendStage(TorchModelStage[FrontendModel]):
         dtype: str = "auto",
         checkpoint: str | None = None,
         seed: int | None = None,
-        max_sentence_chars: int = 400,
+        max_sentence_chars: int = MAX_SENTENCE_CHARS,
     ) -> None:
         super().__init__(device, dtype, checkpoint, seed)
         self._max_sentence_chars = max_sentence_chars
-        self._phonemizer: Phonemizer | None = None
-        self._mapper: PhonemeIdMapper | None = None
+        self._analyzer: TextAnalyzer | None = None
 
     def build_model(self) -> FrontendModel:
         return FrontendModel()
 
     def load(self) -> None:
         super().load()
-        self._phonemizer = Phonemizer()
-        self._mapper = PhonemeIdMapper()
+        self._analyzer = TextAnalyzer(max_sentence_chars=self._max_sentence_chars)
 
     def warmup(self) -> None:
         for _ in range(2):
             self.encode(self.prepare("Warm-up: the 3 quick foxes cost $4.50. Done!"), 1.0)
+
+    @property
+    def seconds_per_frame(self) -> float:
+        """Audio seconds one duration frame lasts."""
+        return HOP_LENGTH / SAMPLE_RATE_HZ
 
     def prepare(self, text: str) -> list[PreparedSentence]:
         """The text half (CPU) for a whole text: normalise, split, G2P, map to ids."""
         return list(self.prepare_iter(text))
 
     def prepare_iter(self, text: str) -> Iterator[PreparedSentence]:
-        """`prepare`, one sentence at a time: G2P (the costly part) runs only as sentences
-        are asked for. Raises InvalidArgument before the first sentence when the text has
-        nothing speakable, or after the last when no sentence had phonemes."""
-        assert self._phonemizer is not None and self._mapper is not None
-        if not is_speakable(text):
-            raise InvalidArgument("text has nothing speakable (empty, whitespace or control chars)")
-        count = 0
-        for sentence in split_sentences(normalize(text), self._max_sentence_chars):
-            ids = self._mapper.ids(self._phonemizer.phonemes(sentence))
-            if len(ids) <= 3:  # BOS, pad, EOS only: nothing to say (e.g. lone punctuation)
-                continue
-            yield PreparedSentence(count, torch.tensor(ids, dtype=torch.int64), len(sentence))
-            count += 1
-        if not count:
-            raise InvalidArgument("text produced no pronounceable phonemes")
+        """`prepare`, one sentence at a time (see :class:`TextAnalyzer`)."""
+        assert self._analyzer is not None, "load() first"
+        return self._analyzer.prepare_iter(text)
+
+    def make_input(
+        self, sentences: list[PreparedSentence], speaking_rate: float, speaker_id: int, seed: int
+    ) -> FrontendInput:
+        """One request's model input (the student has one speaker and no sampling noise)."""
+        if speaker_id:
+            raise InvalidArgument(f"speaker_id {speaker_id} out of range: this voice has 1 speaker")
+        return FrontendInput(sentences, speaking_rate)
 
     def encode(
         self, sentences: list[PreparedSentence], speaking_rate: float

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from voxline.v1 import acoustic_pb2, frontend_pb2, vocoder_pb2
@@ -29,12 +29,16 @@ from services.gateway.playback import ListenerClock
 from services.gateway.stages import CancelScope, StageClients, UpstreamStream
 from services.runtime.errors import DeadlineExceeded, VoxlineError
 from services.runtime.scheduler import Hints, Priority
-from services.runtime.voice import HOP_LENGTH, SAMPLE_RATE_HZ, STREAM_WINDOW_FRAMES
+from services.runtime.voice import STREAM_WINDOW_FRAMES
 from services.runtime.wire import pcm_from_proto
 from telemetry.context import wrap_with_context
 
 #: Sentences whose stage calls run ahead of the one being streamed to the caller.
 LOOKAHEAD_SENTENCES = 1
+#: Seeds are 63-bit; a text stream's segment k uses seed + k * stride (an odd constant, so
+#: segments get distinct seeds).
+_SEED_RANGE = 1 << 63
+_SEED_STRIDE = 0x9E3779B97F4A7C15
 
 
 @dataclass
@@ -47,6 +51,11 @@ class Job:
     request_id: str
     deadline: float  # time.monotonic() by which everything must be done
     priority: Priority = Priority.INTERACTIVE
+    #: Audio seconds per frame of the voice's frame-rate features (hop / sample rate).
+    seconds_per_frame: float = 256 / 22050
+    speaker_id: int = 0
+    #: Seed of the voice's sampling noise (VITS voices; see SynthesizeRequest.seed).
+    seed: int = 0
     scope: CancelScope = field(default_factory=CancelScope)
     #: The stream's listener (set by the gateway for streams): when playback started.
     listener: ListenerClock | None = None
@@ -89,12 +98,18 @@ class Pipeline:
         return left
 
     @staticmethod
-    def _analyze_request(job: Job, text: str | None = None) -> frontend_pb2.AnalyzeRequest:
+    def _analyze_request(
+        job: Job, text: str | None = None, segment: int = 0
+    ) -> frontend_pb2.AnalyzeRequest:
+        """The frontend call for the job's text (or segment number `segment` of a text
+        stream: each segment's sentences get their own seeds)."""
         return frontend_pb2.AnalyzeRequest(
             text=job.text if text is None else text,
             voice=job.voice,
             speaking_rate=job.speaking_rate,
             request_id=job.request_id,
+            speaker_id=job.speaker_id,
+            seed=(job.seed + segment * _SEED_STRIDE) % _SEED_RANGE,
         )
 
     def _generate_request(
@@ -106,6 +121,14 @@ class Pipeline:
             voice=job.voice,
             chunk_frames=self._chunk_frames,
             request_id=job.request_id,
+            speaker_id=job.speaker_id,
+            seed=sentence.seed,
+        )
+
+    @staticmethod
+    def _vocode_request(job: Job, mel: Any = None) -> vocoder_pb2.VocodeRequest:
+        return vocoder_pb2.VocodeRequest(
+            mel=mel, voice=job.voice, request_id=job.request_id, speaker_id=job.speaker_id
         )
 
     def synthesize(self, job: Job) -> Iterator[AudioPiece]:
@@ -114,13 +137,13 @@ class Pipeline:
         sentences = self._clients.analyze(
             request, self._remaining(job), job.hints(), job.scope
         ).sentences
-        for sentence, before in zip(sentences, _audio_before(sentences), strict=True):
+        for sentence, before in zip(sentences, _audio_before(job, sentences), strict=True):
             hints = job.hints(before)
             mel = self._clients.generate(
                 self._generate_request(job, sentence), self._remaining(job), hints, job.scope
             ).mel
             audio = self._clients.vocode(
-                vocoder_pb2.VocodeRequest(mel=mel, voice=job.voice, request_id=job.request_id),
+                self._vocode_request(job, mel),
                 self._remaining(job),
                 hints,
                 job.scope,
@@ -159,7 +182,7 @@ class Pipeline:
                 if sentence is None:
                     return
                 started.append(self._start_sentence(job, sentence, audio_before))
-                audio_before += _seconds(sentence.num_frames)
+                audio_before += sentence.num_frames * job.seconds_per_frame
 
         try:
             top_up(block=True)
@@ -241,10 +264,10 @@ class _SegmentedSentences:
     def __iter__(self) -> Iterator[frontend_pb2.Sentence]:
         job, clients = self._job, self._pipeline._clients
         index = 0
-        for segment in self._segments:
+        for number, segment in enumerate(self._segments):
             if self._cancelled.is_set():
                 return
-            request = self._pipeline._analyze_request(job, segment)
+            request = self._pipeline._analyze_request(job, segment, number)
             upstream = self._upstream = job.scope.add(
                 clients.analyze_stream(request, self._pipeline._remaining(job), job.hints())
             )
@@ -302,16 +325,11 @@ class _SentenceFeed:
         self._upstream.cancel()
 
 
-def _seconds(frames: int) -> float:
-    """Seconds of audio in `frames` mel frames."""
-    return frames * HOP_LENGTH / SAMPLE_RATE_HZ
-
-
-def _audio_before(sentences: Sequence[frontend_pb2.Sentence]) -> list[float]:
+def _audio_before(job: Job, sentences: Sequence[frontend_pb2.Sentence]) -> list[float]:
     """Seconds of audio that precede each sentence (from the frontend's frame counts)."""
     out, total = [], 0
     for sentence in sentences:
-        out.append(_seconds(total))
+        out.append(total * job.seconds_per_frame)
         total += sentence.num_frames
     return out
 
@@ -332,9 +350,7 @@ class _Feeder:
     def __iter__(self) -> Iterator[vocoder_pb2.VocodeRequest]:
         try:
             for chunk in self._mel_chunks:
-                yield vocoder_pb2.VocodeRequest(
-                    mel=chunk.mel, voice=self._job.voice, request_id=self._job.request_id
-                )
+                yield Pipeline._vocode_request(self._job, chunk.mel)
         except BaseException as exc:
             with self._lock:
                 self._error = exc

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -17,71 +16,26 @@ from opentelemetry.trace import Span
 from voxline.v1 import synthesizer_pb2, synthesizer_pb2_grpc
 
 from services.gateway.admission import Admission, AdmissionConfig
-from services.gateway.audio import SUPPORTED_SAMPLE_RATES, StreamResampler, resample
+from services.gateway.audio import StreamResampler, resample
 from services.gateway.auth import BearerTokenInterceptor, load_token
+from services.gateway.catalog import VoiceCatalog
 from services.gateway.pipeline import AudioPiece, Job, Pipeline
 from services.gateway.playback import ListenerClock
 from services.gateway.stages import StageClients
 from services.gateway.text_stream import TextStreamInput, read_config
-from services.gateway.validation import max_request_bytes, validate, validate_options
+from services.gateway.validation import Options, max_request_bytes, validate, validate_options
 from services.runtime.config import DEFAULT_PORTS, add_flag, build_parser, parse_config
 from services.runtime.phases import phase_timeline
 from services.runtime.rpc import rpc_method
 from services.runtime.server import serve
 from services.runtime.stage_runtime import StageRuntime
-from services.runtime.voice import LANGUAGE_CODE, MAX_TEXT_CHARS, STREAM_WINDOW_FRAMES, VOICE_NAME
+from services.runtime.voice import MAX_TEXT_CHARS, STREAM_WINDOW_FRAMES
 from services.runtime.wav import wav_bytes
 from telemetry import SynthesisMetrics, names
 
 log = logging.getLogger("voxline.gateway")
 
 LINEAR16 = synthesizer_pb2.AUDIO_ENCODING_LINEAR16
-
-
-class VoiceCatalog:
-    """The voices the stages serve, asked of them once and cached."""
-
-    def __init__(self, clients: StageClients, timeout: float = 5.0) -> None:
-        self._clients = clients
-        self._timeout = timeout
-        self._lock = threading.Lock()
-        self._voices: list[synthesizer_pb2.Voice] | None = None
-
-    def voices(self) -> list[synthesizer_pb2.Voice]:
-        with self._lock:
-            if self._voices is None:
-                infos = [c.info(self._timeout) for c in self._clients.all()]
-                frontend, acoustic, vocoder = infos
-                names = set(frontend.voices) & set(acoustic.voices) & set(vocoder.voices)
-                trained = frontend.trained and acoustic.trained
-                self._voices = [
-                    synthesizer_pb2.Voice(
-                        name=name,
-                        language_code=LANGUAGE_CODE,
-                        native_sample_rate_hz=vocoder.sample_rate_hz,
-                        supported_sample_rates_hz=list(SUPPORTED_SAMPLE_RATES),
-                        trained=trained,
-                        model_version=(
-                            f"{frontend.model_name}@{frontend.model_version}+"
-                            f"{acoustic.model_name}@{acoustic.model_version}+"
-                            f"{vocoder.model_name}@{vocoder.model_version}"
-                        ),
-                        description=(
-                            "English (US) voice"
-                            if trained
-                            else "UNTRAINED: frontend/acoustic weights are a seeded "
-                            "initialisation; output has the right length and format but is "
-                            "not intelligible speech"
-                        ),
-                    )
-                    for name in sorted(names)
-                ]
-            return self._voices
-
-    def cached_names(self) -> set[str]:
-        """Voice names known so far (never calls the stages)."""
-        with self._lock:
-            return {v.name for v in self._voices or []}
 
 
 class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
@@ -109,15 +63,15 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         outcome: _Outcome,
         *,
         text_follows: bool = False,
-    ) -> tuple[Job, int]:
+    ) -> tuple[Job, Options]:
         """Validate the request, then admit it (a slot held until the synthesis ends).
         `text_follows`: the text arrives later (a text stream checks it as it comes)."""
         with self.runtime.phase(names.PHASE_PREPROCESS):
-            voices = {v.name for v in self._catalog.voices()}
+            voices = self._catalog.facts()
             if text_follows:
-                voice, rate, sample_rate, priority = validate_options(request, voices)
+                options = validate_options(request, voices)
             else:
-                voice, rate, sample_rate, priority = validate(request, self._max_text_chars, voices)
+                options = validate(request, self._max_text_chars, voices)
         remaining = context.time_remaining()
         budget = self._timeout_s if remaining is None else min(remaining, self._timeout_s)
         with self.runtime.phase(names.PHASE_QUEUE):
@@ -126,18 +80,21 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
             )
         job = Job(
             text=request.text,
-            voice=voice or VOICE_NAME,
-            speaking_rate=rate,
+            voice=options.voice.name,
+            speaking_rate=options.speaking_rate,
             request_id=request.request_id or uuid.uuid4().hex,
             deadline=time.monotonic() + budget,
-            priority=priority,
+            priority=options.priority,
+            seconds_per_frame=options.voice.seconds_per_frame,
+            speaker_id=options.speaker_id,
+            seed=options.seed,
         )
-        return job, sample_rate
+        return job, options
 
     def _voice_label(self, request: synthesizer_pb2.SynthesizeRequest) -> str:
         """The voice as a metric label: a served voice name, else "other" (bounded)."""
         if not request.voice:
-            return VOICE_NAME
+            return self._catalog.default_voice() or names.VOICE_OTHER
         known = self._catalog.cached_names()
         return request.voice if request.voice in known else names.VOICE_OTHER
 
@@ -190,14 +147,16 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         self, request: synthesizer_pb2.SynthesizeRequest, context: grpc.ServicerContext
     ) -> synthesizer_pb2.SynthesizeResponse:
         with self._synthesis(request, names.SYNTHESIS_METHOD_UNARY) as outcome:
-            job, sample_rate = self._job(request, context, outcome)
+            job, options = self._job(request, context, outcome)
+            sample_rate = options.sample_rate
             outcome.priority = job.priority.label
             # A caller that goes away (or whose deadline passes) cancels the stage calls.
             context.add_callback(job.scope.cancel_all)
             outcome.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
             pieces = [p.pcm for p in self._pipeline.synthesize(job)]
             with self.runtime.phase(names.PHASE_POSTPROCESS):
-                pcm = resample(np.concatenate(pieces), sample_rate)
+                native = options.voice.sample_rate_hz
+                pcm = resample(np.concatenate(pieces), native, sample_rate)
                 audio = wav_bytes(pcm, sample_rate)
             outcome.audio_s = len(pcm) / sample_rate
         self._log(job, names.SYNTHESIS_METHOD_UNARY, outcome)
@@ -215,9 +174,9 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
     ) -> Iterator[synthesizer_pb2.SynthesizeStreamResponse]:
         method = names.SYNTHESIS_METHOD_STREAM
         with self._synthesis(request, method) as outcome:
-            job, sample_rate = self._job(request, context, outcome)
+            job, options = self._job(request, context, outcome)
             pieces = self._pipeline.synthesize_stream(job)
-            yield from self._stream(request, context, job, sample_rate, outcome, method, pieces)
+            yield from self._stream(request, context, job, options, outcome, method, pieces)
         self._log(job, method, outcome)
 
     @rpc_method
@@ -232,10 +191,10 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         with self._synthesis(config, method) as outcome:
             outcome.characters = lambda: text.characters
             outcome.ttfa_from = lambda: text.first_complete
-            job, sample_rate = self._job(config, context, outcome, text_follows=True)
+            job, options = self._job(config, context, outcome, text_follows=True)
             pieces = self._pipeline.synthesize_stream(job, iter(text))
             yield from self._stream(
-                config, context, job, sample_rate, outcome, method, pieces, text.raise_if_failed
+                config, context, job, options, outcome, method, pieces, text.raise_if_failed
             )
         self._log(job, method, outcome)
 
@@ -244,7 +203,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         request: synthesizer_pb2.SynthesizeRequest,
         context: grpc.ServicerContext,
         job: Job,
-        sample_rate: int,
+        options: Options,
         outcome: _Outcome,
         method: str,
         pieces: Iterator[AudioPiece],
@@ -252,10 +211,11 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
     ) -> Iterator[synthesizer_pb2.SynthesizeStreamResponse]:
         """Send a stream's audio as it comes: resampled, timed (first audio, stalls).
         `check` runs before each piece is sent (a text stream's input errors end it at once)."""
+        sample_rate = options.sample_rate
         outcome.priority = job.priority.label
         context.add_callback(job.scope.cancel_all)
         outcome.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
-        resampler = StreamResampler(sample_rate)
+        resampler = StreamResampler(options.voice.sample_rate_hz, sample_rate)
         listener = job.listener = ListenerClock(sample_rate)
         samples = 0
         last_index = 0
@@ -335,7 +295,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         self, request: synthesizer_pb2.ListVoicesRequest, context: grpc.ServicerContext
     ) -> synthesizer_pb2.ListVoicesResponse:
         return synthesizer_pb2.ListVoicesResponse(
-            voices=self._catalog.voices(), default_voice=VOICE_NAME
+            voices=self._catalog.voices(), default_voice=self._catalog.default_voice()
         )
 
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from voxline.v1 import synthesizer_pb2
 
 from services.frontend.normalize import is_speakable
 from services.gateway.audio import SUPPORTED_SAMPLE_RATES
+from services.gateway.catalog import VoiceFacts
 from services.runtime.errors import InvalidArgument
 from services.runtime.scheduler import Priority
-from services.runtime.voice import SAMPLE_RATE_HZ, check_voice
+from services.runtime.voice import check_voice
 
 MIN_RATE, MAX_RATE = 0.25, 4.0
 #: A caller's request id: echoed in responses and logs, so short and of a plain charset.
@@ -32,12 +36,27 @@ PRIORITIES = {
 }
 
 
-def validate(
-    request: synthesizer_pb2.SynthesizeRequest, max_text_chars: int, voices: set[str]
-) -> tuple[str, float, int, Priority]:
-    """Returns (voice, speaking_rate, sample_rate, priority) or raises InvalidArgument.
+@dataclass(frozen=True)
+class Options:
+    """A request's validated settings (everything but its text)."""
 
-    `voices` are the names the deployment serves; an empty request voice means the default.
+    voice: VoiceFacts
+    speaking_rate: float
+    sample_rate: int
+    priority: Priority
+    speaker_id: int
+    seed: int
+
+
+def validate(
+    request: synthesizer_pb2.SynthesizeRequest,
+    max_text_chars: int,
+    voices: Mapping[str, VoiceFacts],
+) -> Options:
+    """The request's settings, or InvalidArgument.
+
+    `voices` are the voices the deployment serves, the default first; an empty request
+    voice means the default.
     """
     text = request.text
     if not text or not text.strip():
@@ -55,11 +74,13 @@ def check_text_length(characters: int, max_text_chars: int) -> None:
 
 
 def validate_options(
-    request: synthesizer_pb2.SynthesizeRequest, voices: set[str]
-) -> tuple[str, float, int, Priority]:
-    """Everything but the text: (voice, speaking_rate, sample_rate, priority)."""
-    voice = request.voice
-    check_voice(voice, voices)
+    request: synthesizer_pb2.SynthesizeRequest, voices: Mapping[str, VoiceFacts]
+) -> Options:
+    """Everything but the text."""
+    check_voice(request.voice, set(voices))
+    if not voices:
+        raise InvalidArgument("no voice is served")
+    voice = voices[request.voice or next(iter(voices))]
     rate = request.speaking_rate if request.HasField("speaking_rate") else 1.0
     if not math.isfinite(rate) or rate <= 0:
         raise InvalidArgument(f"speaking_rate must be a positive number, got {rate}")
@@ -67,11 +88,12 @@ def validate_options(
         raise InvalidArgument(
             f"speaking_rate must be between {MIN_RATE} and {MAX_RATE}, got {rate}"
         )
-    sample_rate = request.sample_rate_hz or SAMPLE_RATE_HZ
+    sample_rate = request.sample_rate_hz or voice.sample_rate_hz
     if sample_rate not in SUPPORTED_SAMPLE_RATES:
         raise InvalidArgument(
             f"sample_rate_hz {request.sample_rate_hz} is not supported; use one of "
-            f"{', '.join(map(str, SUPPORTED_SAMPLE_RATES))} (or 0 for {SAMPLE_RATE_HZ})"
+            f"{', '.join(map(str, SUPPORTED_SAMPLE_RATES))} (or 0 for the voice's native "
+            f"{voice.sample_rate_hz})"
         )
     if request.encoding not in SUPPORTED_ENCODINGS:
         raise InvalidArgument(
@@ -88,7 +110,15 @@ def validate_options(
         raise InvalidArgument(
             f"priority {request.priority} is unknown; use PRIORITY_INTERACTIVE or PRIORITY_BULK"
         )
-    return voice, float(rate), sample_rate, PRIORITIES[request.priority]
+    return Options(
+        voice,
+        float(rate),
+        sample_rate,
+        PRIORITIES[request.priority],
+        voice.speaker_id(request.speaker),
+        # A request without a seed gets a fresh one (SynthesizeRequest.seed).
+        request.seed if request.HasField("seed") else secrets.randbits(63),
+    )
 
 
 def max_request_bytes(max_text_chars: int) -> int:

@@ -63,6 +63,23 @@ class _StageInfoServicer(stage_pb2_grpc.StageInfoServicer):
             sample_rate_hz=d.sample_rate_hz,
             weights_source=d.weights_source,
             weights_sha256=d.weights_sha256,
+            voice_models=[
+                stage_pb2.VoiceModel(
+                    voice=v.voices[0],
+                    architecture=v.architecture,
+                    model_name=v.model_name,
+                    model_version=v.model_version,
+                    trained=v.trained,
+                    sample_rate_hz=v.sample_rate_hz,
+                    hop_length=v.hop_length,
+                    feature_channels=v.feature_channels,
+                    language_code=v.language_code,
+                    speakers=list(v.speakers),
+                    weights_source=v.weights_source,
+                    weights_sha256=v.weights_sha256,
+                )
+                for v in d.voice_models()
+            ],
         )
 
 
@@ -171,6 +188,7 @@ def serve(
                     extra={
                         "model": d.model_name,
                         "version": d.model_version,
+                        "voices": list(d.voices),
                         "trained": d.trained,
                         "device": d.device,
                         "dtype": d.dtype,

@@ -26,6 +26,22 @@ class ModelDescription:
     weights_source: str
     #: Hex sha256 of the loaded weights file; empty for a seeded initialisation.
     weights_sha256: str = ""
+    #: The model family: "fastspeech" (the distilled student) or "vits" (Piper voices).
+    architecture: str = "fastspeech"
+    #: Output samples per frame of the frame-rate features.
+    hop_length: int = 256
+    #: Channels of the frame-rate features (acoustic output, vocoder input).
+    feature_channels: int = 80
+    language_code: str = "en-US"
+    #: Speaker names in id order; empty for a single-speaker voice.
+    speakers: tuple[str, ...] = ()
+    #: One description per voice when the stage serves several (services/runtime/voices.py);
+    #: empty for a single-voice stage, which describes itself.
+    per_voice: tuple[ModelDescription, ...] = ()
+
+    def voice_models(self) -> tuple[ModelDescription, ...]:
+        """A description per voice held (this one alone for a single-voice stage)."""
+        return self.per_voice or (self,)
 
 
 class Stage(Protocol):

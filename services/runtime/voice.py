@@ -71,10 +71,46 @@ def add_weights_flags(parser: argparse.ArgumentParser, seed: int) -> None:
         "checkpoint",
         str,
         "auto",
-        "weights: auto (the shipped voice; VOXLINE_MODEL_DIR overrides its folder) | "
-        "none (seeded, untrained) | PATH",
+        f"{VOICE_NAME} weights: auto (the shipped voice; VOXLINE_MODEL_DIR overrides its "
+        "folder) | none (seeded, untrained) | PATH",
     )
     add_flag(parser, "seed", int, seed, "seed of the untrained initialisation")
+
+
+def add_voice_flags(parser: argparse.ArgumentParser) -> None:
+    """The model stages' `--voices` and `--default-voice` flags (services/voices/catalog.py)."""
+    from services.runtime.config import add_flag
+    from services.voices.catalog import ALL_VOICES
+
+    add_flag(
+        parser,
+        "voices",
+        str,
+        ALL_VOICES,
+        "voices to serve: all (every folder in the voices directory) | NAME[,NAME...]",
+    )
+    add_flag(
+        parser,
+        "default-voice",
+        str,
+        "",
+        "the voice an empty voice name selects (empty: en_US-joe-medium if served, else the "
+        "first voice)",
+    )
+
+
+def served_voices(config: ServiceConfig) -> tuple[list[Any], str]:
+    """The catalogue entries `--voices` selects and the default voice among them. Exits the
+    process with a one-line error when a voice is missing (a stage must not start without
+    the voices it was asked for)."""
+    from services.voices import VoiceNotFound
+    from services.voices.catalog import default_voice, select
+
+    try:
+        entries = select(config.extra["voices"])
+        return entries, default_voice(entries, config.extra["default_voice"])
+    except VoiceNotFound as exc:
+        raise SystemExit(f"error: {config.service}: {exc}") from None
 
 
 def stage_options(config: ServiceConfig) -> dict[str, Any]:

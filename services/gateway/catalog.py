@@ -1,0 +1,131 @@
+"""The voices the gateway serves: those all three stages hold, asked of them and cached.
+
+Each stage's `StageInfo.GetModelInfo` lists its voices with their model facts
+(`voice_models`); a voice is served when frontend, acoustic and vocoder all hold it. The
+default voice is the stages' own (the frontend lists it first).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from voxline.v1 import stage_pb2, synthesizer_pb2
+
+from services.gateway.audio import SUPPORTED_SAMPLE_RATES
+from services.gateway.stages import StageClients
+from services.runtime.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class VoiceFacts:
+    """What the gateway needs to run a request for one voice."""
+
+    name: str
+    sample_rate_hz: int
+    #: Output samples per frame of the voice's frame-rate features.
+    hop_length: int
+    #: Speaker names in id order; empty for a single-speaker voice.
+    speakers: tuple[str, ...] = ()
+
+    @property
+    def seconds_per_frame(self) -> float:
+        return self.hop_length / self.sample_rate_hz
+
+    def speaker_id(self, speaker: str) -> int:
+        """The id of `speaker` ("" = the first). The name is not echoed (caller input)."""
+        if not speaker:
+            return 0
+        if speaker not in self.speakers:
+            listed = ", ".join(self.speakers) if self.speakers else "none (single speaker)"
+            raise InvalidArgument(f"unknown speaker for voice {self.name}; speakers: {listed}")
+        return self.speakers.index(speaker)
+
+
+def _models(info: stage_pb2.ModelInfo) -> dict[str, stage_pb2.VoiceModel]:
+    return {m.voice: m for m in info.voice_models}
+
+
+def _voice(
+    name: str,
+    frontend: stage_pb2.VoiceModel,
+    acoustic: stage_pb2.VoiceModel,
+    vocoder: stage_pb2.VoiceModel,
+) -> synthesizer_pb2.Voice:
+    trained = frontend.trained and acoustic.trained
+    if not trained:
+        description = (
+            "UNTRAINED: frontend/acoustic weights are a seeded initialisation; output has the "
+            "right length and format but is not intelligible speech"
+        )
+    elif frontend.architecture == "vits":
+        description = "Piper VITS voice, served as three torch stages"
+    else:
+        description = "Distilled FastSpeech-style student voice"
+    return synthesizer_pb2.Voice(
+        name=name,
+        language_code=frontend.language_code,
+        native_sample_rate_hz=vocoder.sample_rate_hz,
+        supported_sample_rates_hz=list(SUPPORTED_SAMPLE_RATES),
+        trained=trained,
+        model_version="+".join(
+            f"{m.model_name}@{m.model_version}" for m in (frontend, acoustic, vocoder)
+        ),
+        description=description,
+        architecture=frontend.architecture,
+        speakers=list(frontend.speakers),
+        weights_sha256={
+            "frontend": frontend.weights_sha256,
+            "acoustic": acoustic.weights_sha256,
+            "vocoder": vocoder.weights_sha256,
+        },
+    )
+
+
+class VoiceCatalog:
+    """The voices the stages serve, asked of them once and cached."""
+
+    def __init__(self, clients: StageClients, timeout: float = 5.0) -> None:
+        self._clients = clients
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._voices: list[synthesizer_pb2.Voice] | None = None
+        self._facts: dict[str, VoiceFacts] = {}
+
+    def voices(self) -> list[synthesizer_pb2.Voice]:
+        """Every served voice, the default first."""
+        with self._lock:
+            if self._voices is None:
+                self._load()
+            assert self._voices is not None
+            return self._voices
+
+    def _load(self) -> None:
+        frontend, acoustic, vocoder = (_models(c.info(self._timeout)) for c in self._clients.all())
+        # The frontend lists the default voice first.
+        names = [n for n in frontend if n in acoustic and n in vocoder]
+        self._voices = [_voice(n, frontend[n], acoustic[n], vocoder[n]) for n in names]
+        self._facts = {
+            n: VoiceFacts(
+                n,
+                vocoder[n].sample_rate_hz,
+                vocoder[n].hop_length,
+                tuple(frontend[n].speakers),
+            )
+            for n in names
+        }
+
+    def facts(self) -> dict[str, VoiceFacts]:
+        """Served voice name -> its facts, the default first."""
+        self.voices()
+        return self._facts
+
+    def default_voice(self) -> str:
+        """The voice an empty voice name selects ("" while no voice is served)."""
+        voices = self.voices()
+        return voices[0].name if voices else ""
+
+    def cached_names(self) -> set[str]:
+        """Voice names known so far (never calls the stages)."""
+        with self._lock:
+            return {v.name for v in self._voices or []}
