@@ -14,23 +14,22 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from torch import Tensor, nn
 
-onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
-
-from services.cli.main import main as cli_main  # noqa: E402
-from services.vits.config import VitsConfig  # noqa: E402
-from services.vits.decoder import Generator  # noqa: E402
-from services.vits.duration import ElementwiseAffine, StochasticDurationPredictor  # noqa: E402
-from services.vits.flow import ResidualCouplingFlow  # noqa: E402
-from services.vits.modules import sequence_mask  # noqa: E402
-from services.vits.parts import expand_by_durations  # noqa: E402
-from services.vits.text_encoder import TextEncoder  # noqa: E402
-from services.vits.voice_folder import VoiceFolderError, load_part  # noqa: E402
-from services.voices.piper_import import ImportRefused, import_piper_voice  # noqa: E402
+from services.cli.main import main as cli_main
+from services.vits.config import VitsConfig
+from services.vits.decoder import Generator
+from services.vits.duration import ElementwiseAffine, StochasticDurationPredictor
+from services.vits.flow import ResidualCouplingFlow
+from services.vits.modules import sequence_mask
+from services.vits.parts import expand_by_durations
+from services.vits.text_encoder import TextEncoder
+from services.vits.voice_folder import VoiceFolderError, load_part
+from services.voices.piper_import import ImportRefused, import_piper_voice
 
 PHONEMES = ["_", "^", "$", " ", "a", "b", "d", "e", "i", "k", "l", "m", "n", "o", "s", "t"]
 SPEAKERS = {"alice": 0, "bob": 1, "carol": 2}

