@@ -7,11 +7,13 @@ A *listener* model measures what a user hears: time to first audio (TTFA), and s
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -250,40 +252,42 @@ def describe(results: list[StreamResult], wall_s: float) -> dict[str, Any]:
 
 class InProcess:
     """The three stages composed in one process, no gRPC (the microservice-tax baseline):
-    the same models, the same streaming windows, the same first-sentence-first order."""
+    the same models, the same streaming windows, the same first-sentence-first order.
 
-    def __init__(self, threads: int, vocoder: str = "auto") -> None:
-        from services.acoustic.stage import AcousticInput, AcousticStage
-        from services.frontend.stage import FrontendInput, FrontendStage
-        from services.runtime.voice import resolve_checkpoint
-        from services.vocoder.stage import VocoderStage, default_vocoder
+    `voice`: a catalogue voice (services/voices; None: the default voice a local stack
+    started with this environment serves); `vocoder` applies to the student voice."""
+
+    def __init__(self, threads: int, vocoder: str = "auto", voice: str | None = None) -> None:
+        from services.voices.catalog import default_voice, select
 
         torch.set_num_threads(threads)
-        self._inputs = FrontendInput, AcousticInput
-        self.frontend = FrontendStage(checkpoint=resolve_checkpoint("auto", "frontend"))
-        self.acoustic = AcousticStage(checkpoint=resolve_checkpoint("auto", "acoustic"))
-        if vocoder == "auto":
-            vocoder = default_vocoder("auto")
-        checkpoint = resolve_checkpoint("auto", "vocoder") if vocoder == "fast" else None
-        self.vocoder = VocoderStage(vocoder=vocoder, checkpoint=checkpoint)
+        if voice is None:
+            served = select(os.environ.get("VOXLINE_VOICES", ""))
+            voice = default_voice(served, os.environ.get("VOXLINE_DEFAULT_VOICE", ""))
+        (entry,) = select(voice)
+        build = _vits_stages if entry.architecture == "vits" else _student_stages
+        self.frontend, self.acoustic, self.vocoder = build(entry.folder, vocoder)
         for stage in (self.frontend, self.acoustic, self.vocoder):
             stage.load()
             stage.warmup()
+        self.sample_rate = self.vocoder.sample_rate
 
-    def audio(self, text: str) -> Iterator[torch.Tensor]:
+    def audio(self, text: str, seed: int = 0) -> Iterator[torch.Tensor]:
         """PCM pieces in playback order, each as soon as it is vocoded."""
-        frontend_input, acoustic_input = self._inputs
         for prepared in self.frontend.prepare_iter(text):
-            (encoded,) = self.frontend.execute([frontend_input([prepared], 1.0)])
-            (sentence,) = encoded
-            (mel,) = self.acoustic.execute([acoustic_input(sentence.features, sentence.durations)])
+            request = self.frontend.make_input([prepared], 1.0, 0, seed)
+            ((sentence,),) = self.frontend.execute([request])
+            features = self.acoustic.make_input(
+                sentence.features, sentence.durations, 0, sentence.seed
+            )
+            (frames,) = self.acoustic.execute([features])
             stream = self.vocoder.stream()
-            for window in [*stream.plan(mel), *stream.plan_flush()]:
-                yield stream.finish([window], self.vocoder.execute([window.mel]))
+            for window in [*stream.plan(frames), *stream.plan_flush()]:
+                yield stream.finish([window], self.vocoder.execute([stream.window_input(window)]))
 
     def stream_once(self, length: str, cap_s: float = AUDIO_CAP_S) -> StreamResult:
         """Follow TEXTS[length] as a listener would, for up to ``cap_s`` seconds of audio."""
-        clock = ListenerClock(SAMPLE_RATE_HZ)
+        clock = ListenerClock(self.sample_rate)
         t0 = time.monotonic()
         ttfa = None
         for pcm in self.audio(TEXTS[length]):
@@ -293,3 +297,26 @@ class InProcess:
             if clock.sent_s >= cap_s:
                 return StreamResult(length, ttfa, clock.stall_s, clock.sent_s, 0.0, False)
         return StreamResult(length, ttfa, clock.stall_s, clock.sent_s, time.monotonic() - t0, True)
+
+
+def _student_stages(folder: Path, vocoder: str) -> tuple[Any, Any, Any]:
+    from services.acoustic.stage import AcousticStage
+    from services.frontend.stage import FrontendStage
+    from services.vocoder.stage import VocoderStage, default_vocoder
+
+    if vocoder == "auto":
+        vocoder = default_vocoder("auto")
+    fast = str(folder / "vocoder-fast.safetensors") if vocoder == "fast" else None
+    return (
+        FrontendStage(checkpoint=str(folder / "frontend.safetensors")),
+        AcousticStage(checkpoint=str(folder / "acoustic.safetensors")),
+        VocoderStage(vocoder=vocoder, checkpoint=fast),
+    )
+
+
+def _vits_stages(folder: Path, vocoder: str) -> tuple[Any, Any, Any]:
+    from services.acoustic.vits_stage import VitsAcousticStage
+    from services.frontend.vits_stage import VitsFrontendStage
+    from services.vocoder.vits_stage import VitsVocoderStage
+
+    return VitsFrontendStage(folder), VitsAcousticStage(folder), VitsVocoderStage(folder)

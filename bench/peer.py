@@ -1,8 +1,8 @@
 """The CPU peer a user might pick instead of Voxline: the Piper `en_US-joe-medium` voice (VITS,
 onnxruntime), run the way Piper streams -- sentence by sentence, each sentence's whole
 waveform at once -- on the same text frontend (normalisation, sentence split, G2P; Piper's
-phoneme-id map is the one Voxline's frontend produces). Needs the `train` extra
-(`pip install -e '.[train]'`); `available()` says whether it is installed.
+phoneme-id map is the one Voxline's frontend produces), with the voice's own noise settings.
+Needs onnxruntime (the `dev` and `train` extras); `available()` says whether it is installed.
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ import numpy as np
 
 from bench.load import AUDIO_CAP_S, TEXTS, StreamResult
 from services.gateway.playback import ListenerClock
-
-#: Piper's own inference defaults (noise_scale, length_scale, noise_w).
-PIPER_SCALES = (0.667, 1.0, 0.8)
 
 
 def available() -> bool:
@@ -32,18 +29,18 @@ class PiperPeer:
     """Piper in this process with ``threads`` intra-op threads; `stream_once` as `InProcess`."""
 
     def __init__(self, threads: int) -> None:
-        from services.frontend.stage import FrontendStage
-        from training.teacher import Teacher
+        from services.frontend.analyzer import TextAnalyzer
+        from training.teacher import Teacher, piper_scales
 
         self.teacher = Teacher(threads=threads)
-        self.frontend = FrontendStage(checkpoint=None)
-        self.frontend.load()  # the G2P and phoneme map; its torch model is not used here
+        self.scales = piper_scales()
+        self.frontend = TextAnalyzer()  # Voxline's text rules, G2P and Piper's phoneme map
 
     def audio(self, text: str) -> Iterator[np.ndarray]:
         """One waveform per sentence, in order, each as soon as it is synthesised."""
         for sentence in self.frontend.prepare_iter(text):
             ids = sentence.phoneme_ids.tolist()
-            ((wav, _durations),) = self.teacher.synthesize([ids], PIPER_SCALES)
+            ((wav, _durations),) = self.teacher.synthesize([ids], self.scales)
             yield wav
 
     def stream_once(self, length: str, cap_s: float = AUDIO_CAP_S) -> StreamResult:

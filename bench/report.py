@@ -93,9 +93,9 @@ def markdown(result: dict[str, Any]) -> str:
     vocoders = result.get("vocoder_stacks")
     if vocoders:
         lines += [
-            "## The local stack: fast vocoder vs HiFi-GAN V1 (alternated)",
+            "## The local stack per voice: VITS joe, student + fast vocoder, student + HiFi-GAN V1",
             "",
-            "| vocoder | 12-word TTFA p50 ms | p95 ms | ~20 s paragraph RTF p50 | p95 "
+            "| stack | 12-word TTFA p50 ms | p95 ms | ~20 s paragraph RTF p50 | p95 "
             "| x real time | audio s | stall p95 ms | errors |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
@@ -112,7 +112,7 @@ def markdown(result: dict[str, Any]) -> str:
     peers = result.get("peers")
     if peers:
         lines += [
-            "## In one process: Voxline, each vocoder, vs the Piper peer (2 threads, alternated)",
+            "## In one process: each Voxline voice vs the Piper peer (2 threads, alternated)",
             "",
             "| | text | TTFA p50 ms | TTFA p95 ms | RTF p50 | RTF p95 | x real time |",
             "|---|---|---:|---:|---:|---:|---:|",

