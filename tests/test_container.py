@@ -33,6 +33,7 @@ from services.cli.client import list_voices, synthesize
 from services.cli.stack import STAGES, free_port, wait_serving
 from services.frontend.normalize import normalize
 from services.runtime.voice import VOICE_NAME
+from services.voices.catalog import PREFERRED_DEFAULT_VOICE as JOE_VOICE
 from telemetry.otlp_receiver import OtlpReceiver
 from training.asr import ASR_RATE, Recognizer, wer
 from training.corpus import HELD_OUT
@@ -121,16 +122,27 @@ def deployment() -> Iterator[Deployment]:
                 subprocess.run([PODMAN, "rm", "-f", "-t", "0", name], capture_output=True)
 
 
-def test_trained_voice_and_shipped_weights(deployment: Deployment) -> None:
-    voice = list_voices(deployment.gateway).voices[0]
-    assert voice.name == VOICE_NAME and voice.trained, voice.description
-    config = json.loads((SHIPPED / "config.json").read_text())
+def test_trained_voices_and_shipped_weights(deployment: Deployment) -> None:
+    """Both voices, the VITS one the default, with the weights the checkout has: the
+    student's committed files, and the joe voice converted at build time exactly as
+    `make voices` converts it here (the importer is deterministic)."""
+    reply = list_voices(deployment.gateway)
+    voices = {v.name: v for v in reply.voices}
+    assert reply.default_voice == JOE_VOICE and set(voices) == {JOE_VOICE, VOICE_NAME}
+    assert all(v.trained for v in voices.values())
+    for name in voices:
+        config = json.loads((SHIPPED.parent / name / "config.json").read_text())
+        for stage in ("frontend", "acoustic"):
+            assert voices[name].weights_sha256[stage] == config[stage]["sha256"], (name, stage)
     for stage in ("frontend", "acoustic"):
         with grpc.insecure_channel(deployment.addresses[stage]) as channel:
             info = stage_pb2_grpc.StageInfoStub(channel).GetModelInfo(
                 stage_pb2.GetModelInfoRequest(), timeout=10
             )
-        assert info.trained and info.weights_sha256 == config[stage]["sha256"], stage
+        models = {m.voice: m for m in info.voice_models}
+        student = json.loads((SHIPPED / "config.json").read_text())
+        assert models[VOICE_NAME].weights_sha256 == student[stage]["sha256"], stage
+        assert models[JOE_VOICE].architecture == "vits", stage
 
 
 def test_speech_is_intelligible(deployment: Deployment) -> None:

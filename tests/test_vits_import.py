@@ -13,6 +13,7 @@ import json
 import warnings
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -20,7 +21,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from services.cli.client import list_voices, synthesize
 from services.cli.main import main as cli_main
+from services.cli.stack import LocalStack
 from services.vits.config import VitsConfig
 from services.vits.decoder import Generator
 from services.vits.duration import ElementwiseAffine, StochasticDurationPredictor
@@ -287,3 +290,35 @@ def test_a_graph_missing_a_weight_is_refused(
     (tmp_path / "broken.onnx.json").write_text(tiny_voice.with_suffix(".onnx.json").read_text())
     err = _refusal(capsys, broken, tmp_path / "out")
     assert "missing weights: dec.conv_post.weight" in err
+
+
+def test_an_imported_multi_speaker_voice_serves_its_speakers(
+    imported: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The imported voice through the real stack: its speakers listed and selected by name,
+    its own sample rate (16 kHz) served natively and resampled on request."""
+    env = {"VOXLINE_MODEL_DIR": str(imported.parent), "VOXLINE_VOICES": imported.name}
+    with LocalStack(tmp_path_factory.mktemp("stack"), env=env) as stack:
+        reply = list_voices(stack.gateway)
+        (voice,) = reply.voices
+        assert reply.default_voice == voice.name == imported.name
+        assert list(voice.speakers) == list(SPEAKERS) and voice.native_sample_rate_hz == 16000
+
+        def pcm(speaker: str, seed: int = 1, sample_rate: int = 0) -> tuple[bytes, int]:
+            result = synthesize(
+                stack.gateway, "A bad sea, a lost kite.", speaker=speaker, seed=seed,
+                sample_rate=sample_rate, timeout=60,
+            )  # fmt: skip
+            return result.pcm, result.sample_rate
+
+        bob, rate = pcm("bob")
+        assert rate == 16000 and len(bob) > 0
+        assert pcm("bob") == (bob, rate)  # same speaker, same seed: the same audio
+        assert pcm("carol")[0] != bob
+        assert pcm("")[0] == pcm("alice")[0]  # no speaker: the first
+        resampled, rate = pcm("bob", sample_rate=22050)
+        assert rate == 22050 and abs(len(resampled) / len(bob) - 22050 / 16000) < 0.01
+        with pytest.raises(grpc.RpcError) as err:
+            pcm("dave")
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "speakers: alice, bob, carol" in (err.value.details() or "")

@@ -38,6 +38,8 @@ def cmd_say(args: argparse.Namespace) -> int:
         args.text,
         stream=args.stream,
         voice=args.voice,
+        speaker=args.speaker,
+        seed=args.seed,
         speaking_rate=args.rate,
         sample_rate=args.sample_rate,
         timeout=args.timeout,
@@ -60,7 +62,12 @@ def cmd_voices(args: argparse.Namespace) -> int:
     for v in reply.voices:
         flag = "" if v.trained else "  [UNTRAINED]"
         default = " (default)" if v.name == reply.default_voice else ""
-        print(f"{v.name}{default}  {v.language_code}  {v.native_sample_rate_hz} Hz{flag}")
+        print(
+            f"{v.name}{default}  {v.architecture}  {v.language_code}  "
+            f"{v.native_sample_rate_hz} Hz{flag}"
+        )
+        if v.speakers:
+            print(f"    speakers: {', '.join(v.speakers)}")
         print(f"    model: {v.model_version}")
         print(f"    {v.description}")
     return 0
@@ -161,7 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("text")
     say.add_argument("-o", "--output", default="out.wav")
     say.add_argument("--stream", action="store_true", help="use SynthesizeStream")
-    say.add_argument("--voice", default="")
+    say.add_argument("--voice", default="", help="voice name (voxline voices; empty: default)")
+    say.add_argument("--speaker", default="", help="speaker of a multi-speaker voice")
+    say.add_argument(
+        "--seed", type=int, default=None, help="noise seed (VITS voices): same seed, same audio"
+    )
     say.add_argument("--rate", type=float, default=None, help="speaking rate (1.0 = normal)")
     say.add_argument("--sample-rate", type=int, default=0, help="output Hz (0 = native)")
     say.add_argument("--server", default=DEFAULT_SERVER, help="gateway host:port")
