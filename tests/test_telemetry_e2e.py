@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
@@ -158,16 +159,45 @@ def _check_structure(trace: list[dict[str, Any]], method: str) -> None:
         assert all(p["attributes"][names.ATTR_STAGE] == stage for p in phases)
         assert server["attributes"][names.ATTR_MODEL_NAME]
         assert server["attributes"][names.ATTR_DEVICE] == "cpu"
-        coverage = _covered(server, phases)
-        layout = [
-            (p["name"], (p["start_time_unix_nano"] - server["start_time_unix_nano"]) / 1e6,
-             (p["end_time_unix_nano"] - p["start_time_unix_nano"]) / 1e6)
-            for p in sorted(phases, key=lambda p: p["start_time_unix_nano"])
-        ]  # fmt: skip
-        span_ms = (server["end_time_unix_nano"] - server["start_time_unix_nano"]) / 1e6
-        assert coverage >= 0.95, (
-            f"{server['name']} ({span_ms:.2f} ms): phases explain only {coverage:.1%}: {layout}"
+        _check_phase_layout(server, phases)
+
+
+# Time in a stage's server span outside all of its phases that is still scheduling noise: a
+# loaded 2-core machine can deschedule a thread for a few milliseconds (a CFS time slice)
+# between two phases or after the last one, which on a 17 ms span is over 5 %. A structural
+# hole (work done outside any phase) is either proportional to the work, which the 5 % bound
+# still catches on long spans, or is missing phases, which the order and name checks catch.
+_UNCOVERED_FRACTION = 0.05
+_UNCOVERED_NOISE_NS = 3_000_000
+# Timeline phases are recorded in whole microseconds.
+_CLOCK_SLACK_NS = 1_000
+
+
+def _check_phase_layout(server: dict[str, Any], phases: list[dict[str, Any]]) -> None:
+    """The phases lie inside `server`'s span, in order without overlapping, and cover it but
+    for scheduling noise: uncovered <= max(5 % of the span, 3 ms). A fraction alone
+    (coverage >= 95 %) failed on a busy machine: 91.4 % of a 17.5 ms span, 1.5 ms of noise."""
+    start, end = server["start_time_unix_nano"], server["end_time_unix_nano"]
+    ordered = sorted(phases, key=lambda p: (p["start_time_unix_nano"], p["end_time_unix_nano"]))
+    layout = [
+        (p["name"], (p["start_time_unix_nano"] - start) / 1e6,
+         (p["end_time_unix_nano"] - p["start_time_unix_nano"]) / 1e6)
+        for p in ordered
+    ]  # fmt: skip
+    where = f"{server['name']} ({(end - start) / 1e6:.2f} ms): {layout}"
+    for phase in ordered:
+        assert start - _CLOCK_SLACK_NS <= phase["start_time_unix_nano"], where
+        assert phase["start_time_unix_nano"] <= phase["end_time_unix_nano"], where
+        assert phase["end_time_unix_nano"] <= end + _CLOCK_SLACK_NS, where
+    for earlier, later in itertools.pairwise(ordered):
+        assert earlier["end_time_unix_nano"] <= later["start_time_unix_nano"] + _CLOCK_SLACK_NS, (
+            f"overlapping phases: {where}"
         )
+    uncovered = (end - start) * (1 - _covered(server, phases))
+    allowed = max(_UNCOVERED_FRACTION * (end - start), _UNCOVERED_NOISE_NS)
+    assert uncovered <= allowed, (
+        f"phases leave {uncovered / 1e6:.2f} ms uncovered (allowed {allowed / 1e6:.2f}): {where}"
+    )
 
 
 def _traced_request(traced_stack, receiver, method: str, text: str) -> list[dict[str, Any]]:

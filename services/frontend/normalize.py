@@ -156,8 +156,15 @@ def _plural_year(words: str) -> str:
     return words + "s"
 
 
+# Thousands groups in one number, at most. A rule whose suffix fails ("1,234,...,2345%" has no
+# "%" after a number) is retried after every comma of the run, and each retry walks the rest of
+# the run: unbounded, that is quadratic in the run's length. Bounded, each retry costs at most
+# this many groups. Real numbers have at most 5 groups (longer ones are read digit by digit
+# anyway); a longer run is read as consecutive numbers, which still reads it digit by digit.
+_MAX_GROUPS = 16
+_GROUPED = rf"\d{{1,3}}(?:,\d{{3}}){{1,{_MAX_GROUPS}}}"
 # Unsigned number: proper thousands groups or plain digits, optional decimals.
-_NUM = r"(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?"
+_NUM = rf"(?:{_GROUPED}(?!\d)|\d+)(?:\.\d+)?"
 
 # ---------------------------------------------------------------------------------------------
 # Character clean-up
@@ -505,7 +512,7 @@ def _percent(m: re.Match[str]) -> str:
     return f"{neg}{_number_words(m.group('num'))} {sign}"
 
 
-_ORDINAL_RE = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(?:st|nd|rd|th|ST|ND|RD|TH)\b")
+_ORDINAL_RE = re.compile(rf"(?<![\w.])({_GROUPED}|\d+)(?:st|nd|rd|th|ST|ND|RD|TH)\b")
 
 
 def _ordinal_sub(m: re.Match[str]) -> str:

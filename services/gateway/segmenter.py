@@ -13,13 +13,19 @@ sentence as soon as it is complete, not when the reply ends. The policy:
   sentence does not hold the audio back (the voice pauses at a comma anyway). This can phrase
   differently from the whole-text request, which only cuts sentences past 400 characters.
 * `flush()` (the client's explicit flush, or the end of its stream) speaks whatever is left.
+
+Cost: a fragment costs time proportional to itself and the current sentence, not to all the
+text held back. The segmenter remembers the part of its pending text that no later fragment
+can split differently (`split_settled`) with its pieces, and re-splits only the rest; a
+fragment with nothing to say (no letter or digit, only whitespace) skips the split altogether.
+The pieces handed back are exactly those of re-splitting the whole pending text each time.
 """
 
 from __future__ import annotations
 
 import re
 
-from services.frontend.sentences import split_sentences
+from services.frontend.sentences import split_sentences, split_settled
 
 #: A sentence longer than this without an end is spoken clause by clause.
 CLAUSE_CHARS = 200
@@ -27,11 +33,15 @@ CLAUSE_CHARS = 200
 _CLAUSE_BREAK = re.compile(r"[,:\-–]\s")
 
 
+_ALNUM = re.compile(r"[^\W_]")  # str.isalnum, in C
+
+
 class TextSegmenter:
     """Accumulates fragments; hands back the complete pieces, in order, exactly once."""
 
     def __init__(self) -> None:
         self._pending = ""  # text received but not yet handed back
+        self._reset_cache()
 
     @property
     def pending(self) -> str:
@@ -40,29 +50,97 @@ class TextSegmenter:
 
     def feed(self, fragment: str) -> list[str]:
         """Add a fragment; return the pieces it completed (possibly none)."""
-        self._pending += fragment
-        pieces = split_sentences(self._pending)
+        self._append(fragment)
+        pieces = self._split_pending()
         if len(pieces) < 2:  # the last sentence may still grow
             return self._clauses()
         complete = pieces[:-1]
-        self._pending = self._pending[_end_of(complete, self._pending) :]
+        self._trim(_end_of(complete, self._pending))
         return complete + self._clauses()
 
     def flush(self) -> list[str]:
         """Everything pending, as pieces (an explicit flush or the end of the text)."""
         pieces = split_sentences(self._pending)
         self._pending = ""
+        self._reset_cache()
         return pieces
+
+    # -- state kept between fragments ---------------------------------------------------------
+
+    def _reset_cache(self) -> None:
+        """Forget what is known about `_pending` (after it is cut at its start) and rebuild
+        the clause-break index; each character is re-read here at most once per cut."""
+        # split_sentences(pending) == _settled_pieces + split_sentences(pending[_settled:]),
+        # whatever is appended.
+        self._settled = 0
+        self._settled_pieces: list[str] = []
+        # Whether pending[_settled:] holds a letter or digit: without one it has no piece.
+        self._tail_speakable = _ALNUM.search(self._pending) is not None
+        # split_sentences(pending) as of the last split, while only whitespace was appended
+        # since (whitespace never changes the pieces); None when unknown.
+        self._known: list[str] | None = None
+        # The ends of the last two clause breaks, and whether text follows the last one.
+        self._breaks: list[int] = []
+        self._text_after_break = False
+        self._index_breaks(0)
+
+    def _append(self, fragment: str) -> None:
+        old_length = len(self._pending)
+        self._pending += fragment
+        if not fragment.isspace():
+            self._known = None
+        if _ALNUM.search(fragment):
+            self._tail_speakable = True
+        # A break may straddle the join: its punctuation ends the old text.
+        self._index_breaks(max(0, old_length - 1))
+
+    def _index_breaks(self, start: int) -> None:
+        """Index the clause breaks in `_pending[start:]` (text appended since the last call).
+
+        A break is punctuation then whitespace, so breaks never overlap and new text cannot
+        change the old ones: only the last two matter to `_last_clause_break`.
+        """
+        for m in _CLAUSE_BREAK.finditer(self._pending, start):
+            self._breaks = [*self._breaks[-1:], m.end()]
+            self._text_after_break = False
+        if self._breaks and not self._text_after_break:
+            # Only whitespace followed the last break before `start`: read from there on.
+            self._text_after_break = bool(self._pending[max(self._breaks[-1], start) :].strip())
+
+    def _last_clause_break(self) -> int | None:
+        """The last clause break with text after it (the next clause has begun)."""
+        if self._breaks and self._text_after_break:
+            return self._breaks[-1]
+        # The break before the last has text after it: the last break's punctuation.
+        return self._breaks[-2] if len(self._breaks) == 2 else None
+
+    def _split_pending(self) -> list[str]:
+        """`split_sentences(self._pending)`, re-splitting only what is not settled."""
+        if self._known is not None:
+            return self._known
+        if self._tail_speakable:
+            tail = self._pending[self._settled :]
+            pieces, cut = split_settled(tail)
+            self._settled_pieces += pieces
+            self._settled += cut
+            self._tail_speakable = _ALNUM.search(tail, cut) is not None
+        rest = split_sentences(self._pending[self._settled :]) if self._tail_speakable else []
+        self._known = self._settled_pieces + rest
+        return self._known
+
+    def _trim(self, cut: int) -> None:
+        """Drop `_pending[:cut]`, which has been handed back."""
+        self._pending = self._pending[cut:]
+        self._reset_cache()
 
     def _clauses(self) -> list[str]:
         if len(self._pending) <= CLAUSE_CHARS:
             return []
-        breaks = [m.end() for m in _CLAUSE_BREAK.finditer(self._pending)]
-        # The last break with text after it (the next clause has begun).
-        cut = next((b for b in reversed(breaks) if self._pending[b:].strip()), None)
+        cut = self._last_clause_break()
         if cut is None:
             return []
-        head, self._pending = self._pending[:cut], self._pending[cut:]
+        head = self._pending[:cut]
+        self._trim(cut)
         return split_sentences(head)
 
 
