@@ -59,7 +59,7 @@ def cpps_db(pcm: np.ndarray, sample_rate: int) -> float:
     return float(
         call(
             cepstrogram, "Get CPPS", "yes", 0.02, 0.0005, 60.0, 330.0, 0.05,
-            "parabolic", 0.001, 0.0, "Exponential decay", "Robust slow",
+            "parabolic", 0.001, 0.0, "Exponential decay", "Robust",
         )
     )  # fmt: skip
 
