@@ -23,6 +23,7 @@ from voxline.v1 import synthesizer_pb2, synthesizer_pb2_grpc
 from services.gateway.admission import RETRY_PUSHBACK_KEY
 from services.gateway.playback import ListenerClock
 from services.runtime.voice import SAMPLE_RATE_HZ
+from services.vocoder.stage import to_pcm16
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank."
 PARAGRAPH = (
@@ -255,9 +256,17 @@ class InProcess:
     the same models, the same streaming windows, the same first-sentence-first order.
 
     `voice`: a catalogue voice (services/voices; None: the default voice a local stack
-    started with this environment serves); `vocoder` applies to the student voice."""
+    started with this environment serves); `vocoder` applies to the student voice.
+    `whole_sentences`: vocode each sentence in one pass, as Piper does, instead of in
+    streaming windows (less compute, later first audio)."""
 
-    def __init__(self, threads: int, vocoder: str = "auto", voice: str | None = None) -> None:
+    def __init__(
+        self,
+        threads: int,
+        vocoder: str = "auto",
+        voice: str | None = None,
+        whole_sentences: bool = False,
+    ) -> None:
         from services.voices.catalog import default_voice, select
 
         torch.set_num_threads(threads)
@@ -265,6 +274,7 @@ class InProcess:
             served = select(os.environ.get("VOXLINE_VOICES", ""))
             voice = default_voice(served, os.environ.get("VOXLINE_DEFAULT_VOICE", ""))
         (entry,) = select(voice)
+        self.whole_sentences = whole_sentences
         build = _vits_stages if entry.architecture == "vits" else _student_stages
         self.frontend, self.acoustic, self.vocoder = build(entry.folder, vocoder)
         for stage in (self.frontend, self.acoustic, self.vocoder):
@@ -282,6 +292,10 @@ class InProcess:
             )
             (frames,) = self.acoustic.execute([features])
             stream = self.vocoder.stream()
+            if self.whole_sentences:
+                (audio,) = self.vocoder.execute([self.vocoder.window_input(frames)])
+                yield to_pcm16(audio)
+                continue
             for window in [*stream.plan(frames), *stream.plan_flush()]:
                 yield stream.finish([window], self.vocoder.execute([stream.window_input(window)]))
 

@@ -58,7 +58,7 @@ from services.cli.client import SynthesisResult, synthesize
 from services.cli.stack import LocalStack
 from services.gateway.admission import AdmissionConfig
 from services.runtime.voice import VOICE_NAME
-from services.voices.catalog import PREFERRED_DEFAULT_VOICE as JOE_VOICE
+from services.voices.catalog import JOE_VOICE
 from telemetry.otlp_receiver import OtlpReceiver
 
 TEXTS = [
@@ -183,6 +183,8 @@ def bench_peers(requests: int, lengths: list[str]) -> dict[str, Any]:
     seconds)."""
     peers: dict[str, Any] = {
         "voxline_vits": InProcess(threads=2, voice=JOE_VOICE),
+        # Sentence by sentence, each vocoded whole: how Piper runs (its mode, like for like).
+        "voxline_vits_whole_sentences": InProcess(threads=2, voice=JOE_VOICE, whole_sentences=True),
         "voxline_fast": InProcess(threads=2, vocoder="fast", voice=VOICE_NAME),
         "voxline_hifigan": InProcess(threads=2, vocoder="hifigan", voice=VOICE_NAME),
     }

@@ -33,7 +33,7 @@ from services.cli.client import list_voices, synthesize
 from services.cli.stack import STAGES, free_port, wait_serving
 from services.frontend.normalize import normalize
 from services.runtime.voice import VOICE_NAME
-from services.voices.catalog import PREFERRED_DEFAULT_VOICE as JOE_VOICE
+from services.voices.catalog import JOE_VOICE
 from telemetry.otlp_receiver import OtlpReceiver
 from training.asr import ASR_RATE, Recognizer, wer
 from training.corpus import HELD_OUT
@@ -123,12 +123,12 @@ def deployment() -> Iterator[Deployment]:
 
 
 def test_trained_voices_and_shipped_weights(deployment: Deployment) -> None:
-    """Both voices, the VITS one the default, with the weights the checkout has: the
+    """Both voices, the student the default on a CPU, with the weights the checkout has: the
     student's committed files, and the joe voice converted at build time exactly as
     `make voices` converts it here (the importer is deterministic)."""
     reply = list_voices(deployment.gateway)
     voices = {v.name: v for v in reply.voices}
-    assert reply.default_voice == JOE_VOICE and set(voices) == {JOE_VOICE, VOICE_NAME}
+    assert reply.default_voice == VOICE_NAME and set(voices) == {JOE_VOICE, VOICE_NAME}
     assert all(v.trained for v in voices.values())
     for name in voices:
         config = json.loads((SHIPPED.parent / name / "config.json").read_text())

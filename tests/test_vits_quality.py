@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from services.cli.stack import LocalStack
-from services.voices.catalog import PREFERRED_DEFAULT_VOICE as JOE
+from services.voices.catalog import JOE_VOICE as JOE
 from training.asr import Recognizer
 from training.voice_quality import SystemScore, piper_reader, score, stack_reader
 

@@ -1,6 +1,7 @@
 """The Piper joe voice served as three VITS stages beside the student, through the real stack.
 
-One local stack serving every shipped voice (VOXLINE_VOICES=all): the catalogue, routing by
+One local stack serving every shipped voice (VOXLINE_VOICES=all) with the VITS voice as its
+default, as the GPU overlay configures it (VOXLINE_DEFAULT_VOICE): the catalogue, routing by
 the `voice` field, per-request seeds, streaming vs unary, and bad speaker/voice input.
 """
 
@@ -16,14 +17,15 @@ from voxline.v1 import synthesizer_pb2, synthesizer_pb2_grpc
 from services.cli.client import list_voices, synthesize
 from services.cli.stack import LocalStack
 from services.runtime.voice import VOICE_NAME
-from services.voices.catalog import PREFERRED_DEFAULT_VOICE as JOE
+from services.voices.catalog import JOE_VOICE as JOE
 
 TEXT = "The weather will be sunny and warm tomorrow afternoon. See you then!"
 
 
 @pytest.fixture(scope="module")
 def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with LocalStack(tmp_path_factory.mktemp("vits"), env={"VOXLINE_VOICES": "all"}) as stack:
+    env = {"VOXLINE_VOICES": "all", "VOXLINE_DEFAULT_VOICE": JOE}
+    with LocalStack(tmp_path_factory.mktemp("vits"), env=env) as stack:
         yield stack
 
 
@@ -46,7 +48,7 @@ def test_list_voices_describes_both_voices(both: LocalStack) -> None:
     assert "vits-frontend" in joe.model_version and "vits-vocoder" in joe.model_version
 
 
-def test_voice_field_routes_and_default_is_vits(both: LocalStack) -> None:
+def test_voice_field_routes_and_the_configured_default_serves(both: LocalStack) -> None:
     default = _pcm(both, seed=7)
     joe = _pcm(both, voice=JOE, seed=7)
     student = _pcm(both, voice=VOICE_NAME)

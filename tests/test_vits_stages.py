@@ -12,9 +12,9 @@ from services.acoustic.vits_stage import VitsAcousticStage
 from services.frontend.vits_stage import VitsFrontendStage
 from services.vocoder.vits_stage import VitsVocoderStage
 from services.voices import model_dir
-from services.voices.catalog import PREFERRED_DEFAULT_VOICE
+from services.voices.catalog import JOE_VOICE
 
-FOLDER = model_dir() / PREFERRED_DEFAULT_VOICE
+FOLDER = model_dir() / JOE_VOICE
 TEXTS = ["Hello there.", "Is it raining in Paris, or is it just cloudy today?", "No!"]
 RATES = [1.0, 1.4, 0.8]
 SEEDS = [11, 22, 33]

@@ -13,7 +13,7 @@ from services.runtime.errors import InvalidArgument
 from services.runtime.stage import ModelDescription
 from services.runtime.voices import Routed, VoiceRouter
 from services.voices import VoiceNotFound
-from services.voices.catalog import PREFERRED_DEFAULT_VOICE, default_voice, select
+from services.voices.catalog import JOE_VOICE, PREFERRED_DEFAULT_VOICE, default_voice, select
 
 
 def _voice_folder(root: Path, name: str, architecture: str | None) -> None:
@@ -25,7 +25,7 @@ def _voice_folder(root: Path, name: str, architecture: str | None) -> None:
 @pytest.fixture
 def voices_root(tmp_path: Path) -> Path:
     _voice_folder(tmp_path, "voxline-en-us", None)  # format 1: no architecture field
-    _voice_folder(tmp_path, PREFERRED_DEFAULT_VOICE, "vits")
+    _voice_folder(tmp_path, JOE_VOICE, "vits")
     _voice_folder(tmp_path, "de_DE-thorsten-medium", "vits")
     return tmp_path
 
@@ -34,8 +34,8 @@ def test_select_all_and_by_name(voices_root: Path) -> None:
     everything = select("all", voices_root)
     assert [e.name for e in everything] == sorted(e.name for e in everything)
     assert {e.name: e.architecture for e in everything}["voxline-en-us"] == "fastspeech"
-    chosen = select(f"voxline-en-us, {PREFERRED_DEFAULT_VOICE}", voices_root)
-    assert [e.name for e in chosen] == ["voxline-en-us", PREFERRED_DEFAULT_VOICE]
+    chosen = select(f"voxline-en-us, {JOE_VOICE}", voices_root)
+    assert [e.name for e in chosen] == ["voxline-en-us", JOE_VOICE]
 
 
 def test_missing_voice_and_unknown_architecture_are_one_line_errors(voices_root: Path) -> None:
@@ -48,12 +48,12 @@ def test_missing_voice_and_unknown_architecture_are_one_line_errors(voices_root:
 
 def test_default_voice_rules(voices_root: Path) -> None:
     entries = select("all", voices_root)
-    assert default_voice(entries) == PREFERRED_DEFAULT_VOICE
-    student_only = select("voxline-en-us", voices_root)
-    assert default_voice(student_only) == "voxline-en-us"
-    assert default_voice(entries, "de_DE-thorsten-medium") == "de_DE-thorsten-medium"
+    assert default_voice(entries) == PREFERRED_DEFAULT_VOICE == "voxline-en-us"
+    vits_only = select(f"de_DE-thorsten-medium,{JOE_VOICE}", voices_root)
+    assert default_voice(vits_only) == "de_DE-thorsten-medium"  # the first served
+    assert default_voice(entries, JOE_VOICE) == JOE_VOICE
     with pytest.raises(VoiceNotFound, match="not served"):
-        default_voice(student_only, PREFERRED_DEFAULT_VOICE)
+        default_voice(vits_only, PREFERRED_DEFAULT_VOICE)
 
 
 class _Stage:

@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
+from services.voices.catalog import STUDENT_VOICE
+
 if TYPE_CHECKING:
     from services.runtime.config import ServiceConfig
 
-VOICE_NAME = "voxline-en-us"
+#: The student voice's name (services/voices/catalog.py states the catalogue's names).
+VOICE_NAME = STUDENT_VOICE
 LANGUAGE_CODE = "en-US"
 SAMPLE_RATE_HZ = 22050
 HOP_LENGTH = 256

