@@ -128,4 +128,4 @@ train-vocoder: proto
 # The train extra brings the Piper peer (onnxruntime) the bench compares against.
 bench: proto voices
 	$(PY) -m pip install -q -e '.[dev,train]'
-	OMP_WAIT_POLICY=PASSIVE $(PY) -m bench.run --out bench/results/latest.json
+	$(PY) -m bench.run --out bench/results/latest.json

@@ -34,13 +34,14 @@ def test_bench_smoke_writes_json_markdown_and_plot(tmp_path: Path) -> None:
     overload = result["admission"]["overload"]
     assert overload["lost"] == [] and overload["admitted"] > 0
     peers = result["peers"]
-    measured = ["voxline_fast", "voxline_hifigan"] + (["piper"] if peers["piper_installed"] else [])
+    measured = ["voxline_vits", "voxline_vits_whole_sentences", "voxline_fast", "voxline_hifigan"]
+    measured += ["piper"] if peers["piper_installed"] else []
     for name in measured:
         assert peers[name]["twelve_words"]["rtf"]["median"] > 0
-    for vocoder in ("fast", "hifigan"):
-        stacked = result["vocoder_stacks"][vocoder]
+    for stack in ("vits", "fast", "hifigan"):
+        stacked = result["vocoder_stacks"][stack]
         assert stacked["errors"] == [] and stacked["paragraph_rtf"]["median"] > 0
         assert stacked["twelve_words_ttfa_s"]["median"] > 0
     report = out.with_suffix(".md").read_text()
-    assert "Concurrency sweep" in report and "fast vocoder vs HiFi-GAN" in report
+    assert "Concurrency sweep" in report and "The local stack per voice" in report
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
