@@ -11,7 +11,7 @@ from voxline.v1 import acoustic_pb2, acoustic_pb2_grpc
 
 from services.acoustic.stage import AcousticStage
 from services.acoustic.vits_stage import VitsAcousticStage
-from services.runtime.config import add_flag, build_parser, parse_config
+from services.runtime.config import ServiceConfig, add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.memory import bound_kernel_cache
 from services.runtime.rpc import rpc_method
@@ -87,7 +87,7 @@ class AcousticServicer(acoustic_pb2_grpc.AcousticModelServicer):
             yield from self.runtime.send(message)
 
 
-def voice_stage(entry: VoiceEntry, config) -> AcousticStage | VitsAcousticStage:
+def voice_stage(entry: VoiceEntry, config: ServiceConfig) -> AcousticStage | VitsAcousticStage:
     """The acoustic stage of one catalogue voice."""
     if entry.architecture == "vits":
         return VitsAcousticStage(entry.folder, config.device, config.dtype)

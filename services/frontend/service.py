@@ -10,9 +10,10 @@ from collections.abc import Iterator, Sequence
 import grpc
 from voxline.v1 import frontend_pb2, frontend_pb2_grpc
 
+from services.frontend.analyzer import PreparedSentence
 from services.frontend.stage import EncodedSentence, FrontendStage
 from services.frontend.vits_stage import VitsFrontendStage
-from services.runtime.config import add_flag, build_parser, parse_config
+from services.runtime.config import ServiceConfig, add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.memory import bound_kernel_cache
 from services.runtime.rpc import rpc_method
@@ -57,8 +58,13 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
         return voice, rate
 
     def _input(
-        self, voice: str, request: frontend_pb2.AnalyzeRequest, rate: float, sentences: list
+        self,
+        voice: str,
+        request: frontend_pb2.AnalyzeRequest,
+        rate: float,
+        sentences: list[PreparedSentence],
     ) -> Routed:
+        """The voice's model input for `sentences` of one request, routed to that voice."""
         stage = self._voices.stage(voice)
         payload = stage.make_input(sentences, rate, request.speaker_id, request.seed)
         return Routed(voice, payload)
@@ -135,7 +141,7 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
             self._annotate(encoded)
 
 
-def voice_stage(entry: VoiceEntry, config) -> FrontendStage | VitsFrontendStage:
+def voice_stage(entry: VoiceEntry, config: ServiceConfig) -> FrontendStage | VitsFrontendStage:
     """The frontend stage of one catalogue voice."""
     if entry.architecture == "vits":
         return VitsFrontendStage(entry.folder, config.device, config.dtype)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -44,7 +45,7 @@ class VitsFrontendStage(VitsStage[VitsFrontendModel]):
 
     def __init__(
         self,
-        folder,
+        folder: Path,
         device: str = "auto",
         dtype: str = "auto",
         max_sentence_chars: int = MAX_SENTENCE_CHARS,

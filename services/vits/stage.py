@@ -13,6 +13,7 @@ from typing import ClassVar, Generic, TypeVar
 
 import torch
 
+from services.runtime.device import dtype_name, resolve_device, resolve_dtype
 from services.runtime.errors import InvalidArgument
 from services.runtime.model_stage import TorchModelStage
 from services.runtime.stage import ModelDescription
@@ -76,8 +77,6 @@ class VitsStage(TorchModelStage[M], Generic[M]):
         """Read the folder's config and this part's weights (sha256-checked) onto the device."""
         if self.model is not None:
             return
-        from services.runtime.device import resolve_device, resolve_dtype
-
         self._device = resolve_device(self._device_name)
         self._dtype = resolve_dtype(self._dtype_name, self._device)
         model, self.voice = load_part(self.folder, self.part)  # type: ignore[arg-type]
@@ -112,7 +111,7 @@ class VitsStage(TorchModelStage[M], Generic[M]):
             model_version=self.model_version,
             trained=True,
             device=str(self.device),
-            dtype=str(self.dtype).removeprefix("torch."),
+            dtype=dtype_name(self.dtype),
             voices=(self.folder.name,),
             sample_rate_hz=voice.sample_rate_hz,
             weights_source=self._source,

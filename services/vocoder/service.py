@@ -11,7 +11,7 @@ import grpc
 import torch
 from voxline.v1 import vocoder_pb2, vocoder_pb2_grpc
 
-from services.runtime.config import add_flag, build_parser, parse_config
+from services.runtime.config import ServiceConfig, add_flag, build_parser, parse_config
 from services.runtime.errors import InvalidArgument
 from services.runtime.rpc import rpc_method
 from services.runtime.server import serve
@@ -156,7 +156,7 @@ class VocoderServicer(vocoder_pb2_grpc.VocoderServicer):
             self._annotate_sizes(stream.frames_pushed, offset, stage.sample_rate)
 
 
-def voice_stage(entry: VoiceEntry, config: Any) -> VocoderStage | VitsVocoderStage:
+def voice_stage(entry: VoiceEntry, config: ServiceConfig) -> VocoderStage | VitsVocoderStage:
     """The vocoder stage of one catalogue voice (the student's vocoder as --vocoder says)."""
     extra = config.extra
     if entry.architecture == "vits":

@@ -9,6 +9,7 @@ the context its receptive field needs (:func:`services.vits.decoder.context_fram
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -53,7 +54,7 @@ class VitsVocoderStage(VitsStage[VitsDecoderModel]):
 
     def __init__(
         self,
-        folder,
+        folder: Path,
         device: str = "auto",
         dtype: str = "auto",
         chunk_frames: int = VITS_WINDOW_FRAMES,
