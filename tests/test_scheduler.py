@@ -167,15 +167,45 @@ def test_a_waiter_whose_deadline_passes_leaves_the_queue(
     model.release.set()
 
 
-def test_model_errors_reach_every_request_in_the_batch(
+def test_a_poisoned_job_fails_alone_and_its_batch_mates_succeed(
     gated: BatchScheduler[str, str], model: Model
 ) -> None:
-    jobs = [gated.submit(p) for p in ["boom", "bystander"]]
+    """One request's bad input fails that request only: the batch that raised runs again,
+    one job at a time (Triton's rule: an error belongs to its request, not its batch)."""
+    jobs = [gated.submit(p) for p in ["before", "boom", "bystander", "b2"]]
     model.release.set()
-    for job in jobs:
-        with pytest.raises(RuntimeError, match="model failed"):
-            gated.wait_result(job)
+    with pytest.raises(RuntimeError, match="model failed"):
+        gated.wait_result(jobs[1])
+    assert [gated.wait_result(jobs[i]) for i in (0, 2, 3)] == ["BEFORE", "BYSTANDER", "B2"]
+    assert model.batches == [["before"], ["bystander"], ["b2"]]  # the batch of 4 raised
     assert gated.run("bx") == "BX"  # and it keeps serving
+
+
+class ReportingModel(Model):
+    """Returns an exception in place of the output of a "bad" payload (Triton-style)."""
+
+    def execute(self, payloads: list[str]) -> list[str | Exception]:  # type: ignore[override]
+        if payloads == ["gate"]:
+            return super().execute(payloads)
+        self.batches.append(list(payloads))
+        return [ValueError("bad input") if p == "bad" else p.upper() for p in payloads]
+
+
+def test_an_error_returned_in_place_of_an_output_belongs_to_its_request() -> None:
+    model = ReportingModel()
+    scheduler = _scheduler(model)
+    try:
+        gate = scheduler.submit("gate")
+        assert model.entered.wait(5)
+        jobs = [scheduler.submit(p) for p in ["bok", "bad", "bfine"]]
+        model.release.set()
+        with pytest.raises(ValueError, match="bad input"):
+            scheduler.wait_result(jobs[1])
+        assert [scheduler.wait_result(jobs[i]) for i in (0, 2)] == ["BOK", "BFINE"]
+        assert model.batches == [["bok", "bad", "bfine"]]  # one batch, three outcomes
+        scheduler.wait_result(gate)
+    finally:
+        scheduler.stop()
 
 
 def test_max_queue_delay_waits_for_batch_mates(model: Model) -> None:

@@ -400,7 +400,7 @@ class BatchScheduler(Generic[In, Out]):
         ) as span:
             if self._metrics is not None:
                 self._metrics.record_batch_size(len(batch))
-            out_of_memory = False
+            out_of_memory, failure = False, None
             try:
                 outputs = list(self._execute([job.payload for job in batch]))
                 if len(outputs) != len(batch):
@@ -411,18 +411,32 @@ class BatchScheduler(Generic[In, Out]):
             except BaseException as exc:  # every waiter must hear about it
                 span.set_attribute(names.ATTR_ERROR_TYPE, type(exc).__qualname__)
                 span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__qualname__))
-                out_of_memory = is_out_of_memory(exc)
-                if not out_of_memory:
-                    for job in batch:
-                        job.finish(error=exc)
-                    return
+                out_of_memory, failure = is_out_of_memory(exc), exc
         if out_of_memory:  # here, `exc` and with it the failed batch's tensors are gone
             error = self._out_of_memory(len(batch))
             for job in batch:
                 job.finish(error=error)
+        elif failure is not None:
+            self._isolate(batch, failure)
+        else:
+            for job, output in zip(batch, outputs, strict=True):
+                # An exception in place of an output is that request's own error.
+                if isinstance(output, BaseException):
+                    job.finish(error=output)
+                else:
+                    job.finish(result=output)
+
+    def _isolate(self, batch: list[Job[In, Out]], failure: BaseException) -> None:
+        """A batch whose execution raised: one request's input must not fail the others
+        (an error belongs to its request), so each runs again alone and gets its own outcome.
+        A batch of one, or a failure that is not an ordinary exception (interrupts), ends
+        there."""
+        if len(batch) == 1 or not isinstance(failure, Exception):
+            for job in batch:
+                job.finish(error=failure)
             return
-        for job, output in zip(batch, outputs, strict=True):
-            job.finish(result=output)
+        for job in batch:
+            self._run_batch([job])
 
     def _out_of_memory(self, batch_size: int) -> ResourceExhausted:
         """A batch ran out of GPU memory: return the allocator's cached blocks (the failed
