@@ -69,7 +69,9 @@ class Stage(Protocol):
         """Model name, version, device, precision, voices; valid after `load`."""
 
     def execute(self, requests: list[Any]) -> Sequence[Any]:
-        """Run the model once for all `requests`; one output per request, in order."""
+        """Run the model once for all `requests`; one output per request, in order. An
+        exception in place of an output fails that request alone; an exception raised fails
+        no batch-mate either (the scheduler runs each request again alone)."""
 
     def batch_key(self, request: Any) -> Hashable:
         """Inputs with equal keys may share a batch (a shape bucket; None: any)."""
