@@ -8,6 +8,7 @@ learns *which* stage was unavailable, slow or unhappy with the input.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ from services.runtime.errors import (
 )
 from services.runtime.scheduler import Hints, hints_metadata
 from services.runtime.tls import PLAINTEXT, ClientTLS, secure_or_insecure_channel
+
+log = logging.getLogger("voxline.gateway")
 
 T = TypeVar("T")
 
@@ -81,12 +84,33 @@ def channel_options() -> list[tuple[str, Any]]:
     ]
 
 
+#: Codes whose details a stage writes for the caller (its own validation and overload
+#: messages); every other code's details stay in the gateway's log.
+_CALLER_FACING = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
 def translate(stage: str, target: str, exc: grpc.RpcError) -> VoxlineError:
-    """A stage's RPC failure as the error the gateway reports to its caller."""
+    """A stage's RPC failure as the error the gateway reports to its caller.
+
+    Transport failures and unexpected codes reach the caller generically (their details name
+    pod addresses and internals); the details go to the gateway's log. A stage's own
+    messages (bad input, overload) are written for callers and pass through."""
     code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
     details = exc.details() if hasattr(exc, "details") else str(exc)  # type: ignore[attr-defined]
+    if code not in _CALLER_FACING:
+        log.warning(
+            "stage call failed",
+            extra={"stage": stage, "target": target, "code": code.name, "details": details},
+        )
     if code == grpc.StatusCode.UNAVAILABLE:
-        return Unavailable(f"{stage} stage unavailable at {target}: {details}")
+        return Unavailable(f"{stage} stage unavailable; retry shortly")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return DeadlineExceeded(f"{stage} stage did not finish within the deadline")
     if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -95,8 +119,7 @@ def translate(stage: str, target: str, exc: grpc.RpcError) -> VoxlineError:
         return ResourceExhausted(f"{stage} stage is overloaded: {details}")
     if code == grpc.StatusCode.CANCELLED:
         return Cancelled(f"{stage} call cancelled")
-    err = VoxlineError(f"{stage} stage failed ({code.name}): {details}")
-    return err
+    return VoxlineError(f"{stage} stage failed ({code.name})")
 
 
 @dataclass
