@@ -357,6 +357,21 @@ def test_termination_grace_exceeds_prestop_plus_drain(
             assert spec["terminationGracePeriodSeconds"] > pre_stop + drain + 5, (overlay, app)
 
 
+def test_every_pod_drains_at_least_the_longest_request(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """A request admitted just before SIGTERM may run for the gateway's whole request
+    timeout: the gateway, the HTTP front and the stages serving it keep draining that long."""
+    from services.gateway.service import REQUEST_TIMEOUT_S
+
+    for overlay, docs in rendered.items():
+        for app in VOXLINE_APPS:
+            (c,) = _named(docs, "Deployment", app)["spec"]["template"]["spec"]["containers"]
+            env = _env(c)
+            longest = float(env.get("VOXLINE_REQUEST_TIMEOUT_S", REQUEST_TIMEOUT_S))
+            assert float(env["VOXLINE_DRAIN_SECONDS"]) >= longest, (overlay, app)
+
+
 def test_env_var_references_are_defined_earlier(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:

@@ -317,6 +317,10 @@ class _Outcome:
         self.resources = ExitStack()
 
 
+#: The longest one synthesis may run (`--request-timeout-s`); deployments drain at least this
+#: long (k8s/base, tests/test_k8s_manifests.py).
+REQUEST_TIMEOUT_S = 120.0
+
 #: Handler threads beyond the admitted and waiting callers: they answer refusals, ListVoices
 #: and health at once even when every slot is taken.
 REFUSAL_THREADS = 16
@@ -333,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{stage} stage target (e.g. dns:///{stage}.voxline.svc:50051)",
         )
     add_flag(parser, "max-text-chars", int, MAX_TEXT_CHARS, "longest accepted text")
-    add_flag(parser, "request-timeout-s", float, 120.0, "upper bound on one synthesis")
+    add_flag(parser, "request-timeout-s", float, REQUEST_TIMEOUT_S, "upper bound on one synthesis")
     add_flag(
         parser,
         "stream-chunk-frames",
