@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Channel options of the HTTP front's channel to the gateway.
+GATEWAY_CHANNEL_OPTIONS = (("grpc.lb_policy_name", "round_robin"),)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until SIGTERM/SIGINT (uvicorn drains in-flight requests first)."""
     parser = build_parser()
@@ -84,8 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     settings = Settings(args.gateway_address, args.request_timeout_s, token)
     # Instrumented after telemetry is up, so gateway calls are client spans of the request.
+    # round_robin over every address the target resolves to (a headless Service in k8s):
+    # with the default pick_first, each HTTP pod would send all its calls to one gateway.
     channel = telemetry.instrument_channel(
-        secure_or_insecure_channel(args.gateway_address, tls=tls)
+        secure_or_insecure_channel(args.gateway_address, GATEWAY_CHANNEL_OPTIONS, tls=tls)
     )
     app = ServerSpanMiddleware(create_app(settings, Gateway(channel, settings)), telemetry.tracer)
     server = uvicorn.Server(
