@@ -11,6 +11,7 @@ from services.runtime.device import synchronize
 from services.runtime.errors import InvalidArgument
 from services.runtime.model_stage import TorchModelStage
 from services.runtime.voice import MAX_MEL_FRAMES, N_MELS
+from services.runtime.voices import check_speaker
 
 MODEL_NAME = "voxline-acoustic-conv"
 MODEL_VERSION = "0.1.0"
@@ -80,8 +81,7 @@ class AcousticStage(TorchModelStage[AcousticModel]):
         self, features: torch.Tensor, durations: torch.Tensor, speaker_id: int, seed: int
     ) -> AcousticInput:
         """One request's model input (the student has one speaker and no sampling noise)."""
-        if speaker_id:
-            raise InvalidArgument(f"speaker_id {speaker_id} out of range: this voice has 1 speaker")
+        check_speaker(speaker_id, speakers=1)
         return AcousticInput(features, durations)
 
     def generate(self, features: torch.Tensor, durations: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ from services.runtime.device import synchronize
 from services.runtime.errors import InvalidArgument
 from services.runtime.model_stage import TorchModelStage
 from services.runtime.voice import HOP_LENGTH, SAMPLE_RATE_HZ
+from services.runtime.voices import check_speaker
 
 MODEL_NAME = "voxline-frontend-conv"
 MODEL_VERSION = "0.1.0"
@@ -93,8 +94,7 @@ class FrontendStage(TorchModelStage[FrontendModel]):
         self, sentences: list[PreparedSentence], speaking_rate: float, speaker_id: int, seed: int
     ) -> FrontendInput:
         """One request's model input (the student has one speaker and no sampling noise)."""
-        if speaker_id:
-            raise InvalidArgument(f"speaker_id {speaker_id} out of range: this voice has 1 speaker")
+        check_speaker(speaker_id, speakers=1)
         return FrontendInput(sentences, speaking_rate)
 
     def encode(

@@ -16,8 +16,19 @@ from typing import Any, Generic, TypeVar
 
 from services.runtime.errors import InvalidArgument
 from services.runtime.stage import ModelDescription, Stage
+from services.runtime.voice import check_voice
 
 P = TypeVar("P")
+
+
+def check_speaker(speaker_id: int, speakers: int) -> int:
+    """`speaker_id` if a voice with `speakers` speakers (0: a single speaker) has it."""
+    count = max(1, speakers)
+    if not 0 <= speaker_id < count:
+        raise InvalidArgument(
+            f"speaker_id {speaker_id} out of range: this voice has {count} speaker(s)"
+        )
+    return speaker_id
 
 
 @dataclass(frozen=True)
@@ -62,13 +73,9 @@ class VoiceRouter:
         return getattr(self._stages[self.default_voice], "device", None)
 
     def resolve(self, voice: str) -> str:
-        """The served voice a request's voice field names ("" = the default voice).
-
-        The requested name is not echoed: it is caller input, and messages reach logs."""
-        name = voice or self.default_voice
-        if name not in self._stages:
-            raise InvalidArgument(f"unknown voice; available voices: {', '.join(self._stages)}")
-        return name
+        """The served voice a request's voice field names ("" = the default voice)."""
+        check_voice(voice, set(self._stages))
+        return voice or self.default_voice
 
     def stage(self, voice: str) -> Any:
         """The single-voice stage serving `voice` (resolved as :meth:`resolve` does)."""

@@ -14,9 +14,9 @@ from typing import ClassVar, Generic, TypeVar
 import torch
 
 from services.runtime.device import dtype_name, resolve_device, resolve_dtype
-from services.runtime.errors import InvalidArgument
 from services.runtime.model_stage import TorchModelStage
 from services.runtime.stage import ModelDescription
+from services.runtime.voices import check_speaker
 from services.vits.voice_folder import VitsVoiceConfig, load_part
 
 M = TypeVar("M", bound=torch.nn.Module)
@@ -90,12 +90,7 @@ class VitsStage(TorchModelStage[M], Generic[M]):
 
     def check_speaker(self, speaker_id: int) -> int:
         """`speaker_id` if the voice has it (0 for a single-speaker voice)."""
-        count = max(1, len(self.config.speakers))
-        if not 0 <= speaker_id < count:
-            raise InvalidArgument(
-                f"speaker_id {speaker_id} out of range: this voice has {count} speaker(s)"
-            )
-        return speaker_id
+        return check_speaker(speaker_id, len(self.config.speakers))
 
     def speaker_ids(self, ids: list[int]) -> torch.Tensor | None:
         """Rows' speaker ids for the model (None for a single-speaker voice)."""
