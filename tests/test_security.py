@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import ipaddress
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -414,3 +417,22 @@ def test_token_loading(tmp_path: Path) -> None:
         load_token("", str(path))
     with pytest.raises(ValueError, match="empty API token"):
         BearerTokenInterceptor("")
+
+
+@pytest.mark.parametrize("module", ["services.gateway", "services.http"])
+def test_production_refuses_to_start_without_a_token(module: str) -> None:
+    """`--production` (VOXLINE_PRODUCTION, set by the k8s overlays) makes no token a usage
+    error: the public services never come up open to any caller by accident."""
+    env = {**os.environ, "VOXLINE_PRODUCTION": "true"}
+    env.pop("VOXLINE_API_TOKEN", None)
+    env.pop("VOXLINE_API_TOKEN_FILE", None)
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--production requires an API token" in done.stderr
+    assert load_token("t", "", production=True) == "t"

@@ -22,9 +22,16 @@ log = logging.getLogger("voxline.gateway.auth")
 _SCHEME = "bearer "
 
 
-def load_token(token: str, token_file: str) -> str:
+def load_token(token: str, token_file: str, *, production: bool = False) -> str:
     """The configured token: the file's content (stripped) if a file is given, else `token`
-    ("" = no token check). A file is what a Kubernetes Secret mounts; flags show in `ps`."""
+    ("" = no token check). A file is what a Kubernetes Secret mounts; flags show in `ps`.
+    With `production` (`--production`), no token is a configuration error: a public port
+    open to any caller must be a deliberate choice of a development setup, never a default."""
+    if production and not (token or token_file):
+        raise ValueError(
+            "--production requires an API token: set --api-token-file (a mounted Secret) "
+            "or --api-token"
+        )
     if token and token_file:
         raise ValueError("give --api-token or --api-token-file, not both")
     if token_file:

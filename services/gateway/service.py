@@ -24,7 +24,13 @@ from services.gateway.playback import ListenerClock
 from services.gateway.stages import StageClients
 from services.gateway.text_stream import TextStreamInput, read_config
 from services.gateway.validation import Options, max_request_bytes, validate, validate_options
-from services.runtime.config import DEFAULT_PORTS, add_flag, build_parser, parse_config
+from services.runtime.config import (
+    DEFAULT_PORTS,
+    add_flag,
+    build_parser,
+    parse_bool,
+    parse_config,
+)
 from services.runtime.phases import phase_timeline
 from services.runtime.rpc import rpc_method
 from services.runtime.server import serve
@@ -357,6 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     add_flag(parser, "api-token", str, "", "require 'authorization: Bearer <token>' (empty: off)")
     add_flag(parser, "api-token-file", str, "", "read the API token from this file (a Secret)")
+    add_flag(parser, "production", parse_bool, False, "refuse to start without an API token")
     config = parse_config("gateway", parser, argv)
     x = config.extra
     config.max_receive_bytes = max_request_bytes(x["max_text_chars"])
@@ -371,7 +378,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     config.workers = max(config.workers, needed)
     config.max_concurrent_rpcs = max(config.max_concurrent_rpcs, 2 * needed)
     try:  # popped: the token stays out of the config object
-        token = load_token(x.pop("api_token"), x.pop("api_token_file"))
+        token = load_token(
+            x.pop("api_token"), x.pop("api_token_file"), production=x.pop("production")
+        )
     except ValueError as exc:
         parser.error(str(exc))
     clients: list[StageClients] = []

@@ -19,7 +19,7 @@ from services.gateway.auth import load_token
 from services.http import DEFAULT_PORT
 from services.http.app import Gateway, Settings, create_app
 from services.http.tracing import ServerSpanMiddleware
-from services.runtime.config import DEFAULT_PORTS, add_flag
+from services.runtime.config import DEFAULT_PORTS, add_flag, parse_bool
 from services.runtime.tls import ClientTLS, TLSConfigError, secure_or_insecure_channel
 from telemetry import init_telemetry
 from telemetry.logging import configure_logging
@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         "require 'Authorization: Bearer <token>' (empty: off); also sent to the gateway",
     )
     add_flag(p, "api-token-file", str, "", "read the API token from this file (a Secret)")
+    add_flag(p, "production", parse_bool, False, "refuse to start without an API token")
     # The channel to the gateway (services/runtime/tls.py, docs/security.md).
     add_flag(p, "tls-ca", str, "", "connect to the gateway over TLS, trusting this PEM CA")
     add_flag(p, "tls-client-cert", str, "", "PEM client certificate to present (mTLS)")
@@ -71,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:  # the token stays out of `args` from here on
-        token = load_token(args.api_token, args.api_token_file)
+        token = load_token(args.api_token, args.api_token_file, production=args.production)
         tls = ClientTLS(
             args.tls_ca, args.tls_client_cert, args.tls_client_key, args.tls_server_name
         )
