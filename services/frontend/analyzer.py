@@ -15,6 +15,7 @@ from services.frontend.g2p import DEFAULT_LANGUAGE, PhonemeIdMapper, get_phonemi
 from services.frontend.normalize import is_speakable, normalize
 from services.frontend.sentences import split_sentences
 from services.runtime.errors import InvalidArgument
+from services.runtime.voice import MAX_EXPANSION, MAX_SENTENCES, MAX_TEXT_CHARS
 
 #: Longest sentence handed to G2P before it is split at clause boundaries (characters).
 MAX_SENTENCE_CHARS = 400
@@ -54,14 +55,22 @@ class TextAnalyzer:
         """:meth:`prepare_iter` for a whole text."""
         return list(self.prepare_iter(text))
 
-    def prepare_iter(self, text: str) -> Iterator[PreparedSentence]:
+    def prepare_iter(
+        self, text: str, max_text_chars: int = MAX_TEXT_CHARS
+    ) -> Iterator[PreparedSentence]:
         """One sentence at a time: G2P (the costly part) runs only as sentences are asked
         for. Raises InvalidArgument before the first sentence when the text has nothing
-        speakable, or after the last when no sentence had phonemes."""
+        speakable or passes a limit (normalised length: MAX_EXPANSION x `max_text_chars`;
+        MAX_SENTENCES), or after the last when no sentence had phonemes."""
         if not is_speakable(text):
             raise InvalidArgument("text has nothing speakable (empty, whitespace or control chars)")
+        sentences = split_sentences(_normalized(text, max_text_chars), self._max_sentence_chars)
+        if len(sentences) > MAX_SENTENCES:
+            raise InvalidArgument(
+                f"text has {len(sentences)} sentences; the limit per request is {MAX_SENTENCES}"
+            )
         count = 0
-        for sentence in split_sentences(normalize(text), self._max_sentence_chars):
+        for sentence in sentences:
             ids = self._mapper.ids(self._phonemizer.phonemes(sentence))
             if len(ids) <= 3:  # BOS, pad, EOS only: nothing to say (e.g. lone punctuation)
                 continue
@@ -69,3 +78,15 @@ class TextAnalyzer:
             count += 1
         if not count:
             raise InvalidArgument("text produced no pronounceable phonemes")
+
+
+def _normalized(text: str, max_text_chars: int) -> str:
+    """`normalize(text)`, refused when spelling numbers and symbols out made it too long."""
+    normalized = normalize(text)
+    limit = MAX_EXPANSION * max_text_chars
+    if len(normalized) > limit:
+        raise InvalidArgument(
+            f"text is {len(normalized)} characters once numbers and symbols are spelled out; "
+            f"the limit is {limit} ({MAX_EXPANSION} x the {max_text_chars}-character text limit)"
+        )
+    return normalized

@@ -98,7 +98,9 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
             voice, rate = self._check(request)
             start = self.runtime.playback_start(context)
             stage = self._voices.stage(voice)
-            payload = self._input(voice, request, rate, list(stage.prepare_iter(request.text)))
+            payload = self._input(
+                voice, request, rate, list(stage.prepare_iter(request.text, self._max_text_chars))
+            )
         encoded = self.runtime.infer(context, payload, urgency=start)
         with self.runtime.phase(names.PHASE_POSTPROCESS):
             response = frontend_pb2.AnalyzeResponse(
@@ -116,7 +118,7 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
             voice, rate = self._check(request)
             start = self.runtime.playback_start(context)
             stage = self._voices.stage(voice)
-            sentences = stage.prepare_iter(request.text)
+            sentences = stage.prepare_iter(request.text, self._max_text_chars)
             first = next(sentences)  # raises InvalidArgument for an unspeakable text
             head_input = self._input(voice, request, rate, [first])
         # The first sentence alone (its audio is due now), then all the others in one batch

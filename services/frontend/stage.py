@@ -17,7 +17,7 @@ from services.frontend.model import FrontendModel, durations_to_frames
 from services.runtime.device import synchronize
 from services.runtime.errors import InvalidArgument
 from services.runtime.model_stage import TorchModelStage
-from services.runtime.voice import HOP_LENGTH, SAMPLE_RATE_HZ
+from services.runtime.voice import HOP_LENGTH, MAX_TEXT_CHARS, SAMPLE_RATE_HZ
 from services.runtime.voices import check_speaker
 
 MODEL_NAME = "voxline-frontend-conv"
@@ -85,10 +85,12 @@ class FrontendStage(TorchModelStage[FrontendModel]):
         """The text half (CPU) for a whole text: normalise, split, G2P, map to ids."""
         return list(self.prepare_iter(text))
 
-    def prepare_iter(self, text: str) -> Iterator[PreparedSentence]:
+    def prepare_iter(
+        self, text: str, max_text_chars: int = MAX_TEXT_CHARS
+    ) -> Iterator[PreparedSentence]:
         """`prepare`, one sentence at a time (see :class:`TextAnalyzer`)."""
         assert self._analyzer is not None, "load() first"
-        return self._analyzer.prepare_iter(text)
+        return self._analyzer.prepare_iter(text, max_text_chars)
 
     def make_input(
         self, sentences: list[PreparedSentence], speaking_rate: float, speaker_id: int, seed: int

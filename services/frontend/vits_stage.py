@@ -19,6 +19,7 @@ from services.frontend.g2p import PhonemeIdMapper
 from services.frontend.stage import EncodedSentence
 from services.runtime.device import synchronize
 from services.runtime.errors import InvalidArgument
+from services.runtime.voice import MAX_TEXT_CHARS
 from services.vits.parts import VitsFrontendModel
 from services.vits.stage import VitsStage, derive_seed, gaussian
 
@@ -72,10 +73,12 @@ class VitsFrontendStage(VitsStage[VitsFrontendModel]):
         """Audio seconds one duration frame lasts."""
         return self.config.hop_length / self.config.sample_rate_hz
 
-    def prepare_iter(self, text: str) -> Iterator[PreparedSentence]:
+    def prepare_iter(
+        self, text: str, max_text_chars: int = MAX_TEXT_CHARS
+    ) -> Iterator[PreparedSentence]:
         """Sentences of phoneme ids, one at a time (see :class:`TextAnalyzer`)."""
         assert self._analyzer is not None, "load() first"
-        return self._analyzer.prepare_iter(text)
+        return self._analyzer.prepare_iter(text, max_text_chars)
 
     def make_input(
         self, sentences: list[PreparedSentence], speaking_rate: float, speaker_id: int, seed: int

@@ -27,9 +27,9 @@ from voxline.v1 import acoustic_pb2, frontend_pb2, vocoder_pb2
 
 from services.gateway.playback import ListenerClock
 from services.gateway.stages import CancelScope, StageClients, UpstreamStream
-from services.runtime.errors import DeadlineExceeded, VoxlineError
+from services.runtime.errors import DeadlineExceeded, InvalidArgument, VoxlineError
 from services.runtime.scheduler import Hints, Priority
-from services.runtime.voice import STREAM_WINDOW_FRAMES
+from services.runtime.voice import MAX_AUDIO_SECONDS, MAX_SENTENCES, STREAM_WINDOW_FRAMES
 from services.runtime.wire import pcm_from_proto
 from telemetry.context import wrap_with_context
 
@@ -137,6 +137,9 @@ class Pipeline:
         sentences = self._clients.analyze(
             request, self._remaining(job), job.hints(), job.scope
         ).sentences
+        budget = RequestBudget(job.seconds_per_frame)
+        for sentence in sentences:
+            budget.charge(sentence)
         for sentence, before in zip(sentences, _audio_before(job, sentences), strict=True):
             hints = job.hints(before)
             mel = self._clients.generate(
@@ -167,7 +170,8 @@ class Pipeline:
             )
         else:
             source = _SegmentedSentences(self, job, segments)
-        feed = _SentenceFeed(source)
+        feed = _SentenceFeed(source, job.deadline)
+        budget = RequestBudget(job.seconds_per_frame)
         # The sentence being streamed to the caller first, then up to LOOKAHEAD_SENTENCES
         # whose stage calls already run.
         started: list[_SentenceRun] = []
@@ -181,6 +185,7 @@ class Pipeline:
                 sentence = feed.next(block=block and not started)
                 if sentence is None:
                     return
+                budget.charge(sentence)
                 started.append(self._start_sentence(job, sentence, audio_before))
                 audio_before += sentence.num_frames * job.seconds_per_frame
 
@@ -288,8 +293,9 @@ class _SentenceFeed:
     """The frontend's sentence stream, read on its own thread so the gateway can look for
     the next sentence without waiting for it."""
 
-    def __init__(self, upstream: Sentences) -> None:
+    def __init__(self, upstream: Sentences, deadline: float) -> None:
         self._upstream = upstream
+        self._deadline = deadline
         self._queue: queue.Queue[frontend_pb2.Sentence | BaseException | None] = queue.Queue()
         self._ended = False
         # In the request's context, so stage calls made while reading (a text stream's
@@ -311,8 +317,10 @@ class _SentenceFeed:
         if self._ended:
             return None
         try:
-            item = self._queue.get(block=block)
+            item = self._queue.get(block=block, timeout=self._timeout() if block else None)
         except queue.Empty:
+            if block:  # a text stream's caller may be slow to send: the request's deadline
+                raise DeadlineExceeded("deadline exceeded while waiting for the text") from None
             return None
         if item is None:
             self._ended = True
@@ -321,8 +329,34 @@ class _SentenceFeed:
             raise item
         return item
 
+    def _timeout(self) -> float:
+        return max(self._deadline - time.monotonic(), 0.0)
+
     def cancel(self) -> None:
         self._upstream.cancel()
+
+
+class RequestBudget:
+    """A request's sentences and audio, refused (INVALID_ARGUMENT) past the per-request
+    limits as the frontend reports them: a text stream's segments add up here."""
+
+    def __init__(self, seconds_per_frame: float) -> None:
+        self._seconds_per_frame = seconds_per_frame
+        self._sentences = 0
+        self._frames = 0
+
+    def charge(self, sentence: frontend_pb2.Sentence) -> None:
+        """Count `sentence`; InvalidArgument when the request passes a limit."""
+        self._sentences += 1
+        self._frames += sentence.num_frames
+        if self._sentences > MAX_SENTENCES:
+            raise InvalidArgument(f"the text has more than {MAX_SENTENCES} sentences (the limit)")
+        seconds = self._frames * self._seconds_per_frame
+        if seconds > MAX_AUDIO_SECONDS:
+            raise InvalidArgument(
+                f"the audio would be longer than {MAX_AUDIO_SECONDS:g} s (the limit per "
+                "request); send less text or a faster speaking rate"
+            )
 
 
 def _audio_before(job: Job, sentences: Sequence[frontend_pb2.Sentence]) -> list[float]:

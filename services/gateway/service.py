@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 import uuid
@@ -19,6 +20,14 @@ from services.gateway.admission import Admission, AdmissionConfig
 from services.gateway.audio import StreamResampler, resample
 from services.gateway.auth import BearerTokenInterceptor, load_token
 from services.gateway.catalog import VoiceCatalog
+from services.gateway.deadlines import (
+    CallLimits,
+    CallWatch,
+    FirstMessage,
+    MessageReader,
+    ReadDeadlineInterceptor,
+    Watchdog,
+)
 from services.gateway.pipeline import AudioPiece, Job, Pipeline
 from services.gateway.playback import ListenerClock
 from services.gateway.stages import StageClients
@@ -53,8 +62,13 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         max_text_chars: int,
         timeout_s: float,
         admission: Admission,
+        limits: CallLimits,
+        first_message: FirstMessage,
     ) -> None:
         self.runtime = runtime
+        self._limits = limits
+        self._first_message = first_message
+        self._watchdog = Watchdog(limits.send_s)
         self._admission = admission
         self._pipeline = pipeline
         self._catalog = catalog
@@ -80,16 +94,16 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
                 options = validate(request, self._max_text_chars, voices)
         remaining = context.time_remaining()
         budget = self._timeout_s if remaining is None else min(remaining, self._timeout_s)
+        deadline = time.monotonic() + budget
+        outcome.watch = outcome.resources.enter_context(self._watchdog.watch(context, deadline))
         with self.runtime.phase(names.PHASE_QUEUE):
-            outcome.resources.enter_context(
-                self._admission.slot(time.monotonic() + budget, context.is_active)
-            )
+            outcome.resources.enter_context(self._admission.slot(deadline, context.is_active))
         job = Job(
             text=request.text,
             voice=options.voice.name,
             speaking_rate=options.speaking_rate,
             request_id=request.request_id or uuid.uuid4().hex,
-            deadline=time.monotonic() + budget,
+            deadline=deadline,
             priority=options.priority,
             seconds_per_frame=options.voice.seconds_per_frame,
             speaker_id=options.speaker_id,
@@ -191,8 +205,10 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         messages: Iterator[synthesizer_pb2.SynthesizeTextStreamRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[synthesizer_pb2.SynthesizeStreamResponse]:
-        config = read_config(messages)
-        text = TextStreamInput(config.text, messages, self._max_text_chars)
+        reader = MessageReader(messages)
+        config = read_config(reader, self._first_message)
+        fragments = reader.messages(self._limits.text_gap_s, "text fragment, flush or end")
+        text = TextStreamInput(config.text, fragments, self._max_text_chars)
         method = names.SYNTHESIS_METHOD_TEXT_STREAM
         with self._synthesis(config, method) as outcome:
             outcome.characters = lambda: text.characters
@@ -248,13 +264,17 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
                 )
             samples += len(pcm)
             listener.on_send(len(pcm))
-            yield from self.runtime.send(message)
+            with outcome.watch.sending():
+                yield from self.runtime.send(message)
         with self.runtime.phase(names.PHASE_POSTPROCESS):
             tail = resampler.process(np.zeros(0, dtype=np.int16), last=True)
         if len(tail):
             samples += len(tail)
             listener.on_send(len(tail))
-            yield from self.runtime.send(self._chunk(tail, sample_rate, last_index, job.request_id))
+            with outcome.watch.sending():
+                yield from self.runtime.send(
+                    self._chunk(tail, sample_rate, last_index, job.request_id)
+                )
         outcome.audio_s = samples / sample_rate
         outcome.span.set_attribute(names.ATTR_STALL_DURATION, listener.stall_s)
         self._metrics.record_stall(
@@ -319,8 +339,10 @@ class _Outcome:
         self.span: Span = trace.INVALID_SPAN
         self.root: Span = trace.INVALID_SPAN
         self.priority = names.PRIORITY_INTERACTIVE
-        #: Held until the request ends (its admission slot).
+        #: Held until the request ends (its admission slot, its watch).
         self.resources = ExitStack()
+        #: The watchdog's view of the call (a no-op until the request is admitted).
+        self.watch = CallWatch(lambda: None, math.inf, math.inf)
 
 
 #: The longest one synthesis may run (`--request-timeout-s`); deployments drain at least this
@@ -364,6 +386,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_flag(parser, "api-token", str, "", "require 'authorization: Bearer <token>' (empty: off)")
     add_flag(parser, "api-token-file", str, "", "read the API token from this file (a Secret)")
     add_flag(parser, "production", parse_bool, False, "refuse to start without an API token")
+    limits = CallLimits()
+    add_flag(
+        parser,
+        "request-read-timeout-s",
+        float,
+        limits.request_read_s,
+        "a request message (or a text stream's config) must arrive within this",
+    )
+    add_flag(
+        parser,
+        "text-gap-timeout-s",
+        float,
+        limits.text_gap_s,
+        "longest wait for a text stream's next fragment",
+    )
+    add_flag(
+        parser,
+        "send-timeout-s",
+        float,
+        limits.send_s,
+        "a caller that reads none of its stream for this long loses the call",
+    )
     config = parse_config("gateway", parser, argv)
     x = config.extra
     config.max_receive_bytes = max_request_bytes(x["max_text_chars"])
@@ -377,6 +421,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     needed = admission.max_active + admission.max_waiting + REFUSAL_THREADS
     config.workers = max(config.workers, needed)
     config.max_concurrent_rpcs = max(config.max_concurrent_rpcs, 2 * needed)
+    limits = CallLimits(
+        request_read_s=x.pop("request_read_timeout_s"),
+        text_gap_s=x.pop("text_gap_timeout_s"),
+        send_s=x.pop("send_timeout_s"),
+    )
+    # Callers still sending their request may hold the threads admission would give them,
+    # never the ones kept for refusals and health.
+    first_message = FirstMessage(
+        limits.request_read_s, admission.max_active + admission.max_waiting
+    )
     try:  # popped: the token stays out of the config object
         token = load_token(
             x.pop("api_token"), x.pop("api_token_file"), production=x.pop("production")
@@ -402,13 +456,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             x["max_text_chars"],
             x["request_timeout_s"],
             Admission(admission),
+            limits,
+            first_message,
         )
         synthesizer_pb2_grpc.add_SynthesizerServicer_to_server(servicer, server)
         return [synthesizer_pb2.DESCRIPTOR.services_by_name["Synthesizer"].full_name]
 
     try:
+        # The token is checked first: a caller without one never gets to hold a reader.
         auth = [BearerTokenInterceptor(token)] if token else []
-        return serve(config, None, register, extra_interceptors=auth)
+        interceptors = [*auth, ReadDeadlineInterceptor(first_message)]
+        return serve(config, None, register, extra_interceptors=interceptors)
     finally:
         for c in clients:
             c.close()

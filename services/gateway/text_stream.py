@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 from voxline.v1 import synthesizer_pb2
 
-from services.frontend.normalize import is_speakable
+from services.gateway.deadlines import FirstMessage, MessageReader
 from services.gateway.segmenter import TextSegmenter
-from services.gateway.validation import check_text_length
+from services.gateway.validation import check_text_length, looks_speakable
 from services.runtime.errors import InvalidArgument
 
 CONFIG_FIRST = (
@@ -20,10 +20,10 @@ CONFIG_FIRST = (
 
 
 def read_config(
-    messages: Iterator[synthesizer_pb2.SynthesizeTextStreamRequest],
+    reader: MessageReader, first_message: FirstMessage
 ) -> synthesizer_pb2.SynthesizeRequest:
-    """The stream's first message, which must be its config."""
-    first = next(messages, None)
+    """The stream's first message, which must be its config (read within the limit)."""
+    first = first_message.read(reader, "config message")
     if first is None or first.WhichOneof("message") != "config":
         raise InvalidArgument(CONFIG_FIRST)
     return first.config
@@ -103,7 +103,7 @@ class TextStreamInput:
 
     def _speakable(self, segments: list[str]) -> Iterator[str]:
         for segment in segments:
-            if not is_speakable(segment):
+            if not looks_speakable(segment):
                 continue
             with self._lock:
                 if self._first_complete is None:

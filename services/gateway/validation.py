@@ -62,9 +62,15 @@ def validate(
     if not text or not text.strip():
         raise InvalidArgument("text is empty")
     check_text_length(len(text), max_text_chars)
-    if not is_speakable(text):
+    if not looks_speakable(text):
         raise InvalidArgument("text contains nothing speakable (only control or punctuation)")
     return validate_options(request, voices)
+
+
+def looks_speakable(text: str) -> bool:
+    """`is_speakable`, normalising only a text without a letter or digit: this runs before
+    admission, and the frontend's normalisation (after it) is what spells the rest out."""
+    return any(ch.isalnum() for ch in text) or is_speakable(text)
 
 
 def check_text_length(characters: int, max_text_chars: int) -> None:

@@ -30,6 +30,13 @@ STREAM_WINDOW_FRAMES = 48
 FIRST_WINDOW_FRAMES = 16
 #: Longest text one request may carry (characters).
 MAX_TEXT_CHARS = 5000
+#: How many times the text limit a request's text may grow to when numbers and symbols are
+#: spelled out ("%" -> "percent"): a bound on G2P work, which a raw-character limit is not.
+MAX_EXPANSION = 4
+#: Most sentences one request may have (each costs stage calls of its own).
+MAX_SENTENCES = 1000
+#: Longest audio one request may ask for (seconds; slow speaking rates stretch it).
+MAX_AUDIO_SECONDS = 30 * 60
 
 
 def check_voice(voice: str, available: frozenset[str] | set[str] = frozenset({VOICE_NAME})) -> None:
