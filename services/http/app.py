@@ -18,6 +18,9 @@ Policies (README, "OpenAI-compatible HTTP API"):
   after the first audio cannot change the 200 already sent: the connection is closed without
   the chunked body's terminating chunk, so clients see an incomplete body, not a short file
   that looks whole.
+- Limits (services/http/limits.py, docs/reliability.md "HTTP front"): each request has a total
+  deadline that the gateway call inherits, its body a shorter one (408), and `/readyz` answers
+  from a cache refreshed in the background (services/http/readiness.py).
 """
 
 from __future__ import annotations
@@ -46,7 +49,10 @@ from voxline.v1 import synthesizer_pb2, synthesizer_pb2_grpc
 from services.gateway.validation import MAX_RATE, MIN_RATE
 from services.http import HEALTH_PATH, READY_PATH
 from services.http.errors import SERVER_ERROR, ApiError, from_grpc
+from services.http.limits import request_deadline, seconds_left
+from services.http.readiness import Readiness
 from services.http.tracing import Receive, Scope, Send
+from services.runtime.config import DEFAULT_PORTS
 
 log = logging.getLogger("voxline.http")
 
@@ -87,6 +93,8 @@ UNSUPPORTED_FORMATS = ("mp3", "opus", "aac", "flac")
 MAX_BODY_BYTES = 1024 * 1024
 #: 0xFFFFFFFF: the RIFF and data sizes of a WAV whose length is not known when it starts.
 UNKNOWN_SIZE = 0xFFFFFFFF
+#: Longest wait for the gateway's voice list (within the request's own deadline).
+VOICES_TIMEOUT_S = 10.0
 
 
 def streaming_wav_header(sample_rate: int) -> bytes:
@@ -134,10 +142,22 @@ class SpeechRequest(BaseModel):
 
 @dataclass(frozen=True)
 class Settings:
-    """What the app needs from the command line (services/http/main.py)."""
+    """The service's settings; services/http/main.py's flags take their defaults from here."""
 
-    gateway_address: str
-    request_timeout_s: float
+    gateway_address: str = f"127.0.0.1:{DEFAULT_PORTS['gateway']}"
+    #: Total deadline of one HTTP request -- reading its body, the gateway call, streaming
+    #: the response -- enforced by the server (504, or a cut stream); the gateway call
+    #: carries what is left of it as its gRPC deadline.
+    request_timeout_s: float = 120.0
+    #: Deadline for reading a request's body (408): a stalled upload frees its slot early.
+    body_timeout_s: float = 10.0
+    #: A connection waiting for a request head (new, or after a response) is closed if none
+    #: completes within this (slow headers; uvicorn has no such timeout).
+    header_timeout_s: float = 10.0
+    #: Requests in flight at once (probes exempt); beyond it, 503 at once.
+    limit_concurrency: int = 64
+    #: How often the background check refreshes `/readyz`'s cached gateway health.
+    ready_interval_s: float = 2.0
     #: Required bearer token ("" = no check); also sent to the gateway, which may require it.
     api_token: str = ""
 
@@ -148,25 +168,32 @@ class Gateway:
     def __init__(self, channel: grpc.Channel, settings: Settings) -> None:
         self.channel = channel
         self.stub = synthesizer_pb2_grpc.SynthesizerStub(channel)
-        self.timeout_s = settings.request_timeout_s
+        #: Worker threads for the blocking gRPC calls: as many as requests may be in flight,
+        #: so no admitted stream waits for a thread (anyio's shared pool has 40).
+        self.threads = anyio.CapacityLimiter(settings.limit_concurrency)
         self.metadata: tuple[tuple[str, str], ...] = (
             (("authorization", f"Bearer {settings.api_token}"),) if settings.api_token else ()
         )
         self._lock = threading.Lock()
         self._voices: synthesizer_pb2.ListVoicesResponse | None = None
 
-    def voices(self) -> synthesizer_pb2.ListVoicesResponse:
+    def voices(self, deadline: float) -> synthesizer_pb2.ListVoicesResponse:
         """The gateway's voices (asked once; a failure is retried on the next request)."""
         with self._lock:
             if self._voices is None:
                 self._voices = self.stub.ListVoices(
-                    synthesizer_pb2.ListVoicesRequest(), timeout=10.0, metadata=self.metadata
+                    synthesizer_pb2.ListVoicesRequest(),
+                    timeout=min(VOICES_TIMEOUT_S, seconds_left(deadline)),
+                    metadata=self.metadata,
                 )
             return self._voices
 
-    def start(self, request: synthesizer_pb2.SynthesizeRequest) -> Any:
-        """Start a SynthesizeStream call (a cancellable iterator of chunks)."""
-        return self.stub.SynthesizeStream(request, timeout=self.timeout_s, metadata=self.metadata)
+    def start(self, request: synthesizer_pb2.SynthesizeRequest, deadline: float) -> Any:
+        """Start a SynthesizeStream call (a cancellable iterator of chunks) that ends by the
+        HTTP request's `deadline` (`time.monotonic()`)."""
+        return self.stub.SynthesizeStream(
+            request, timeout=seconds_left(deadline), metadata=self.metadata
+        )
 
 
 def _next(call: Iterator[Any]) -> Any:
@@ -176,9 +203,18 @@ def _next(call: Iterator[Any]) -> Any:
 
 class AudioStream(Response):
     """A 200 whose chunked body is `head` plus the PCM of `call`'s messages, starting with
-    `first`. The gRPC call is cancelled when the client goes away."""
+    `first`. The gRPC call is cancelled when the client goes away or the response ends early
+    (the request's deadline)."""
 
-    def __init__(self, call: Any, first: Any, head: bytes, media_type: str, request_id: str):
+    def __init__(
+        self,
+        call: Any,
+        first: Any,
+        head: bytes,
+        media_type: str,
+        request_id: str,
+        threads: anyio.CapacityLimiter,
+    ):
         # No content-length: the length is unknown, so the body is chunked.
         self.status_code = 200
         self.background = None
@@ -189,8 +225,17 @@ class AudioStream(Response):
         self.call = call
         self.first = first
         self.head = head
+        self.threads = threads
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self._respond(receive, send)
+        finally:
+            # Cancelled (the request's deadline, e.g. a client that stopped reading): free the
+            # gateway's slot and stages now. A no-op on a call that has ended.
+            self.call.cancel()
+
+    async def _respond(self, receive: Receive, send: Send) -> None:
         span = trace.get_current_span()
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
         complete = False
@@ -217,7 +262,7 @@ class AudioStream(Response):
             while True:
                 if body:
                     await send({"type": "http.response.body", "body": body, "more_body": True})
-                message = await anyio.to_thread.run_sync(_next, self.call)
+                message = await anyio.to_thread.run_sync(_next, self.call, limiter=self.threads)
                 if message is None:
                     return True
                 body = message.audio
@@ -235,7 +280,7 @@ def _model_card(model_id: str, created: int) -> dict[str, Any]:
     return {"id": model_id, "object": "model", "created": created, "owned_by": "voxline"}
 
 
-def create_app(settings: Settings, gateway: Gateway) -> FastAPI:
+def create_app(settings: Settings, gateway: Gateway, readiness: Readiness) -> FastAPI:
     """The FastAPI app: `/v1/audio/speech`, `/v1/models`, `/healthz`, `/readyz`."""
     app = FastAPI(
         title="Voxline OpenAI-compatible speech API",
@@ -285,18 +330,8 @@ def create_app(settings: Settings, gateway: Gateway) -> FastAPI:
 
     @app.get(READY_PATH)
     async def readyz() -> JSONResponse:
-        """Readiness: the gateway reports SERVING."""
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        def check() -> bool:
-            stub = health_pb2_grpc.HealthStub(gateway.channel)
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2.0)
-            except grpc.RpcError:
-                return False
-            return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-        ok = await anyio.to_thread.run_sync(check)
+        """Readiness: the gateway reported SERVING at its last background check."""
+        ok = readiness.ready
         return JSONResponse({"status": "ok" if ok else "gateway not serving"}, 200 if ok else 503)
 
     @app.get("/v1/models")
@@ -319,8 +354,9 @@ def create_app(settings: Settings, gateway: Gateway) -> FastAPI:
     async def speech(request: Request) -> Response:
         """Synthesise `input`, streaming the audio as it is produced."""
         request.state.request_id = request_id = uuid.uuid4().hex
+        deadline = request_deadline(request.scope, settings.request_timeout_s)
         authorize(request)
-        body = await _parse(request)
+        body = await _parse(request, settings.body_timeout_s)
         if body.model not in MODELS:
             raise ApiError(
                 400,
@@ -334,7 +370,7 @@ def create_app(settings: Settings, gateway: Gateway) -> FastAPI:
         speed = body.speed if body.speed is not None else 1.0
         if not MIN_RATE <= speed <= MAX_RATE:
             raise ApiError(400, f"speed must be between {MIN_RATE} and {MAX_RATE}", param="speed")
-        voice = await _voice(gateway, body.voice)  # last: it may ask the gateway
+        voice = await _voice(gateway, body.voice, deadline)  # last: it may ask the gateway
         message = synthesizer_pb2.SynthesizeRequest(
             text=body.input,
             voice=voice,
@@ -347,23 +383,47 @@ def create_app(settings: Settings, gateway: Gateway) -> FastAPI:
         def begin() -> tuple[Any, Any]:
             # Started in a worker thread that carries the server span's context, so the
             # instrumented channel makes the gateway call its child.
-            call = gateway.start(message)
+            call = gateway.start(message, deadline)
             return call, next(call, None)
 
         try:
-            call, first = await anyio.to_thread.run_sync(begin)
+            call, first = await anyio.to_thread.run_sync(begin, limiter=gateway.threads)
         except grpc.RpcError as exc:
             raise from_grpc(exc) from None
         if first is None:  # the gateway ended the stream without audio: not expected
             raise ApiError(500, "the synthesis produced no audio", type_=SERVER_ERROR)
         head = streaming_wav_header(SAMPLE_RATE_HZ) if media_type == FORMATS["wav"] else b""
-        return AudioStream(call, first, head, media_type, request_id)
+        return AudioStream(call, first, head, media_type, request_id, gateway.threads)
 
     return app
 
 
-async def _parse(request: Request) -> SpeechRequest:
-    """The JSON body, at most MAX_BODY_BYTES, as a SpeechRequest (400/413 otherwise)."""
+async def _parse(request: Request, timeout_s: float) -> SpeechRequest:
+    """The JSON body, read within `timeout_s` (408) and at most MAX_BODY_BYTES (413), as a
+    SpeechRequest (400 otherwise)."""
+    try:
+        with anyio.fail_after(timeout_s):
+            body = await _read_body(request)
+    except TimeoutError:
+        # Closing the connection drops the rest of the body (and the client's hold on it).
+        raise ApiError(
+            408,
+            f"the request body did not arrive within {timeout_s:g} s",
+            code="request_timeout",
+            headers={"connection": "close"},
+        ) from None
+    try:
+        return SpeechRequest.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        loc = [str(p) for p in first.get("loc", ()) if isinstance(p, str)]
+        param = loc[0] if loc and loc[0] in SpeechRequest.model_fields else None
+        where = f"{'.'.join(loc)}: " if loc else ""
+        raise ApiError(400, f"invalid request body: {where}{first['msg']}", param=param) from None
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused with 413 as soon as it passes MAX_BODY_BYTES."""
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -371,14 +431,7 @@ async def _parse(request: Request) -> SpeechRequest:
         if size > MAX_BODY_BYTES:
             raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes")
         chunks.append(chunk)
-    try:
-        return SpeechRequest.model_validate_json(b"".join(chunks))
-    except ValidationError as exc:
-        first = exc.errors(include_input=False, include_url=False)[0]
-        loc = [str(p) for p in first.get("loc", ()) if isinstance(p, str)]
-        param = loc[0] if loc and loc[0] in SpeechRequest.model_fields else None
-        where = f"{'.'.join(loc)}: " if loc else ""
-        raise ApiError(400, f"invalid request body: {where}{first['msg']}", param=param) from None
+    return b"".join(chunks)
 
 
 def _format(body: SpeechRequest) -> str:
@@ -399,13 +452,13 @@ def _format(body: SpeechRequest) -> str:
     return FORMATS[fmt]
 
 
-async def _voice(gateway: Gateway, voice: str | VoiceRef) -> str:
+async def _voice(gateway: Gateway, voice: str | VoiceRef, deadline: float) -> str:
     """The gateway voice for OpenAI's `voice` ("" = the default voice)."""
     name = voice.id if isinstance(voice, VoiceRef) else voice
     if name in OPENAI_VOICES:
         return ""
     try:
-        voices = await anyio.to_thread.run_sync(gateway.voices)
+        voices = await anyio.to_thread.run_sync(gateway.voices, deadline, limiter=gateway.threads)
     except grpc.RpcError as exc:
         raise from_grpc(exc) from None
     served = sorted(v.name for v in voices.voices)

@@ -10,7 +10,8 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
 
 import uvicorn
@@ -18,13 +19,31 @@ import uvicorn
 from services.gateway.auth import load_token
 from services.http import DEFAULT_PORT
 from services.http.app import Gateway, Settings, create_app
+from services.http.limits import RequestLimits, guarded_h11
+from services.http.readiness import Readiness
 from services.http.tracing import ServerSpanMiddleware
-from services.runtime.config import DEFAULT_PORTS, add_flag, parse_bool
+from services.runtime.config import add_flag, parse_bool
 from services.runtime.tls import ClientTLS, TLSConfigError, secure_or_insecure_channel
 from telemetry import init_telemetry
 from telemetry.logging import configure_logging
 
 log = logging.getLogger("voxline.http")
+
+#: The defaults of the flags that fill Settings (stated once, in Settings).
+DEFAULTS = Settings()
+
+
+def _positive(type_: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse type accepting only values above 0 (a zero limit would refuse all)."""
+
+    def parse(text: str) -> float:
+        value = type_(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text!r}")
+        return value
+
+    parse.__name__ = type_.__name__  # argparse names the type in its error messages
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,10 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
         p,
         "gateway-address",
         str,
-        f"127.0.0.1:{DEFAULT_PORTS['gateway']}",
+        DEFAULTS.gateway_address,
         "the gateway's gRPC target (e.g. dns:///gateway.voxline.svc:50051)",
     )
-    add_flag(p, "request-timeout-s", float, 120.0, "deadline of one gateway call")
+    _add_limit_flags(p)
     add_flag(
         p,
         "api-token",
@@ -61,6 +80,47 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(p, "prometheus-port", int, 0, "serve Prometheus /metrics on this port (0 = off)")
     add_flag(p, "run-dir", str, "", "where local telemetry files go (empty: none)")
     return p
+
+
+def _add_limit_flags(p: argparse.ArgumentParser) -> None:
+    """The limits of services/http/limits.py (docs/reliability.md, "HTTP front")."""
+    seconds, count = _positive(float), _positive(int)
+    add_flag(
+        p,
+        "request-timeout-s",
+        seconds,
+        DEFAULTS.request_timeout_s,
+        "total deadline of one request: body, gateway call and response (then 504 or a cut "
+        "stream); the gateway call carries what is left",
+    )
+    add_flag(p, "body-timeout-s", seconds, DEFAULTS.body_timeout_s, "deadline for a body (408)")
+    add_flag(
+        p,
+        "header-timeout-s",
+        seconds,
+        DEFAULTS.header_timeout_s,
+        "close a connection whose request head has not arrived within this",
+    )
+    add_flag(
+        p,
+        "limit-concurrency",
+        count,
+        DEFAULTS.limit_concurrency,
+        "requests in flight at once; beyond it 503 at once (probes exempt)",
+    )
+    add_flag(
+        p,
+        "ready-interval-s",
+        seconds,
+        DEFAULTS.ready_interval_s,
+        "how often /readyz's cached gateway health is refreshed",
+    )
+
+
+def _settings(args: argparse.Namespace, token: str) -> Settings:
+    """Settings from the parsed flags (each field has its flag) and the loaded token."""
+    given = {f.name: getattr(args, f.name) for f in fields(Settings) if f.name != "api_token"}
+    return Settings(**given, api_token=token)
 
 
 #: Channel options of the HTTP front's channel to the gateway.
@@ -87,19 +147,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         prometheus_port=args.prometheus_port or None,
         gpu_metrics=False,
     )
-    settings = Settings(args.gateway_address, args.request_timeout_s, token)
+    settings = _settings(args, token)
     # Instrumented after telemetry is up, so gateway calls are client spans of the request.
     # round_robin over every address the target resolves to (a headless Service in k8s):
     # with the default pick_first, each HTTP pod would send all its calls to one gateway.
     channel = telemetry.instrument_channel(
         secure_or_insecure_channel(args.gateway_address, GATEWAY_CHANNEL_OPTIONS, tls=tls)
     )
-    app = ServerSpanMiddleware(create_app(settings, Gateway(channel, settings)), telemetry.tracer)
+    readiness = Readiness(channel, settings.ready_interval_s)
+    api = create_app(settings, Gateway(channel, settings), readiness)
+    limited = RequestLimits(
+        api, limit_concurrency=settings.limit_concurrency, timeout_s=settings.request_timeout_s
+    )
+    # Outermost, so refusals and deadlines are in the request's span and log line too.
+    app = ServerSpanMiddleware(limited, telemetry.tracer)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
             host=args.host,
             port=args.port,
+            http=guarded_h11(settings.header_timeout_s),  # h11 plus a request-head deadline
+            ws="none",  # no WebSocket routes: an upgrade request is served as plain HTTP
             log_config=None,  # uvicorn's loggers go to the JSON handler above
             access_log=False,  # ServerSpanMiddleware logs each request, without its body
             lifespan="off",
@@ -120,9 +188,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # instead of dying with the last spans unexported.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
+    readiness.start()
     try:
         server.run()
     finally:
+        readiness.stop()
         channel.close()
         telemetry.shutdown()
     return 0 if server.started else 1
