@@ -90,6 +90,12 @@ VOICE_OTHER: Final = "other"
 SIGNAL_TRACES: Final = "traces"
 SIGNAL_METRICS: Final = "metrics"
 
+#: Which certificate a process presents: its serving one, or its client one on channels (mTLS).
+TLS_ROLE_SERVER: Final = "server"
+TLS_ROLE_CLIENT: Final = "client"
+#: Values of :data:`ATTR_TLS_ROLE`.
+TLS_ROLES: Final = frozenset({TLS_ROLE_SERVER, TLS_ROLE_CLIENT})
+
 DROP_REASON_QUEUE_FULL: Final = "queue_full"
 DROP_REASON_EXPORT_FAILED: Final = "export_failed"
 DROP_REASON_SHUTDOWN: Final = "shutdown"
@@ -182,6 +188,9 @@ RPC_SYSTEM_GRPC: Final = "grpc"
 #: Stage metrics' "method" attribute is the RPC method being served.
 ATTR_METHOD: Final = ATTR_RPC_METHOD
 
+#: ``server`` or ``client`` (:data:`TLS_ROLES`): the certificate a TLS metric describes.
+ATTR_TLS_ROLE: Final = "voxline.tls.role"
+
 # Telemetry self-monitoring.
 ATTR_SIGNAL: Final = "signal"
 ATTR_DROP_REASON: Final = "reason"
@@ -234,6 +243,11 @@ METRIC_RPC_CLIENT_DURATION: Final = "rpc.client.call.duration"
 
 # Telemetry pipeline health.
 METRIC_TELEMETRY_DROPPED: Final = "voxline.telemetry.dropped"
+
+#: Unix time (seconds) at which the certificate this process presents stops being valid (its
+#: not-after), per :data:`ATTR_TLS_ROLE`; read from the certificate files in effect, so a
+#: rotation shows without a restart (:mod:`telemetry.certificates`).
+METRIC_TLS_CERTIFICATE_EXPIRY: Final = "voxline.tls.certificate.expiry"
 
 # GPU via NVML (hardware semantic conventions).
 METRIC_HW_GPU_UTILIZATION: Final = "hw.gpu.utilization"

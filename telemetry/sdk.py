@@ -23,7 +23,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +41,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SpanExporter
 
 from telemetry import names
+from telemetry.certificates import CertificateExpiry
 from telemetry.export import (
     DropCountingBatchSpanProcessor,
     DropReporter,
@@ -277,6 +278,7 @@ class Telemetry:
     drops: DropReporter | None = None
     #: True when NVML GPU instruments were registered.
     gpu_metrics: bool = False
+    _certificates: CertificateExpiry | None = None
     _guarded: list[GuardedSpanExporter | GuardedMetricExporter] = field(default_factory=list)
     _prometheus: PrometheusServer | None = None
     _shutdown_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -295,6 +297,15 @@ class Telemetry:
         from telemetry.grpc import instrument_channel
 
         return instrument_channel(channel, self)
+
+    # -- TLS ----------------------------------------------------------------------------------
+
+    def watch_certificate(self, role: str, not_after: Callable[[], float | None]) -> None:
+        """Export ``not_after()`` (Unix seconds; None: nothing) as
+        ``voxline.tls.certificate.expiry{voxline.tls.role=role}``, role ``server``|``client``.
+        Called at each metric collection (see :mod:`telemetry.certificates`)."""
+        if self._certificates is not None:
+            self._certificates.watch(role, not_after)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -498,6 +509,7 @@ def init_telemetry(
         prometheus_address=prometheus_server.address if prometheus_server else None,
         drops=reporter,
         gpu_metrics=gpu_registered,
+        _certificates=CertificateExpiry(meter),
         _guarded=guarded,
         _prometheus=prometheus_server,
     )

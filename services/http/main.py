@@ -147,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prometheus_port=args.prometheus_port or None,
         gpu_metrics=False,
     )
+    tls.export_certificate_expiry(telemetry)  # its client certificate's expiry, if it has one
     settings = _settings(args, token)
     # Instrumented after telemetry is up, so gateway calls are client spans of the request.
     # round_robin over every address the target resolves to (a headless Service in k8s):

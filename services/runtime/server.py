@@ -31,6 +31,7 @@ from voxline.v1 import stage_pb2, stage_pb2_grpc
 from services.runtime.config import MAX_MESSAGE_BYTES, ServiceConfig
 from services.runtime.cpus import torch_threads
 from services.runtime.decoding import TolerantServer
+from services.runtime.health import BoundedHealthServicer
 from services.runtime.rpc import rpc_method
 from services.runtime.stage import Stage
 from services.runtime.stage_runtime import StageRuntime
@@ -41,6 +42,19 @@ from telemetry import (
 from telemetry.logging import configure_logging
 
 log = logging.getLogger("voxline.runtime")
+
+#: Connection liveness. The server pings each connection every 60 s and closes it when no
+#: answer comes within 20 s, so the calls of a caller that vanished (no FIN: a dead node, a
+#: dropped NAT entry) end and free their slots within ~80 s instead of never. A connection
+#: with no call for 10 minutes is closed. Callers may ping every 10 s at the most (more often,
+#: even with no call open, earns a GOAWAY: pings cost the server).
+KEEPALIVE_OPTIONS = (
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.max_connection_idle_ms", 600_000),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
 
 
 class _StageInfoServicer(stage_pb2_grpc.StageInfoServicer):
@@ -127,6 +141,7 @@ def serve(
             # ...but a call already in flight (a long stream) must not be cut off by it.
             ("grpc.max_connection_age_grace_ms", int(config.max_connection_age_grace_s * 1000)),
             ("grpc.so_reuseport", 0),
+            *KEEPALIVE_OPTIONS,
         ],
     )
     # Requests that do not decode become INVALID_ARGUMENT (services/runtime/decoding.py).
@@ -136,7 +151,7 @@ def serve(
         stage_pb2_grpc.add_StageInfoServicer_to_server(_StageInfoServicer(runtime), tolerant)
         service_names.append(stage_pb2.DESCRIPTOR.services_by_name["StageInfo"].full_name)
 
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_servicer = BoundedHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ["", *service_names]:
         health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -156,6 +171,7 @@ def serve(
             port = server.add_secure_port(config.address, tls.credentials())
         else:
             port = server.add_insecure_port(config.address)
+        tls.export_certificate_expiry(telemetry, config.client_tls if stage is None else None)
         if config.health_port:
             _health_only_server(f"{config.host}:{config.health_port}", health_servicer)
     except (RuntimeError, TLSConfigError) as exc:
