@@ -4,12 +4,16 @@
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from voxline.v1 import stage_pb2
 
-from services.runtime.errors import InvalidArgument
+from services.gateway.catalog import VoiceCatalog
+from services.runtime.errors import InvalidArgument, Unavailable
 from services.runtime.stage import ModelDescription
 from services.runtime.voices import Routed, VoiceRouter
 from services.voices import VoiceNotFound
@@ -109,3 +113,71 @@ def test_router_resolves_voices_default_first() -> None:
     assert single.voice_models() == (single,)
     with pytest.raises(ValueError, match="default voice 'c'"):
         VoiceRouter("vocoder", {"a": _Stage("a")}, default_voice="c")
+
+
+class _FakeStage:
+    """A stage's StageInfo answer (voice models), failing while `down`."""
+
+    def __init__(self, voices: list[str]) -> None:
+        self.voices = voices
+        self.down = False
+        self.calls = 0
+
+    def info(self, timeout: float) -> stage_pb2.ModelInfo:
+        self.calls += 1
+        if self.down:
+            raise Unavailable("stage unavailable")
+        models = [
+            stage_pb2.VoiceModel(voice=v, sample_rate_hz=22050, hop_length=256, trained=True)
+            for v in self.voices
+        ]
+        return stage_pb2.ModelInfo(voice_models=models)
+
+
+class _FakeClients:
+    def __init__(self, stages: list[_FakeStage]) -> None:
+        self.stages = stages
+
+    def all(self) -> list[_FakeStage]:
+        return self.stages
+
+
+def _wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.02)
+
+
+def test_gateway_voice_list_loads_at_start_and_refreshes_in_the_background() -> None:
+    """No request waits on the stages: the list is fetched before any request and again
+    every refresh; an outage keeps the last answer; a rollout's new voice shows up."""
+    stages = [_FakeStage(["a", "b"]) for _ in range(3)]
+    catalog = VoiceCatalog(_FakeClients(stages), refresh_s=0.05).start()  # type: ignore[arg-type]
+    try:
+        _wait_for(lambda: stages[0].calls >= 1)
+        assert list(catalog.facts()) == ["a", "b"]
+        for stage in stages:
+            stage.down = True
+        calls = stages[0].calls
+        _wait_for(lambda: stages[0].calls > calls + 2)
+        assert list(catalog.facts()) == ["a", "b"]  # the last answer, while the stages are down
+        for stage in stages:
+            stage.down, stage.voices = False, ["a", "b", "c"]
+        _wait_for(lambda: "c" in catalog.cached_names())
+        assert catalog.default_voice() == "a"
+    finally:
+        catalog.stop()
+
+
+def test_gateway_voice_list_unknown_yet_is_unavailable_not_a_hang() -> None:
+    stages = [_FakeStage(["a"]) for _ in range(3)]
+    for stage in stages:
+        stage.down = True
+    catalog = VoiceCatalog(_FakeClients(stages), timeout=0.2).start()  # type: ignore[arg-type]
+    try:
+        with pytest.raises(Unavailable, match="not known yet"):
+            catalog.facts()
+        assert catalog.cached_names() == set()
+    finally:
+        catalog.stop()

@@ -1,4 +1,4 @@
-"""The voices the gateway serves: those all three stages hold, asked of them and cached.
+"""The voices the gateway serves: those all three stages hold, asked of them in the background.
 
 Each stage's `StageInfo.GetModelInfo` lists its voices with their model facts
 (`voice_models`); a voice is served when frontend, acoustic and vocoder all hold it. The
@@ -7,6 +7,7 @@ default voice is the stages' own (the frontend lists it first).
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 
@@ -14,7 +15,9 @@ from voxline.v1 import stage_pb2, synthesizer_pb2
 
 from services.gateway.audio import SUPPORTED_SAMPLE_RATES
 from services.gateway.stages import StageClients
-from services.runtime.errors import InvalidArgument
+from services.runtime.errors import InvalidArgument, Unavailable
+
+log = logging.getLogger("voxline.gateway.catalog")
 
 
 @dataclass(frozen=True)
@@ -82,30 +85,60 @@ def _voice(
     )
 
 
-class VoiceCatalog:
-    """The voices the stages serve, asked of them once and cached."""
+#: How often the served voices are asked of the stages again (a rollout changes them).
+REFRESH_S = 30.0
+#: Until the first answer, how often the stages are asked (they may still be loading).
+RETRY_S = 1.0
 
-    def __init__(self, clients: StageClients, timeout: float = 5.0) -> None:
+
+@dataclass(frozen=True)
+class _Snapshot:
+    voices: list[synthesizer_pb2.Voice]
+    facts: dict[str, VoiceFacts]
+
+
+class VoiceCatalog:
+    """The voices the stages serve, asked of them at start and again every `refresh_s` on a
+    thread of its own: a request reads the latest answer and never waits on the stages (only
+    the first requests, while a starting gateway has no answer yet, wait up to `timeout`)."""
+
+    def __init__(
+        self, clients: StageClients, timeout: float = 5.0, refresh_s: float = REFRESH_S
+    ) -> None:
         self._clients = clients
         self._timeout = timeout
-        self._lock = threading.Lock()
-        self._voices: list[synthesizer_pb2.Voice] | None = None
-        self._facts: dict[str, VoiceFacts] = {}
+        self._refresh_s = refresh_s
+        self._snapshot: _Snapshot | None = None
+        self._loaded = threading.Event()
+        self._stopped = threading.Event()
 
-    def voices(self) -> list[synthesizer_pb2.Voice]:
-        """Every served voice, the default first."""
-        with self._lock:
-            if self._voices is None:
-                self._load()
-            assert self._voices is not None
-            return self._voices
+    def start(self) -> VoiceCatalog:
+        """Load now and keep refreshing in the background (until `stop`)."""
+        threading.Thread(target=self._refresh, name="voice-catalog", daemon=True).start()
+        return self
 
-    def _load(self) -> None:
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _refresh(self) -> None:
+        failing = False
+        while not self._stopped.is_set():
+            try:
+                self._snapshot = self._fetch()
+                self._loaded.set()
+                failing = False
+            except Exception as exc:  # the stages are loading, restarting or unreachable
+                if not failing:  # once per outage: the last answer stays in use
+                    log.warning("cannot refresh the voice list: %s", exc)
+                failing = True
+            self._stopped.wait(self._refresh_s if self._loaded.is_set() else RETRY_S)
+
+    def _fetch(self) -> _Snapshot:
         frontend, acoustic, vocoder = (_models(c.info(self._timeout)) for c in self._clients.all())
         # The frontend lists the default voice first.
         names = [n for n in frontend if n in acoustic and n in vocoder]
-        self._voices = [_voice(n, frontend[n], acoustic[n], vocoder[n]) for n in names]
-        self._facts = {
+        voices = [_voice(n, frontend[n], acoustic[n], vocoder[n]) for n in names]
+        facts = {
             n: VoiceFacts(
                 n,
                 vocoder[n].sample_rate_hz,
@@ -114,11 +147,21 @@ class VoiceCatalog:
             )
             for n in names
         }
+        return _Snapshot(voices, facts)
+
+    def _current(self) -> _Snapshot:
+        if not self._loaded.wait(self._timeout):
+            raise Unavailable("the voice list is not known yet (the stages are starting); retry")
+        assert self._snapshot is not None
+        return self._snapshot
+
+    def voices(self) -> list[synthesizer_pb2.Voice]:
+        """Every served voice, the default first."""
+        return self._current().voices
 
     def facts(self) -> dict[str, VoiceFacts]:
         """Served voice name -> its facts, the default first."""
-        self.voices()
-        return self._facts
+        return self._current().facts
 
     def default_voice(self) -> str:
         """The voice an empty voice name selects ("" while no voice is served)."""
@@ -126,6 +169,6 @@ class VoiceCatalog:
         return voices[0].name if voices else ""
 
     def cached_names(self) -> set[str]:
-        """Voice names known so far (never calls the stages)."""
-        with self._lock:
-            return {v.name for v in self._voices or []}
+        """Voice names known so far (never waits)."""
+        snapshot = self._snapshot
+        return {v.name for v in snapshot.voices} if snapshot else set()

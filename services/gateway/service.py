@@ -438,6 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     clients: list[StageClients] = []
+    catalogs: list[VoiceCatalog] = []
 
     def register(server: grpc.Server, runtime: StageRuntime) -> list[str]:
         # Channels are made here, after telemetry is up, so stage calls are traced.
@@ -449,10 +450,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             tls=config.client_tls,
         )
         clients.append(stage_clients)
+        # Loaded now and refreshed in the background: requests never wait on the stages.
+        catalog = VoiceCatalog(stage_clients).start()
+        catalogs.append(catalog)
         servicer = SynthesizerServicer(
             runtime,
             Pipeline(stage_clients, x["stream_chunk_frames"]),
-            VoiceCatalog(stage_clients),
+            catalog,
             x["max_text_chars"],
             x["request_timeout_s"],
             Admission(admission),
@@ -468,6 +472,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         interceptors = [*auth, ReadDeadlineInterceptor(first_message)]
         return serve(config, None, register, extra_interceptors=interceptors)
     finally:
+        for catalog in catalogs:
+            catalog.stop()
         for c in clients:
             c.close()
 
