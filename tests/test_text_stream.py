@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from voxline.v1 import synthesizer_pb2 as pb
 
-from services.gateway.segmenter import TextSegmenter
+from services.gateway.segmenter import RUN_CHARS, TextSegmenter
 
 TEXT = "Dr. Smith paid $1,234.56 on March 3rd. The rest, e.g. the tip, came later."
 # Where a split could go wrong, by class (the split goes before the marked character).
@@ -180,3 +180,16 @@ def test_time_to_first_audio_counts_from_the_completing_fragment(stack, synthesi
     ]
     (record,) = [r for r in records if r.get("method") == "text_stream"]
     assert 0 < record["ttfa_s"] < first_audio - 1.5, (record, first_audio)
+
+
+def test_a_run_nothing_can_settle_is_spoken_and_pending_stays_bounded() -> None:
+    """A sentence of quotes with no space never settles: the segmenter speaks it once it
+    passes RUN_CHARS, so no fragment re-reads more than that (tests/test_text_linear.py)."""
+    segmenter = TextSegmenter()
+    pieces: list[str] = []
+    for ch in "a" + '"' * 2000 + " The end.":
+        pieces += segmenter.feed(ch)
+        assert len(segmenter.pending) <= RUN_CHARS + 1
+    pieces += segmenter.flush()
+    assert pieces[0].startswith('a"') and pieces[-1].endswith("The end.")
+    assert "".join(pieces).count("a") == 1

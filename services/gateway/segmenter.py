@@ -12,6 +12,10 @@ sentence as soon as it is complete, not when the reply ends. The policy:
   break (``,`` ``:`` ``-``) once the text after that break is under way, so a long run-on
   sentence does not hold the audio back (the voice pauses at a comma anyway). This can phrase
   differently from the whole-text request, which only cuts sentences past 400 characters.
+* A sentence whose unsettled part runs past `RUN_CHARS` (no sentence end and no clause
+  break for that long: in practice only a run of quotes or brackets with no space) is spoken
+  up to its last space before its final `RUN_KEEP` characters, or cut there. This bounds what
+  each fragment re-reads; ordinary text never reaches it (a sentence is wrapped at 400).
 * `flush()` (the client's explicit flush, or the end of its stream) speaks whatever is left.
 
 Cost: a fragment costs time proportional to itself and the current sentence, not to all the
@@ -29,6 +33,9 @@ from services.frontend.sentences import split_sentences, split_settled
 
 #: A sentence longer than this without an end is spoken clause by clause.
 CLAUSE_CHARS = 200
+#: Unsettled text longer than this is spoken, but for its last RUN_KEEP characters.
+RUN_CHARS = 450
+RUN_KEEP = 100
 # Clause breaks: comma-like punctuation followed by whitespace (the splitter's soft breaks).
 _CLAUSE_BREAK = re.compile(r"[,:\-–]\s")
 
@@ -53,10 +60,10 @@ class TextSegmenter:
         self._append(fragment)
         pieces = self._split_pending()
         if len(pieces) < 2:  # the last sentence may still grow
-            return self._clauses()
+            return self._clauses() + self._overlong()
         complete = pieces[:-1]
         self._trim(_end_of(complete, self._pending))
-        return complete + self._clauses()
+        return complete + self._clauses() + self._overlong()
 
     def flush(self) -> list[str]:
         """Everything pending, as pieces (an explicit flush or the end of the text)."""
@@ -139,6 +146,17 @@ class TextSegmenter:
         cut = self._last_clause_break()
         if cut is None:
             return []
+        head = self._pending[:cut]
+        self._trim(cut)
+        return split_sentences(head)
+
+    def _overlong(self) -> list[str]:
+        if len(self._pending) - self._settled <= RUN_CHARS:
+            return []
+        cut = len(self._pending) - RUN_KEEP
+        space = self._pending.rfind(" ", self._settled, cut)
+        if space > self._settled:
+            cut = space
         head = self._pending[:cut]
         self._trim(cut)
         return split_sentences(head)
