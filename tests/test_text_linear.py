@@ -23,10 +23,10 @@ from collections.abc import Callable
 
 import pytest
 
-from services.frontend.normalize import is_speakable, normalize
+from services.frontend.normalize import normalize
 from services.frontend.sentences import split_sentences
 from services.gateway.segmenter import TextSegmenter
-from services.gateway.validation import check_text_length
+from services.gateway.validation import check_text_length, looks_speakable
 from services.runtime.errors import InvalidArgument
 
 SMALL, LARGE = 500, 5_000
@@ -53,6 +53,9 @@ INPUTS: dict[str, Callable[[int], str]] = {
     "period run then a letter": lambda n: "." * (n - 1) + "x",
     "comma run": _repeat(","),
     "letter then comma run": lambda n: "a" + "," * (n - 1),
+    # Nothing settles in these until the run ends (a word's leading quotes or brackets).
+    "letter then quote run": lambda n: "a" + '"' * (n - 1),
+    "letter then bracket run": lambda n: "a" + "(" * (n - 1),
     "spaced periods": _repeat(". "),
     "comma-grouped numbers": _repeat("1,234,567,"),
     "currency": _repeat("$1,234,567,"),
@@ -62,16 +65,29 @@ INPUTS: dict[str, Callable[[int], str]] = {
     "expanding symbols": _repeat("7% & @ 3°F ² 5km "),
     "whitespace run": _repeat(" \t \n  \u00a0"),
     "run-on sentence": _repeat("and then it went on "),
+    # Address-like runs: one token that every address, handle and hashtag rule looks at. The
+    # long addresses are read as addresses at both sizes; the runs are addresses at neither.
+    "dotted labels": _repeat("a."),
+    "at-sign run": _repeat("a@"),
+    "slash run": _repeat("/"),
+    "e-mail-like run": _repeat("a.b@c."),
+    "one long URL": lambda n: ("https://" + "a.b/c-d?e=1&" * n)[:n],
+    "one long host": lambda n: "www." + ("ab-" * n)[: n - 9] + "x.com",
+    "one long domain": lambda n: ("ab." * n)[: n - 4] + ".com",
+    "one long e-mail address": lambda n: ("a.b_" * n)[: n - 8] + "@x.co.uk",
+    "one long file name": lambda n: ("a_b." * n)[: n - 4] + ".pdf",
+    "address words": _repeat("x@y.io a.pdf www.z.com "),
+    "multipliers and hashtags": _repeat("2x#a@b#"),
 }
 
 
 def _validate(text: str) -> None:
     # The gateway has no text-only validation function: `validate` checks a whole request, and
-    # of its text it checks the length and `is_speakable`. Those are what is timed here (the
+    # of its text it checks the length and `looks_speakable`. Those are what is timed here (the
     # voice and option checks do not read the text). A rejection is a path too.
     with contextlib.suppress(InvalidArgument):
         check_text_length(len(text), 10 * LARGE)
-        if not is_speakable(text):
+        if not looks_speakable(text):
             raise InvalidArgument("nothing speakable")
 
 

@@ -25,6 +25,17 @@ a caller may notice:
   registered signs) are dropped rather than read out by name.
 * An abbreviation that can end a sentence ("etc.", "Inc.", "Jr.", "a.m.") keeps its period when
   it is followed by the end of the line or by a capitalised word; titles ("Dr.", "Mr.") never do.
+* Addresses are read the way a person spells them out (docs/models.md, "Reading rules"):
+  "https://example.com/pay?id=42" -> "example dot com slash pay question mark id equals
+  forty-two" (no "https", symbols by name); "billing@example.co.uk" -> "billing at example dot
+  co dot U-K"; "report_final.pdf" -> "report underscore final dot P-D-F". A label with no vowel,
+  a single letter and a two-letter top-level domain or extension are spelled, with hyphens
+  ("P-D-F", "I-O"); a few labels have a spoken form ("json" -> "jason", "txt" -> "text").
+  Numbers in addresses: up to three digits as a cardinal, longer ones digit by digit. A bare
+  "name.tld" needs a known top-level domain, a file name a known extension.
+* "@voxline" -> "at voxline", "#tts" -> "hashtag T-T-S", "C++" -> "C plus plus"; "2x" -> "two
+  times" but "4x4" -> "four by four" and "0x1F" stays hex ("zero x one F"); "ext. 123" ->
+  "extension one two three".
 * Sentence punctuation (. ! ? ; : ,) and line breaks are kept so sentences can still be split;
   runs of blank lines are collapsed to one blank line ("\\n\\n"), single line breaks stay "\\n".
 
@@ -42,7 +53,7 @@ from functools import lru_cache
 
 from num2words import num2words
 
-__all__ = ["is_speakable", "normalize"]
+__all__ = ["ABBREVIATION_WORDS", "is_speakable", "normalize"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -624,17 +635,30 @@ def _unit(m: re.Match[str]) -> str:
 # --- abbreviations -------------------------------------------------------------------------
 
 # Abbreviation -> (expansion, may end a sentence). Lower-case entries also match capitalised.
+# This table, `_TITLES`, the month abbreviations and "No."/"St."/"Dr." are the one list of
+# abbreviations: `ABBREVIATION_WORDS` derives from them what the sentence splitter needs.
 _ABBREVIATIONS: dict[str, tuple[str, bool]] = {
     "e.g.": ("for example", False),
     "i.e.": ("that is", False),
     "a.k.a.": ("also known as", False),
     "etc.": ("et cetera", True),
+    "et al.": ("et al", True),
     "vs.": ("versus", False),
     "vs": ("versus", False),
+    "viz.": ("namely", False),
+    "ca.": ("circa", False),
     "approx.": ("approximately", False),
     "incl.": ("including", False),
     "cf.": ("compare", False),
     "fig.": ("figure", False),
+    "vol.": ("volume", False),
+    "ext.": ("extension", False),  # "ext. 123" is read by `_phone_extension` first
+    "tel.": ("telephone", False),
+    "dept.": ("department", True),
+    "govt.": ("government", True),
+    "misc.": ("miscellaneous", True),
+    "esp.": ("especially", False),
+    "avg.": ("average", False),
     "Mr.": ("Mister", False),
     "Mrs.": ("Missus", False),
     "Ms.": ("Miz", False),
@@ -643,7 +667,6 @@ _ABBREVIATIONS: dict[str, tuple[str, bool]] = {
     "Ltd.": ("Limited", True),
     "Corp.": ("Corporation", True),
     "Co.": ("Company", True),
-    "Dept.": ("Department", True),
     "Jr.": ("Junior", True),
     "Sr.": ("Senior", True),
     "Ave.": ("Avenue", True),
@@ -727,6 +750,24 @@ def _number_sign(m: re.Match[str]) -> str:
     return "numbers " if m.group("nos") else "number "
 
 
+# Lower-cased abbreviations, without their final period, after which the sentence splitter
+# must not end a sentence ("dr", "e.g", "al" for "et al."): derived from the tables above, so
+# each abbreviation is stated once. Most are expanded here; the splitter also sees raw text.
+ABBREVIATION_WORDS: frozenset[str] = frozenset(
+    {k.rstrip(".").rsplit(" ", 1)[-1].lower() for k in _ABBREVIATIONS}
+    | {t.lower() for t in _TITLES}
+    | {m.lower() for m in _MONTH_BY_NAME if m not in _MONTHS}  # "Jan." ... "Sept."
+    | {"st", "dr", "no", "nos"}
+)
+
+# "ext. 123", "Ext 4": a phone extension, read digit by digit like the number it extends.
+_PHONE_EXTENSION_RE = re.compile(r"(?<![\w.])(?:[Ee]xt|EXT)\.? ?(?P<digits>\d+)(?![\w]|\.\d)")
+
+
+def _phone_extension(m: re.Match[str]) -> str:
+    return "extension " + _digits(m.group("digits"))
+
+
 _ACRONYM_RE = re.compile(r"(?<![\w.])((?:[A-Za-z]\.){2,})(?!\w)")
 
 
@@ -740,6 +781,257 @@ def _acronym(m: re.Match[str]) -> str:
         # period survives before a capitalised word ("at 3 p.m. Then ...").
         return letters.upper() + _keep_period(m, ".")
     return letters.upper() + _keep_period(m, ".", allow_capital=False)
+
+
+# --- addresses: URLs, e-mail addresses, file names, handles, hashtags ----------------------
+
+# How a person reads an address aloud: the symbols by name, labels as written unless they
+# cannot be pronounced (then letter by letter), numbers as short cardinals or digits. Spelled
+# letters are joined by hyphens ("P-D-F"): espeak says each letter's name, a lone "A" would be
+# the article, and the sentence splitter would take a final "F." for an initial.
+_ADDRESS_SYMBOLS = {
+    ".": "dot",
+    "/": "slash",
+    "-": "dash",
+    "_": "underscore",
+    "?": "question mark",
+    "=": "equals",
+    "&": "and",
+    "#": "hash",
+    ":": "colon",
+    "@": "at",
+    "~": "tilde",
+    "%": "percent",
+    "+": "plus",
+    ",": "comma",
+    "!": "bang",
+    "*": "star",
+    "$": "dollar",
+}  # any other symbol in an address is silent
+
+# Labels (lower-cased) said otherwise than as written or spelled: file extensions with a
+# spoken name, and a few top-level domains people spell although they could be pronounced.
+_SPOKEN_LABELS = {
+    "txt": "text",
+    "json": "jason",
+    "jpg": "J-peg",
+    "jpeg": "J-peg",
+    "exe": "E-X-E",
+    "edu": "E-D-U",
+    "xyz": "X-Y-Z",
+    "py": "P-Y",  # "y" counts as a vowel ("my", "sky"), so these would be read as words
+    "yml": "Y-M-L",
+    "co": "co",  # ".co", ".co.uk": said as a word although it is two letters
+    "me": "me",
+}
+_VOWELS = frozenset("aeiouyAEIOUY")
+
+# Top-level domains that make a bare "name.tld" an address (no "https://" or "www." needed).
+# Lower-case only, and no English words ("it", "us", "me", "to", "no"...): a missing space
+# after a sentence's period ("end.It") must not read as an address.
+_BARE_TLDS = frozenset({
+    "com", "org", "net", "edu", "gov", "mil", "int", "io", "ai", "co", "uk", "de", "fr", "es",
+    "nl", "se", "ch", "eu", "ca", "au", "nz", "jp", "cn", "ru", "br", "mx", "dev", "app", "info",
+    "biz", "tv", "ly", "gg", "xyz", "tech", "online", "site", "cloud",
+})  # fmt: skip
+# File extensions that make "name.ext" a file name (lower-case, or all capitals as written).
+_FILE_EXTENSIONS = frozenset({
+    "pdf", "txt", "csv", "tsv", "json", "yaml", "yml", "toml", "xml", "html", "htm", "md", "rst",
+    "ini", "cfg", "conf", "log", "py", "js", "ts", "sh", "rb", "rs", "java", "cpp", "hpp",
+    "png", "jpg", "jpeg", "gif", "svg", "webp", "bmp", "tiff", "mp3", "mp4", "wav", "flac", "ogg",
+    "mov", "avi", "mkv", "zip", "tar", "gz", "tgz", "bz2", "xz", "rar", "7z", "doc", "docx",
+    "xls", "xlsx", "ppt", "pptx", "odt", "rtf", "epub", "exe", "dmg", "deb", "rpm", "apk", "iso",
+    "bin", "dat", "db", "sql", "bak", "tmp",
+})  # fmt: skip
+
+# Whitespace-delimited tokens holding ".", "@" or "/": the candidates for an address. The
+# lookbehind lets a match start only at a token's start (a start inside a token fails at
+# once), and the possessive quantifiers never give characters back: linear in the text.
+_ADDRESS_TOKEN_RE = re.compile(r"(?<!\S)[^\s.@/]*+[.@/]\S*+")
+_LEADING_PUNCT = "\"'([{<"
+_TRAILING_PUNCT = ".,;:!?\"')]}>"
+# A scheme ("https://", "ftp://") at the start of a token.
+_SCHEME_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*+)://")
+# Where a URL's host (and port) ends and its path, query or fragment begins.
+_PATH_START_RE = re.compile(r"[/?#]")
+_HOST_LABEL_RE = re.compile(r"[A-Za-z0-9-]++")
+_EMAIL_LOCAL_RE = re.compile(r"[A-Za-z0-9._%+-]++")
+_FILE_PATH_RE = re.compile(r"[A-Za-z0-9_./~-]++")
+# The pieces of an address: letter runs, digit runs, single other characters.
+_ADDRESS_PART_RE = re.compile(r"(?P<letters>[^\W\d_]++)|(?P<digits>\d++)|(?P<symbol>.)", re.S)
+
+
+def _spell(letters: str) -> str:
+    return "-".join(letters.upper())
+
+
+def _address_letters(run: str, final: bool = False) -> str:
+    """A run of letters: as written, unless listed or unpronounceable (a single letter, or no
+    vowel: spelled).
+
+    `final` marks the last label of a host or file name, where two letters are always a code
+    (".io", ".uk", ".md") and spelled.
+    """
+    low = run.lower()
+    if low in _SPOKEN_LABELS:
+        return _SPOKEN_LABELS[low]
+    if len(run) == 1 or (final and len(run) == 2) or _VOWELS.isdisjoint(run):
+        return _spell(run)
+    return run
+
+
+def _address_number(digits: str) -> str:
+    # "id=42" -> "forty-two"; longer numbers (ports, ids, dates in paths) and leading zeros are
+    # read digit by digit: "8080" -> "eight zero eight zero".
+    if len(digits) <= 3 and (digits == "0" or digits[0] != "0"):
+        return _cardinal(int(digits))
+    return _digits(digits)
+
+
+def _address_words(text: str, final: bool = False) -> list[str]:
+    """Read a piece of an address: letters, numbers and symbols by name.
+
+    With `final`, the last letter run is read as a final label (see `_address_letters`).
+    """
+    parts = list(_ADDRESS_PART_RE.finditer(text))
+    words = []
+    for i, part in enumerate(parts):
+        if part.lastgroup == "letters":
+            words.append(_address_letters(part.group(), final and i == len(parts) - 1))
+        elif part.lastgroup == "digits":
+            words.append(_address_number(part.group()))
+        elif part.group() in _ADDRESS_SYMBOLS:
+            words.append(_ADDRESS_SYMBOLS[part.group()])
+    return words
+
+
+def _is_host(host: str, bare: bool = False, dotted: bool = True) -> bool:
+    """Whether `host` is a domain name: `dotted` ones have two labels or more ("localhost"
+    only follows a scheme), `bare` ones (no scheme, no "www.") a known top-level domain."""
+    labels = host.split(".")
+    if (dotted and len(labels) < 2) or (bare and labels[-1] not in _BARE_TLDS):
+        return False
+    return all(
+        _HOST_LABEL_RE.fullmatch(label) and label[0] != "-" and label[-1] != "-" for label in labels
+    )
+
+
+def _host_words(host: str) -> list[str]:
+    """ "example.co.uk" -> example dot co dot U-K; "localhost:8080" -> ... colon eight zero..."""
+    host, colon, port = host.partition(":")
+    labels = host.lower().split(".")  # "WWW.Example.COM" is the same address
+    words: list[str] = []
+    for i, label in enumerate(labels):
+        if i:
+            words.append("dot")
+        words.extend(_address_words(label, final=i == len(labels) - 1))
+    if colon:
+        words.append("colon")
+        words.extend(_address_words(port))
+    return words
+
+
+def _url_words(url: str, bare: bool = False, dotted: bool = True) -> list[str] | None:
+    """A URL without its scheme: host, port, path, query, fragment; None if not a URL."""
+    m = _PATH_START_RE.search(url)
+    host, path = (url[: m.start()], url[m.start() :]) if m else (url, "")
+    if not _is_host(host.partition(":")[0], bare, dotted):
+        return None
+    if path.endswith("/"):
+        path = path[:-1]  # "example.com/" is said "example dot com"
+    return _host_words(host) + _address_words(path)
+
+
+def _email_words(token: str) -> list[str] | None:
+    local, _, domain = token.partition("@")
+    if not _EMAIL_LOCAL_RE.fullmatch(local) or not _is_host(domain):
+        return None
+    return [*_address_words(local), "at", *_host_words(domain)]
+
+
+def _file_words(token: str) -> list[str] | None:
+    """ "report_final.pdf", "docs/models.md": a name or path with a known file extension."""
+    stem, dot, ext = token.rpartition(".")
+    if not dot or not (ext.islower() or ext.isupper()) or ext.lower() not in _FILE_EXTENSIONS:
+        return None
+    if not _FILE_PATH_RE.fullmatch(stem) or not any(c.isalnum() for c in stem):
+        return None
+    return [*_address_words(stem), "dot", *_address_words(ext, final=True)]
+
+
+def _address_token_words(token: str) -> list[str] | None:
+    """How to read `token` (trimmed of surrounding punctuation) if it is an address."""
+    if token.startswith("mailto:"):
+        return _email_words(token[7:]) if token.count("@") == 1 else None
+    scheme = _SCHEME_RE.match(token)
+    if scheme:
+        name = scheme.group("scheme").lower()
+        # "https://" and "http://" are never said (a browser adds them); others are.
+        prefix = [] if name in ("http", "https") else [*_address_words(name), "colon slash slash"]
+        words = _url_words(token[scheme.end() :], dotted=False)
+        return None if words is None else prefix + words
+    if token[:4].lower() == "www.":
+        return _url_words(token)
+    if "@" in token:
+        return _email_words(token) if token.count("@") == 1 else None
+    if "." not in token:
+        return None
+    return _url_words(token, bare=True) or _file_words(token)
+
+
+def _address(m: re.Match[str]) -> str:
+    token = m.group(0)
+    core = token.lstrip(_LEADING_PUNCT)
+    lead = token[: len(token) - len(core)]
+    trimmed = core.rstrip(_TRAILING_PUNCT)
+    if trimmed.endswith("'s"):
+        trimmed = trimmed[:-2]  # "example.com's": the possessive stays a word ending
+    trail = core[len(trimmed) :]
+    if not trimmed:
+        return token
+    words = _address_token_words(trimmed)
+    if not words:
+        return token
+    return lead + " ".join(words) + trail
+
+
+# "@voxline": a handle. (An "@" between words is "at" too; see `_AT_RE`.)
+_HANDLE_RE = re.compile(r"(?<![\w@])@(?P<name>[A-Za-z0-9_]++)(?![@\w])")
+# "#tts", "#MondayMotivation": a hashtag; "#1" is a number sign (`_NUMBER_SIGN_RE`).
+_HASHTAG_RE = re.compile(r"(?<![\w#&])#(?P<tag>[A-Za-z][A-Za-z0-9_]*+)(?![#\w])")
+# The words of a camel-case tag: "MondayMotivation" -> Monday Motivation, "TTS2024" -> TTS 2024.
+_TAG_WORD_RE = re.compile(r"[A-Z]?[a-z]++|[A-Z]+(?![a-z])|\d++")
+
+
+def _handle(m: re.Match[str]) -> str:
+    return "at " + " ".join(_address_words(m.group("name")))
+
+
+def _hashtag(m: re.Match[str]) -> str:
+    words = []
+    for part in _TAG_WORD_RE.findall(m.group("tag")):
+        words.append(_address_number(part) if part.isdigit() else _address_letters(part))
+    return "hashtag " + " ".join(words)
+
+
+# Names with symbols in them, said as people say them.
+_SYMBOL_NAMES = {
+    "C++": "C plus plus",
+    "g++": "G plus plus",
+    "C#": "C sharp",
+    "F#": "F sharp",
+}
+_SYMBOL_NAME_RE = re.compile(
+    r"(?<![\w+#])(?:" + "|".join(re.escape(k) for k in _SYMBOL_NAMES) + r")(?![\w+#])"
+)
+
+# "2x", "10x faster", "1.5x": a multiplier. Not "4x4" (a dimension, see `_DIMENSION_RE`) and not
+# "0x1F" (hex): the "x" must end the word.
+_MULTIPLIER_RE = re.compile(r"(?<![\w.,])(?P<num>\d++(?:\.\d++)?)[xX](?!\w)")
+
+
+def _multiplier(m: re.Match[str]) -> str:
+    return _number_words(m.group("num")) + " times"
 
 
 # --- symbols and plain numbers -------------------------------------------------------------
@@ -788,10 +1080,21 @@ _DIGIT_RULES: tuple[_Rule, ...] = (
     (_UNIT_RE, _unit),
     # Dimensions are plain cardinals, never years: "1920x1080".
     (_DIMENSION_RE, lambda m: f"{_int_words(m.group(1))} by {_int_words(m.group(2))}"),
+    (_MULTIPLIER_RE, _multiplier),
     (_TWENTY_FOUR_SEVEN_RE, lambda m: "twenty-four seven"),
 )
 
+# Tokens whose symbols are read by name; before everything else, which would take their
+# symbols and numbers apart.
+_TOKEN_RULES: tuple[_Rule, ...] = (
+    (_ADDRESS_TOKEN_RE, _address),
+    (_SYMBOL_NAME_RE, lambda m: _SYMBOL_NAMES[m.group(0)]),
+    (_HASHTAG_RE, _hashtag),
+    (_HANDLE_RE, _handle),
+)
+
 _TEXT_RULES: tuple[_Rule, ...] = (
+    (_PHONE_EXTENSION_RE, _phone_extension),  # before "ext." becomes "extension"
     (_ABBR_RE, _abbreviation),
     (_TITLE_RE, lambda m: _TITLES[m.group("t") or m.group("t2")] + " "),
     (_ST_DR_RE, _st_dr),
@@ -811,7 +1114,9 @@ _HAS_DIGIT_RE = re.compile(r"\d")
 
 
 def _apply_rules(text: str) -> str:
-    # Abbreviations go first: "St."/"Dr." look at a neighbouring "5th" before it becomes words.
+    for pattern, repl in _TOKEN_RULES:
+        text = pattern.sub(repl, text)
+    # Abbreviations go next: "St."/"Dr." look at a neighbouring "5th" before it becomes words.
     for pattern, repl in _TEXT_RULES:
         text = pattern.sub(repl, text)
     has_digit = _HAS_DIGIT_RE.search(text) is not None

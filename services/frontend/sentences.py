@@ -25,69 +25,14 @@ from __future__ import annotations
 
 import re
 
+from services.frontend.normalize import ABBREVIATION_WORDS
+
 __all__ = ["split_sentences", "split_settled"]
 
 # Lower-cased abbreviations (without their final period) after which "." does not end a
-# sentence. Most are expanded by `normalize`; they are listed so raw text splits sanely too.
-_ABBREVIATIONS = frozenset(
-    {
-        "mr",
-        "mrs",
-        "ms",
-        "dr",
-        "prof",
-        "st",
-        "jr",
-        "sr",
-        "rev",
-        "hon",
-        "gen",
-        "capt",
-        "lt",
-        "sgt",
-        "col",
-        "gov",
-        "sen",
-        "rep",
-        "pres",
-        "mt",
-        "ft",
-        "vs",
-        "etc",
-        "e.g",
-        "i.e",
-        "a.k.a",
-        "approx",
-        "incl",
-        "cf",
-        "viz",
-        "al",
-        "ca",
-        "fig",
-        "no",
-        "nos",
-        "inc",
-        "ltd",
-        "corp",
-        "co",
-        "dept",
-        "ave",
-        "blvd",
-        "rd",
-        "jan",
-        "feb",
-        "mar",
-        "apr",
-        "jun",
-        "jul",
-        "aug",
-        "sep",
-        "sept",
-        "oct",
-        "nov",
-        "dec",
-    }
-)
+# sentence. Most are expanded by `normalize`; the splitter also sees raw text. The list lives
+# with the expansions in normalize.py, stated once.
+_ABBREVIATIONS = ABBREVIATION_WORDS
 
 # A run of terminators, then any closing quotes/brackets, then whitespace or the end. The
 # lookbehind starts a match only at the start of a run, and the possessive quantifiers do not
