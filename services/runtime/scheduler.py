@@ -1,19 +1,22 @@
 """The per-stage scheduler: a bounded queue in front of the model, and a dynamic batcher.
 
-Every model stage runs its model only through here. A handler *submits* a job (one request's
-input, already validated) and waits for it; worker threads, one per model instance, take the
-most urgent job, gather others that can run with it, and call the stage's batch-shaped
+Every model stage runs its model only through here. A handler *submits* work (pieces of one
+request's input, already validated) and waits for it; worker threads, one per model instance,
+take the most urgent work, gather others that can run with it, and call the stage's batch-shaped
 `execute(inputs) -> outputs` once for all of them (in the spirit of Triton's dynamic batcher:
 `max_batch_size`, `max_queue_delay`).
 
+The choice of the next batch is the pure function `pick_batch` (pending work, now, config) ->
+`BatchDecision`; the workers carry decisions out (locks, spans, memory hygiene stay there).
+
 Order: interactive work before bulk work, then earliest *urgency* first. Urgency is the
-instant by which the job's output is needed: for a stream, the moment its listener would run
+instant by which the work's output is needed: for a stream, the moment its listener would run
 out of audio (playback-aware earliest deadline first); for everything else, its arrival time
 (FIFO). A stream that already has seconds of audio buffered therefore waits behind a stream
-waiting for its first audio. Only jobs with the same batch *key* (a shape bucket) and the same
+waiting for its first audio. Only items with the same batch *key* (a shape bucket) and the same
 priority class, due within `batch_window` of the most urgent one, share a batch.
 
-Admission: a full queue refuses at once (RESOURCE_EXHAUSTED). Jobs whose deadline has passed
+Admission: a full queue refuses at once (RESOURCE_EXHAUSTED). Work whose deadline has passed
 or whose caller went away are dropped before they cost compute.
 """
 
@@ -107,8 +110,9 @@ def read_hints(metadata: Sequence[tuple[str, Any]] | None) -> Hints:
 
 
 @dataclass(eq=False)
-class Job(Generic[In, Out]):
-    """One request's unit of model work, from submission to result."""
+class Work(Generic[In, Out]):
+    """One piece of one request's model work (a sentence, a window), from submission to
+    result. (The gateway's `Job` is a whole request.)"""
 
     payload: In
     key: Hashable
@@ -119,7 +123,7 @@ class Job(Generic[In, Out]):
     size: int
     context: Context
     seq: int
-    ticket: int  # the submission (one request's call) this job belongs to
+    ticket: int  # the submission (one request's call) this work belongs to
     enqueued: float = field(default_factory=time.monotonic)
     started: threading.Event = field(default_factory=threading.Event)
     done: threading.Event = field(default_factory=threading.Event)
@@ -166,11 +170,11 @@ class BatchScheduler(Generic[In, Out]):
         self._key_of = key_of
         self._size_of = size_of
         self._cond = threading.Condition()
-        self._pending: list[Job[In, Out]] = []
+        self._pending: list[Work[In, Out]] = []
         self._seq = itertools.count()
         self._running = False
         self._busy = 0  # workers executing a batch
-        self._begun: set[int] = set()  # tickets with a started job and jobs still queued
+        self._begun: set[int] = set()  # tickets with a started work and items still queued
         self._workers: list[threading.Thread] = []
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -188,13 +192,13 @@ class BatchScheduler(Generic[In, Out]):
             self._workers.append(worker)
 
     def stop(self) -> None:
-        """Stop the workers after their current batch; queued jobs fail with CANCELLED."""
+        """Stop the workers after their current batch; queued items fail with CANCELLED."""
         with self._cond:
             self._running = False
             pending, self._pending = self._pending, []
             self._cond.notify_all()
-        for job in pending:
-            job.finish(error=Cancelled(f"{self.stage} is shutting down"))
+        for work in pending:
+            work.finish(error=Cancelled(f"{self.stage} is shutting down"))
         for worker in self._workers:
             worker.join(timeout=30)
         self._workers.clear()
@@ -204,7 +208,7 @@ class BatchScheduler(Generic[In, Out]):
         """Requests waiting for the model: work queued, none of it started yet (a request
         whose first pieces are running is being served, not waiting)."""
         with self._cond:  # reentrant: also called with the lock held
-            queued = {job.ticket for job in self._pending}
+            queued = {work.ticket for work in self._pending}
             self._begun &= queued  # forget requests with nothing left in the queue
             return len(queued - self._begun)
 
@@ -218,7 +222,7 @@ class BatchScheduler(Generic[In, Out]):
         urgency: float | None = None,
         deadline: float | None = None,
         is_active: Callable[[], bool] = lambda: True,
-    ) -> Job[In, Out]:
+    ) -> Work[In, Out]:
         """Queue one payload (see :meth:`submit_many`)."""
         return self.submit_many(
             [payload], [urgency], priority=priority, deadline=deadline, is_active=is_active
@@ -232,7 +236,7 @@ class BatchScheduler(Generic[In, Out]):
         priority: Priority = Priority.INTERACTIVE,
         deadline: float | None = None,
         is_active: Callable[[], bool] = lambda: True,
-    ) -> list[Job[In, Out]]:
+    ) -> list[Work[In, Out]]:
         """Queue one request's payloads, admitted together: the queue bound counts requests
         (`max_queue` requests with work waiting), not their pieces. Raises ResourceExhausted
         at once when the queue is full.
@@ -243,8 +247,8 @@ class BatchScheduler(Generic[In, Out]):
         now = time.monotonic()
         ticket = next(self._seq)
         context = capture_context()
-        jobs: list[Job[In, Out]] = [
-            Job(
+        items: list[Work[In, Out]] = [
+            Work(
                 payload=payload,
                 key=self._key_of(payload),
                 priority=priority,
@@ -268,102 +272,71 @@ class BatchScheduler(Generic[In, Out]):
                 raise ResourceExhausted(
                     f"{self.stage} queue is full ({self.config.max_queue} waiting); retry later"
                 )
-            self._pending.extend(jobs)
+            self._pending.extend(items)
             self._cond.notify_all()
-        return jobs
+        return items
 
-    def wait_started(self, job: Job[In, Out]) -> None:
-        """Block until a worker starts `job` (or it fails); the caller's queue phase."""
-        if not job.started.wait(_timeout(job.deadline)):
-            self.abandon(job)
+    def wait_started(self, work: Work[In, Out]) -> None:
+        """Block until a worker starts `work` (or it fails); the caller's queue phase."""
+        if not work.started.wait(_timeout(work.deadline)):
+            self.abandon(work)
             raise DeadlineExceeded(f"deadline passed while queued for the {self.stage} model")
 
-    def wait_result(self, job: Job[In, Out]) -> Out:
-        """Block until `job` is done and return its output (or raise its error)."""
-        if not job.done.wait(_timeout(job.deadline)):
-            self.abandon(job)
+    def wait_result(self, work: Work[In, Out]) -> Out:
+        """Block until `work` is done and return its output (or raise its error)."""
+        if not work.done.wait(_timeout(work.deadline)):
+            self.abandon(work)
             raise DeadlineExceeded(f"deadline passed while the {self.stage} model was running")
-        if job.error is not None:
-            raise job.error
-        return job.result  # type: ignore[return-value]
+        if work.error is not None:
+            raise work.error
+        return work.result  # type: ignore[return-value]
 
     def run(self, payload: In, **kwargs: Any) -> Out:
         """Submit and wait: the whole round trip for one payload."""
-        job = self.submit(payload, **kwargs)
-        self.wait_started(job)
-        return self.wait_result(job)
+        work = self.submit(payload, **kwargs)
+        self.wait_started(work)
+        return self.wait_result(work)
 
-    def abandon(self, job: Job[In, Out]) -> None:
-        """The caller no longer wants `job`: unqueue it (a running batch still finishes)."""
+    def abandon(self, work: Work[In, Out]) -> None:
+        """The caller no longer wants `work`: unqueue it (a running batch still finishes)."""
         with self._cond:
-            job.abandoned = True
-            if job in self._pending:
-                self._pending.remove(job)
+            work.abandoned = True
+            if work in self._pending:
+                self._pending.remove(work)
 
     # -- the workers' side -------------------------------------------------------------------
 
-    def _take_batch(self) -> list[Job[In, Out]] | None:
-        """The next batch (most urgent job first), or None when stopping."""
+    def _take_batch(self) -> list[Work[In, Out]] | None:
+        """The next batch `pick_batch` decides on, or None when stopping."""
         with self._cond:
             while True:
                 if not self._running:
                     return None
                 self._drop_dead()
-                if not self._pending:
-                    self._cond.wait()
-                    continue
-                head = min(self._pending, key=Job.order)
-                due_by = head.urgency + self.config.batch_window_s
-                candidates = sorted(
-                    (
-                        j
-                        for j in self._pending
-                        if j.key == head.key and j.priority == head.priority and j.urgency <= due_by
-                    ),
-                    key=Job.order,
-                )
-                mates = self._bounded(candidates)
-                # Wait for more work to batch with, at most max_queue_delay after the head
-                # arrived (never when the batch is full or the delay is 0).
-                wait = head.enqueued + self.config.max_queue_delay_s - time.monotonic()
-                if len(mates) < self.config.max_batch_size and wait > 0:
-                    self._cond.wait(wait)
-                    continue
-                for job in mates:
-                    self._pending.remove(job)
-                    self._begun.add(job.ticket)
-                    job.started.set()
-                self._busy += 1
-                return mates
-
-    def _bounded(self, candidates: list[Job[In, Out]]) -> list[Job[In, Out]]:
-        """The most urgent candidates that fit one batch: `max_batch_size` in all, at most
-        `max_batch_per_request` from any one request (so no request's pieces fill a batch
-        and hold the model while others wait)."""
-        taken: list[Job[In, Out]] = []
-        per_request: dict[int, int] = {}
-        for job in candidates:
-            if per_request.get(job.ticket, 0) >= self.config.max_batch_per_request:
-                continue
-            per_request[job.ticket] = per_request.get(job.ticket, 0) + 1
-            taken.append(job)
-            if len(taken) == self.config.max_batch_size:
-                break
-        return taken
+                decision = pick_batch(self._pending, time.monotonic(), self.config)
+                if decision.batch:
+                    break
+                self._cond.wait(decision.wait_s)  # None: until work is submitted
+            for work in decision.batch:
+                self._pending.remove(work)
+                self._begun.add(work.ticket)
+                work.started.set()
+            self._busy += 1
+            return decision.batch
 
     def _drop_dead(self) -> None:
-        """Fail queued jobs whose deadline passed or whose caller left (lock held)."""
+        """Fail queued items whose deadline passed or whose caller left (lock held)."""
         now = time.monotonic()
         alive = []
-        for job in self._pending:
-            if job.abandoned:
+        for work in self._pending:
+            if work.abandoned:
                 continue
-            if job.deadline is not None and now >= job.deadline:
-                job.finish(error=DeadlineExceeded(f"deadline passed queued for {self.stage}"))
-            elif not _active(job):
-                job.finish(error=Cancelled("the caller cancelled the request"))
+            if work.deadline is not None and now >= work.deadline:
+                work.finish(error=DeadlineExceeded(f"deadline passed queued for {self.stage}"))
+            elif not _active(work):
+                work.finish(error=Cancelled("the caller cancelled the request"))
             else:
-                alive.append(job)
+                alive.append(work)
         self._pending = alive
 
     def _work(self) -> None:
@@ -382,8 +355,8 @@ class BatchScheduler(Generic[In, Out]):
                 release_freed_memory()
                 last_trim = time.monotonic()
 
-    def _run_batch(self, batch: list[Job[In, Out]]) -> None:
-        sizes = [job.size for job in batch]
+    def _run_batch(self, batch: list[Work[In, Out]]) -> None:
+        sizes = [work.size for work in batch]
         padded = max(sizes) * len(batch)
         attributes = {
             names.ATTR_STAGE: self.stage,
@@ -394,7 +367,7 @@ class BatchScheduler(Generic[In, Out]):
         with self._tracer.start_as_current_span(
             names.batch_span_name(self.stage),
             context=Context(),  # a root of its own: it serves several traces
-            links=span_links(job.context for job in batch),
+            links=span_links(work.context for work in batch),
             attributes=attributes,
             record_exception=False,
         ) as span:
@@ -402,7 +375,7 @@ class BatchScheduler(Generic[In, Out]):
                 self._metrics.record_batch_size(len(batch))
             out_of_memory, failure = False, None
             try:
-                outputs = list(self._execute([job.payload for job in batch]))
+                outputs = list(self._execute([work.payload for work in batch]))
                 if len(outputs) != len(batch):
                     raise RuntimeError(
                         f"{self.stage}.execute returned {len(outputs)} outputs "
@@ -414,29 +387,29 @@ class BatchScheduler(Generic[In, Out]):
                 out_of_memory, failure = is_out_of_memory(exc), exc
         if out_of_memory:  # here, `exc` and with it the failed batch's tensors are gone
             error = self._out_of_memory(len(batch))
-            for job in batch:
-                job.finish(error=error)
+            for work in batch:
+                work.finish(error=error)
         elif failure is not None:
             self._isolate(batch, failure)
         else:
-            for job, output in zip(batch, outputs, strict=True):
+            for work, output in zip(batch, outputs, strict=True):
                 # An exception in place of an output is that request's own error.
                 if isinstance(output, BaseException):
-                    job.finish(error=output)
+                    work.finish(error=output)
                 else:
-                    job.finish(result=output)
+                    work.finish(result=output)
 
-    def _isolate(self, batch: list[Job[In, Out]], failure: BaseException) -> None:
+    def _isolate(self, batch: list[Work[In, Out]], failure: BaseException) -> None:
         """A batch whose execution raised: one request's input must not fail the others
         (an error belongs to its request), so each runs again alone and gets its own outcome.
         A batch of one, or a failure that is not an ordinary exception (interrupts), ends
         there."""
         if len(batch) == 1 or not isinstance(failure, Exception):
-            for job in batch:
-                job.finish(error=failure)
+            for work in batch:
+                work.finish(error=failure)
             return
-        for job in batch:
-            self._run_batch([job])
+        for work in batch:
+            self._run_batch([work])
 
     def _out_of_memory(self, batch_size: int) -> ResourceExhausted:
         """A batch ran out of GPU memory: return the allocator's cached blocks (the failed
@@ -450,9 +423,61 @@ class BatchScheduler(Generic[In, Out]):
         )
 
 
-def _active(job: Job[Any, Any]) -> bool:
+@dataclass(frozen=True)
+class BatchDecision:
+    """What a free model instance does next: run `batch`, or (empty batch) wait up to
+    `wait_s` seconds for more work (None: until some is submitted)."""
+
+    batch: list[Work[Any, Any]]
+    wait_s: float | None = None
+
+
+def pick_batch(
+    pending: Sequence[Work[Any, Any]], now: float, config: SchedulerConfig
+) -> BatchDecision:
+    """The scheduling policy, as data: the most urgent work first (priority class, then
+    urgency), with the queued work of the same shape bucket and class that is due within
+    `batch_window_s` of it, at most `max_batch_size` in all and `max_batch_per_request` from
+    any one request. A batch short of full waits for mates up to `max_queue_delay_s` after
+    its head was queued. Pure: no locks, threads or clocks."""
+    if not pending:
+        return BatchDecision([])
+    head = min(pending, key=Work.order)
+    due_by = head.urgency + config.batch_window_s
+    candidates = sorted(
+        (
+            w
+            for w in pending
+            if w.key == head.key and w.priority == head.priority and w.urgency <= due_by
+        ),
+        key=Work.order,
+    )
+    batch = _bounded(candidates, config)
+    wait = head.enqueued + config.max_queue_delay_s - now
+    if len(batch) < config.max_batch_size and wait > 0:
+        return BatchDecision([], wait)
+    return BatchDecision(batch)
+
+
+def _bounded(candidates: list[Work[Any, Any]], config: SchedulerConfig) -> list[Work[Any, Any]]:
+    """The first candidates that fit one batch: `max_batch_size` in all, at most
+    `max_batch_per_request` from any one request (so no request's pieces fill a batch and
+    hold the model while others wait)."""
+    taken: list[Work[Any, Any]] = []
+    per_request: dict[int, int] = {}
+    for work in candidates:
+        if per_request.get(work.ticket, 0) >= config.max_batch_per_request:
+            continue
+        per_request[work.ticket] = per_request.get(work.ticket, 0) + 1
+        taken.append(work)
+        if len(taken) == config.max_batch_size:
+            break
+    return taken
+
+
+def _active(work: Work[Any, Any]) -> bool:
     try:
-        return bool(job.is_active())
+        return bool(work.is_active())
     except Exception:  # a finished RPC context may raise: treat it as gone
         return False
 

@@ -13,7 +13,7 @@ import grpc
 from services.runtime import phases
 from services.runtime.config import ServiceConfig
 from services.runtime.errors import Unavailable
-from services.runtime.scheduler import BatchScheduler, Job, read_hints
+from services.runtime.scheduler import BatchScheduler, Work, read_hints
 from services.runtime.stage import Stage
 from telemetry import StageMetrics, Telemetry, names, phase_span
 
@@ -83,7 +83,7 @@ class StageRuntime:
         assert self.scheduler is not None, "infer() needs a model stage"
         deadline = _deadline(context)
         urgencies = urgencies or [None] * len(payloads)
-        jobs: list[Job[Any, Any]] = []
+        jobs: list[Work[Any, Any]] = []
         try:
             with self.phase(names.PHASE_QUEUE, waiting=self.scheduler.waiting):
                 jobs = self.scheduler.submit_many(
