@@ -110,11 +110,7 @@ def serve(
     (the gateway's bearer-token check), so refused calls are still traced and counted.
     """
     configure_logging(config.service, config.log_level)
-    threads = torch_threads(config.torch_threads)
-    if stage is not None:  # the gateway runs no model and never imports torch
-        import torch
-
-        torch.set_num_threads(threads)
+    threads = _set_torch_threads(config, stage)
     telemetry = init_telemetry(
         config.service,
         service_version=_version(),
@@ -122,8 +118,37 @@ def serve(
         prometheus_port=config.prometheus_port or None,
     )
     runtime = StageRuntime(config, stage, telemetry)
+    server = _grpc_server(config, telemetry, extra_interceptors)
+    service_names = _register(server, runtime, register)
+    health_servicer = _health(server, config, service_names)
+    if not _bind(server, config, telemetry, health_servicer, stage is None):
+        return 2
+    server.start()
+    stop, failed = threading.Event(), threading.Event()
+    loader = _Loader(runtime, health_servicer, service_names, threads, stop, failed)
+    threading.Thread(target=loader.run, name=f"{config.service}-load", daemon=True).start()
+    _wait_for_signal(stop)
+    _drain(server, runtime, health_servicer, config.drain_seconds)
+    telemetry.shutdown()
+    return 1 if failed.is_set() else 0
 
-    server = grpc.server(
+
+def _set_torch_threads(config: ServiceConfig, stage: Stage | None) -> int:
+    """torch's intra-op threads for a model stage (the gateway never imports torch)."""
+    threads = torch_threads(config.torch_threads)
+    if stage is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    return threads
+
+
+def _grpc_server(
+    config: ServiceConfig, telemetry: Any, extra_interceptors: Sequence[grpc.ServerInterceptor]
+) -> grpc.Server:
+    """The gRPC server: bounded handler threads and calls, message limits, connection
+    ageing and liveness; telemetry's interceptors outermost."""
+    return grpc.server(
         futures.ThreadPoolExecutor(
             max_workers=config.workers, thread_name_prefix=f"{config.service}-rpc"
         ),
@@ -144,13 +169,28 @@ def serve(
             *KEEPALIVE_OPTIONS,
         ],
     )
+
+
+def _register(
+    server: grpc.Server,
+    runtime: StageRuntime,
+    register: Callable[[grpc.Server, StageRuntime], list[str]],
+) -> list[str]:
+    """The service's servicers (and a model stage's StageInfo); their full names."""
     # Requests that do not decode become INVALID_ARGUMENT (services/runtime/decoding.py).
     tolerant = TolerantServer(server)
     service_names = register(tolerant, runtime)  # type: ignore[arg-type]
-    if stage is not None:
+    if runtime.stage is not None:
         stage_pb2_grpc.add_StageInfoServicer_to_server(_StageInfoServicer(runtime), tolerant)
         service_names.append(stage_pb2.DESCRIPTOR.services_by_name["StageInfo"].full_name)
+    return service_names
 
+
+def _health(
+    server: grpc.Server, config: ServiceConfig, service_names: list[str]
+) -> BoundedHealthServicer:
+    """grpc.health.v1 (NOT_SERVING until the model is ready) and, unless turned off,
+    server reflection."""
     health_servicer = BoundedHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ["", *service_names]:
@@ -164,77 +204,108 @@ def serve(
             ],
             server,
         )
+    return health_servicer
 
+
+def _bind(
+    server: grpc.Server,
+    config: ServiceConfig,
+    telemetry: Any,
+    health_servicer: BoundedHealthServicer,
+    is_gateway: bool,
+) -> bool:
+    """Listen (TLS or plaintext), plus the plaintext health-only port; False (logged) when
+    the address or the certificates are unusable."""
     tls = config.server_tls
     try:
         if tls.enabled:
             port = server.add_secure_port(config.address, tls.credentials())
         else:
             port = server.add_insecure_port(config.address)
-        tls.export_certificate_expiry(telemetry, config.client_tls if stage is None else None)
+        tls.export_certificate_expiry(telemetry, config.client_tls if is_gateway else None)
         if config.health_port:
             _health_only_server(f"{config.host}:{config.health_port}", health_servicer)
     except (RuntimeError, TLSConfigError) as exc:
         log.error("cannot serve %s: %s", config.address, exc)
-        return 2
-    server.start()
+        return False
     log.info(
         "listening",
         extra={
             "address": f"{config.host}:{port}",
-            "services": service_names,
             "tls": ("mtls" if tls.client_ca else "tls") if tls.enabled else "off",
             "health_port": config.health_port or None,
         },
     )
+    return True
 
-    stop = threading.Event()
-    failed = threading.Event()
 
-    def load() -> None:
+class _Loader:
+    """Loads and warms the model in the background, then turns health SERVING; a failure
+    stops the process (exit code 1)."""
+
+    def __init__(
+        self,
+        runtime: StageRuntime,
+        health_servicer: BoundedHealthServicer,
+        service_names: list[str],
+        threads: int,
+        stop: threading.Event,
+        failed: threading.Event,
+    ) -> None:
+        self._runtime, self._health = runtime, health_servicer
+        self._service_names, self._threads = service_names, threads
+        self._stop, self._failed = stop, failed
+
+    def run(self) -> None:
+        runtime = self._runtime
         try:
-            if stage is not None:
-                t0 = time.perf_counter()
-                stage.load()
-                t1 = time.perf_counter()
-                stage.warmup()
-                d = stage.describe()
-                log.info(
-                    "model ready",
-                    extra={
-                        "model": d.model_name,
-                        "version": d.model_version,
-                        "voices": list(d.voices),
-                        "trained": d.trained,
-                        "device": d.device,
-                        "dtype": d.dtype,
-                        "torch_threads": threads,
-                        "load_s": round(t1 - t0, 3),
-                        "warmup_s": round(time.perf_counter() - t1, 3),
-                    },
-                )
-                if not d.trained:
-                    log.warning(
-                        "%s weights are an UNTRAINED seeded initialisation (%s): audio will "
-                        "have the right length and format but will not be intelligible speech",
-                        config.service,
-                        d.weights_source,
-                    )
+            if runtime.stage is not None:
+                self._load(runtime.stage)
             if runtime.scheduler is not None:
                 runtime.scheduler.start()
             # Start-up objects never die: keep the garbage collector from rescanning them
             # on every request (cuts traced tail latency, see docs/telemetry.md).
             gc.freeze()
             runtime.ready.set()
-            for name in ["", *service_names]:
-                health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-            log.info("serving")
+            for name in ["", *self._service_names]:
+                self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+            log.info("serving", extra={"services": self._service_names})
         except Exception:
             log.exception("model failed to load; exiting")
-            failed.set()
-            stop.set()
+            self._failed.set()
+            self._stop.set()
 
-    threading.Thread(target=load, name=f"{config.service}-load", daemon=True).start()
+    def _load(self, stage: Stage) -> None:
+        t0 = time.perf_counter()
+        stage.load()
+        t1 = time.perf_counter()
+        stage.warmup()
+        d = stage.describe()
+        log.info(
+            "model ready",
+            extra={
+                "model": d.model_name,
+                "version": d.model_version,
+                "voices": list(d.voices),
+                "trained": d.trained,
+                "device": d.device,
+                "dtype": d.dtype,
+                "torch_threads": self._threads,
+                "load_s": round(t1 - t0, 3),
+                "warmup_s": round(time.perf_counter() - t1, 3),
+            },
+        )
+        if not d.trained:
+            log.warning(
+                "%s weights are an UNTRAINED seeded initialisation (%s): audio will have the "
+                "right length and format but will not be intelligible speech",
+                d.stage,
+                d.weights_source,
+            )
+
+
+def _wait_for_signal(stop: threading.Event) -> None:
+    """Block until SIGTERM/SIGINT (or `stop` set by a failed load)."""
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("received %s; draining", signal.Signals(signum).name)
@@ -245,18 +316,23 @@ def serve(
     while not stop.wait(0.5):
         pass
 
-    # Drain: readiness goes NOT_SERVING first so load balancers stop sending, then the
-    # server refuses new calls and waits up to drain_seconds for in-flight ones.
+
+def _drain(
+    server: grpc.Server,
+    runtime: StageRuntime,
+    health_servicer: BoundedHealthServicer,
+    drain_seconds: float,
+) -> None:
+    """Readiness goes NOT_SERVING first so load balancers stop sending, then the server
+    refuses new calls and waits up to `drain_seconds` for in-flight ones."""
     health_servicer.enter_graceful_shutdown()
     t0 = time.perf_counter()
-    server.stop(grace=config.drain_seconds).wait()
+    server.stop(grace=drain_seconds).wait()
     log.info("drained", extra={"drain_s": round(time.perf_counter() - t0, 3)})
     if runtime.scheduler is not None:
         runtime.scheduler.stop()
-    if stage is not None and runtime.ready.is_set():
-        stage.finalize()
-    telemetry.shutdown()
-    return 1 if failed.is_set() else 0
+    if runtime.stage is not None and runtime.ready.is_set():
+        runtime.stage.finalize()
 
 
 # Keeps health-only servers alive until the process exits (they stop with it).
