@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-stamp
 PROTOS := $(wildcard protos/voxline/v1/*.proto)
 GEN    := gen/voxline/v1/.generated-stamp
 
-.PHONY: help venv lock voices proto run serve test test-deps lint fmt clean bench k8s-config k8s-validate \
+.PHONY: help venv lock voices proto run serve test test-deps lint fmt clean bench bench-abuse k8s-config k8s-validate \
         train train-vocoder image container-test
 
 help:
@@ -23,6 +23,7 @@ help:
 	@echo "make train  - regenerate the teacher data and retrain services/voices/voxline-en-us (CPU, ~35 min)"
 	@echo "make train-vocoder - distil the fast CPU vocoder from the Piper teacher and evaluate it (CPU, ~45 min)"
 	@echo "make bench  - latency/TTFA/RTF, telemetry on vs off, concurrency -> bench/results/*.json"
+	@echo "make bench-abuse - hostile callers against the local stack -> bench/results/abuse.json"
 	@echo "make image  - build the CPU service image with podman (voxline:0.1.0-cpu)"
 	@echo "make container-test - the image's four services as four containers, end to end"
 	@echo "make k8s-config - copy the observability configs into k8s/ (after editing them)"
@@ -161,3 +162,7 @@ train-vocoder: proto
 # The train extra (in locks/dev.txt) brings the Piper peer (onnxruntime) the bench compares against.
 bench: proto voices
 	$(PY) -m bench.run --out bench/results/latest.json
+
+# Hostile callers against a default local stack (docs/reliability.md, "Callers that stall").
+bench-abuse: proto voices
+	$(PY) -m bench.abuse --out bench/results/abuse.json

@@ -54,7 +54,7 @@ class TextFrontendServicer(frontend_pb2_grpc.TextFrontendServicer):
             )
         rate = request.speaking_rate or 1.0
         if not math.isfinite(rate) or rate <= 0:
-            raise InvalidArgument(f"speaking_rate must be > 0, got {rate}")
+            raise InvalidArgument(f"speaking_rate must be > 0, got {rate:g}")
         return voice, rate
 
     def _input(

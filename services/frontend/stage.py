@@ -113,7 +113,7 @@ class FrontendStage(TorchModelStage[FrontendModel]):
         assert self.model is not None
         for r in requests:
             if r.speaking_rate <= 0:
-                raise InvalidArgument(f"speaking_rate must be > 0, got {r.speaking_rate}")
+                raise InvalidArgument(f"speaking_rate must be > 0, got {r.speaking_rate:g}")
         sentences = [s for r in requests for s in r.sentences]
         lengths = torch.tensor([len(s.phoneme_ids) for s in sentences])
         ids = torch.nn.utils.rnn.pad_sequence(

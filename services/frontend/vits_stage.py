@@ -86,7 +86,7 @@ class VitsFrontendStage(VitsStage[VitsFrontendModel]):
         """One request's model input: the voice's scales, its length scale divided by the
         speaking rate."""
         if speaking_rate <= 0:
-            raise InvalidArgument(f"speaking_rate must be > 0, got {speaking_rate}")
+            raise InvalidArgument(f"speaking_rate must be > 0, got {speaking_rate:g}")
         scales = self.config.inference
         return VitsFrontendInput(
             sentences,

@@ -108,9 +108,14 @@ class VoiceCatalog:
         self._clients = clients
         self._timeout = timeout
         self._refresh_s = refresh_s
+        self._changed = threading.Condition()
         self._snapshot: _Snapshot | None = None
-        self._loaded = threading.Event()
-        self._stopped = threading.Event()
+        #: Why the last fetch failed (None after a success): what callers hear meanwhile.
+        self._failure: Exception | None = None
+        self._attempts = 0
+        self._wanted = False  # a request waits for a first answer: fetch now
+        self._fetching = False
+        self._stopped = False
 
     def start(self) -> VoiceCatalog:
         """Load now and keep refreshing in the background (until `stop`)."""
@@ -118,20 +123,34 @@ class VoiceCatalog:
         return self
 
     def stop(self) -> None:
-        self._stopped.set()
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
 
     def _refresh(self) -> None:
         failing = False
-        while not self._stopped.is_set():
+        while True:
+            with self._changed:
+                self._fetching = True
             try:
-                self._snapshot = self._fetch()
-                self._loaded.set()
-                failing = False
+                snapshot, failure = self._fetch(), None
             except Exception as exc:  # the stages are loading, restarting or unreachable
+                snapshot, failure = None, exc
                 if not failing:  # once per outage: the last answer stays in use
                     log.warning("cannot refresh the voice list: %s", exc)
-                failing = True
-            self._stopped.wait(self._refresh_s if self._loaded.is_set() else RETRY_S)
+            failing = failure is not None
+            with self._changed:
+                self._snapshot = snapshot or self._snapshot
+                self._failure = failure
+                self._attempts += 1
+                self._fetching = False
+                self._changed.notify_all()
+                # Until a first answer, a request asking for the list wakes this at once.
+                pause = self._refresh_s if self._snapshot else RETRY_S
+                self._changed.wait_for(lambda: self._stopped or self._wanted, pause)
+                self._wanted = False
+                if self._stopped:
+                    return
 
     def _fetch(self) -> _Snapshot:
         frontend, acoustic, vocoder = (_models(c.info(self._timeout)) for c in self._clients.all())
@@ -150,10 +169,21 @@ class VoiceCatalog:
         return _Snapshot(voices, facts)
 
     def _current(self) -> _Snapshot:
-        if not self._loaded.wait(self._timeout):
-            raise Unavailable("the voice list is not known yet (the stages are starting); retry")
-        assert self._snapshot is not None
-        return self._snapshot
+        """The last answer; with none yet, one more fetch is asked for and awaited (up to
+        `timeout`), and its failure is what the caller hears (it names the stage)."""
+        with self._changed:
+            if self._snapshot is None:
+                # A fetch already under way began before this request: await the next one.
+                target = self._attempts + (2 if self._fetching else 1)
+                self._wanted = True
+                self._changed.notify_all()
+                self._changed.wait_for(lambda: self._attempts >= target, self._timeout)
+            if self._snapshot is not None:
+                return self._snapshot
+            failure = self._failure
+        if isinstance(failure, Unavailable):
+            raise Unavailable(f"{failure}; the voice list is not known yet")
+        raise Unavailable("the voice list is not known yet (the stages are starting); retry")
 
     def voices(self) -> list[synthesizer_pb2.Voice]:
         """Every served voice, the default first."""

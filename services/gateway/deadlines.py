@@ -43,12 +43,16 @@ class CallLimits:
     """The gateway's waits on its callers (flags `--request-read-timeout-s`,
     `--text-gap-timeout-s`, `--send-timeout-s`); the total is `--request-timeout-s`."""
 
-    #: A unary request's message, or a text stream's config, must arrive within this.
-    request_read_s: float = 10.0
-    #: A text stream may go this long without a fragment (a flush or a message counts).
-    text_gap_s: float = 30.0
-    #: A caller that reads none of a response for this long loses the call (and its slot).
-    send_s: float = 30.0
+    #: A unary request's message, or a text stream's config, must arrive within this (it is
+    #: sent with the call's headers by every client we know).
+    request_read_s: float = 5.0
+    #: A text stream may go this long without a fragment (a flush or a message counts). The
+    #: stream holds its admission slot while it waits: a language model's tokens come far
+    #: more often than this.
+    text_gap_s: float = 10.0
+    #: A caller that reads none of a response for this long loses the call (and its slot); a
+    #: player reading in real time never leaves a send waiting more than a second or two.
+    send_s: float = 10.0
 
 
 _END = object()  # the request stream's end, on a MessageReader's queue
@@ -60,6 +64,7 @@ class MessageReader:
     def __init__(self, messages: Iterator[Any]) -> None:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._ended = False
+        self._first = threading.Event()  # set once anything (a message, the end) arrived
         threading.Thread(
             target=self._read, args=(messages,), name="request-reader", daemon=True
         ).start()
@@ -67,23 +72,32 @@ class MessageReader:
     def _read(self, messages: Iterator[Any]) -> None:
         try:
             for message in messages:
-                self._queue.put(message)
-            self._queue.put(_END)
+                self._put(message)
+            self._put(_END)
         except VoxlineError as exc:  # a message that did not decode: the caller's error
-            self._queue.put(exc)
+            self._put(exc)
         except Exception:  # gRPC's: the call ended (cancelled, or finished with a status)
-            self._queue.put(_END)
+            self._put(_END)
 
-    def next(self, timeout_s: float, waiting_for: str) -> Any | None:
+    def _put(self, item: Any) -> None:
+        self._queue.put(item)
+        self._first.set()
+
+    def arrived(self, timeout_s: float) -> bool:
+        """Whether the stream's first message (or its end) is here, waiting up to `timeout_s`."""
+        return self._first.wait(timeout_s)
+
+    def next(self, timeout_s: float, waiting_for: str, limit_s: float | None = None) -> Any | None:
         """The next message; None at the end of the stream. DeadlineExceeded, naming
-        `waiting_for` and the limit, when none comes within `timeout_s`."""
+        `waiting_for` and the limit (`limit_s`, if the wait began earlier), when none comes
+        within `timeout_s`."""
         if self._ended:
             return None
         try:
             message = self._queue.get(timeout=max(timeout_s, 0.0))
         except queue.Empty:
             raise DeadlineExceeded(
-                f"no {waiting_for} within {timeout_s:g} s; the call was ended"
+                f"no {waiting_for} within {limit_s or timeout_s:g} s; the call was ended"
             ) from None
         if message is _END or isinstance(message, VoxlineError):
             self._ended = True
@@ -98,26 +112,34 @@ class MessageReader:
             yield message
 
 
+#: Clients send a request message with the call's headers: one that is not there after this
+#: long is late, and its call takes one of FirstMessage's waiting places.
+PROMPT_S = 0.2
+
+
 class FirstMessage:
     """Reads a call's first request message (a unary body, a text stream's config) within
-    `timeout_s`, with at most `max_waiting` calls waiting for theirs at once: each holds a
-    handler thread meanwhile, and the server's other threads must stay free to answer."""
+    `timeout_s`. Calls whose message is late (not there after PROMPT_S) wait in one of
+    `max_late` places, or are refused at once: each holds a handler thread while it waits, and
+    the server's other threads must stay free for prompt callers, refusals and health."""
 
-    def __init__(self, timeout_s: float, max_waiting: int) -> None:
+    def __init__(self, timeout_s: float, max_late: int) -> None:
         self._timeout_s = timeout_s
-        self._slots = threading.BoundedSemaphore(max_waiting)
+        self._late = threading.BoundedSemaphore(max_late)
 
     def read(self, reader: MessageReader, waiting_for: str) -> Any | None:
         """The message (None: the stream ended first); DeadlineExceeded or
         ResourceExhausted (too many callers are slow to send) otherwise."""
-        if not self._slots.acquire(blocking=False):
+        if reader.arrived(PROMPT_S):
+            return reader.next(self._timeout_s, waiting_for)
+        if not self._late.acquire(blocking=False):
             raise ResourceExhausted(
-                "too many calls are waiting to send their request message; retry with backoff"
+                "too many calls are slow to send their request message; retry with backoff"
             )
         try:
-            return reader.next(self._timeout_s, waiting_for)
+            return reader.next(self._timeout_s - PROMPT_S, waiting_for, self._timeout_s)
         finally:
-            self._slots.release()
+            self._late.release()
 
 
 #: Public methods whose request message is read with a limit (ReadDeadlineInterceptor).

@@ -1,6 +1,8 @@
 """Orchestration of one synthesis across the three stages.
 
-Unary: frontend -> (per sentence) acoustic -> vocoder, audio concatenated.
+Unary: frontend -> (per sentence) acoustic -> vocoder, audio concatenated. The frontend's
+plan fixes the answer's size: one that would pass `--max-unary-bytes` is refused before the
+acoustic stage runs (services/gateway/unary.py).
 Streaming: frontend, then per sentence the acoustic stage streams mel chunks straight into
 a bidirectional vocoder stream, so the vocoder starts on the first mel chunk of the first
 sentence and audio reaches the client while later chunks are still being made. The next
@@ -27,6 +29,7 @@ from voxline.v1 import acoustic_pb2, frontend_pb2, vocoder_pb2
 
 from services.gateway.playback import ListenerClock
 from services.gateway.stages import CancelScope, StageClients, UpstreamStream
+from services.gateway.unary import DEFAULT_MAX_UNARY_BYTES, UnaryAnswer
 from services.runtime.errors import DeadlineExceeded, InvalidArgument, VoxlineError
 from services.runtime.scheduler import Hints, Priority
 from services.runtime.voice import MAX_AUDIO_SECONDS, MAX_SENTENCES, STREAM_WINDOW_FRAMES
@@ -85,10 +88,15 @@ class Pipeline:
     """Runs jobs against the stage clients."""
 
     def __init__(
-        self, clients: StageClients, stream_chunk_frames: int = STREAM_WINDOW_FRAMES
+        self,
+        clients: StageClients,
+        stream_chunk_frames: int = STREAM_WINDOW_FRAMES,
+        max_unary_bytes: int = DEFAULT_MAX_UNARY_BYTES,
     ) -> None:
         self._clients = clients
         self._chunk_frames = stream_chunk_frames
+        #: The largest unary answer (a serialized SynthesizeResponse) made (`--max-unary-bytes`).
+        self.max_unary_bytes = max_unary_bytes
 
     @staticmethod
     def _remaining(job: Job) -> float:
@@ -131,8 +139,12 @@ class Pipeline:
             mel=mel, voice=job.voice, request_id=job.request_id, speaker_id=job.speaker_id
         )
 
-    def synthesize(self, job: Job) -> Iterator[AudioPiece]:
-        """Unary path: one whole mel and one vocoder call per sentence."""
+    def synthesize(self, job: Job, answer: UnaryAnswer | None = None) -> Iterator[AudioPiece]:
+        """Unary path: one whole mel and one vocoder call per sentence.
+
+        `answer`: the response the audio goes into; one that the frontend's plan makes larger
+        than `max_unary_bytes` is refused (InvalidArgument) before any acoustic or vocoder
+        call."""
         request = self._analyze_request(job)
         sentences = self._clients.analyze(
             request, self._remaining(job), job.hints(), job.scope
@@ -140,6 +152,8 @@ class Pipeline:
         budget = RequestBudget(job.seconds_per_frame)
         for sentence in sentences:
             budget.charge(sentence)
+        if answer is not None:
+            answer.check(sum(s.num_frames for s in sentences), self.max_unary_bytes)
         for sentence, before in zip(sentences, _audio_before(job, sentences), strict=True):
             hints = job.hints(before)
             mel = self._clients.generate(

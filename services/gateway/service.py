@@ -32,9 +32,11 @@ from services.gateway.pipeline import AudioPiece, Job, Pipeline
 from services.gateway.playback import ListenerClock
 from services.gateway.stages import StageClients
 from services.gateway.text_stream import TextStreamInput, read_config
+from services.gateway.unary import DEFAULT_MAX_UNARY_BYTES, UnaryAnswer, on_delivery
 from services.gateway.validation import Options, max_request_bytes, validate, validate_options
 from services.runtime.config import (
     DEFAULT_PORTS,
+    MAX_MESSAGE_BYTES,
     add_flag,
     build_parser,
     parse_bool,
@@ -173,20 +175,35 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
             # A caller that goes away (or whose deadline passes) cancels the stage calls.
             context.add_callback(job.scope.cancel_all)
             outcome.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
-            pieces = [p.pcm for p in self._pipeline.synthesize(job)]
+            native = options.voice.sample_rate_hz
+            # An answer over --max-unary-bytes is refused once the frontend has planned it.
+            answer = UnaryAnswer(native, options.voice.hop_length, sample_rate, job.request_id)
+            pieces = [p.pcm for p in self._pipeline.synthesize(job, answer)]
             with self.runtime.phase(names.PHASE_POSTPROCESS):
-                native = options.voice.sample_rate_hz
                 pcm = resample(np.concatenate(pieces), native, sample_rate)
                 audio = wav_bytes(pcm, sample_rate)
             outcome.audio_s = len(pcm) / sample_rate
-        self._log(job, names.SYNTHESIS_METHOD_UNARY, outcome)
-        return synthesizer_pb2.SynthesizeResponse(
+        response = synthesizer_pb2.SynthesizeResponse(
             audio=audio,
             sample_rate_hz=sample_rate,
             duration_seconds=outcome.audio_s,
             encoding=LINEAR16,
             request_id=job.request_id,
         )
+
+        # gRPC sends the answer after this returns: "synthesized" only once it went out.
+        def ended(delivered: bool) -> None:
+            if delivered:
+                self._log(job, names.SYNTHESIS_METHOD_UNARY, outcome)
+            else:
+                log.error(
+                    "unary answer not delivered: the call ended cancelled (the caller refused "
+                    "it, e.g. over its receive limit, left, or its deadline passed)",
+                    extra={"request_id": job.request_id, "answer_bytes": response.ByteSize()},
+                )
+
+        on_delivery(context, ended)
+        return response
 
     @rpc_method
     def SynthesizeStream(
@@ -352,6 +369,9 @@ REQUEST_TIMEOUT_S = 120.0
 #: Handler threads beyond the admitted and waiting callers: they answer refusals, ListVoices
 #: and health at once even when every slot is taken.
 REFUSAL_THREADS = 16
+#: Callers slow to send their request message that may wait for it at once (each holds a
+#: handler thread; more are refused, so they never take the threads above).
+LATE_CALLERS = 8
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -366,6 +386,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     add_flag(parser, "max-text-chars", int, MAX_TEXT_CHARS, "longest accepted text")
     add_flag(parser, "request-timeout-s", float, REQUEST_TIMEOUT_S, "upper bound on one synthesis")
+    add_flag(
+        parser,
+        "max-unary-bytes",
+        int,
+        DEFAULT_MAX_UNARY_BYTES,
+        "largest Synthesize answer in bytes (default: a gRPC client's default receive "
+        "limit); a larger one is refused with INVALID_ARGUMENT before the work",
+    )
     add_flag(
         parser,
         "stream-chunk-frames",
@@ -411,6 +439,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = parse_config("gateway", parser, argv)
     x = config.extra
     config.max_receive_bytes = max_request_bytes(x["max_text_chars"])
+    if not 0 < x["max_unary_bytes"] <= MAX_MESSAGE_BYTES:
+        parser.error(f"--max-unary-bytes must be 1 to {MAX_MESSAGE_BYTES} (the send limit)")
     admission = AdmissionConfig(
         max_active=x.pop("max_active"),
         max_waiting=x.pop("max_waiting"),
@@ -418,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # Refusing past capacity must be immediate: enough handler threads (and gRPC's own
     # concurrency limit, the last resort) for the admitted, the waiting and the refused.
-    needed = admission.max_active + admission.max_waiting + REFUSAL_THREADS
+    needed = admission.max_active + admission.max_waiting + LATE_CALLERS + REFUSAL_THREADS
     config.workers = max(config.workers, needed)
     config.max_concurrent_rpcs = max(config.max_concurrent_rpcs, 2 * needed)
     limits = CallLimits(
@@ -426,11 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         text_gap_s=x.pop("text_gap_timeout_s"),
         send_s=x.pop("send_timeout_s"),
     )
-    # Callers still sending their request may hold the threads admission would give them,
-    # never the ones kept for refusals and health.
-    first_message = FirstMessage(
-        limits.request_read_s, admission.max_active + admission.max_waiting
-    )
+    first_message = FirstMessage(limits.request_read_s, LATE_CALLERS)
     try:  # popped: the token stays out of the config object
         token = load_token(
             x.pop("api_token"), x.pop("api_token_file"), production=x.pop("production")
@@ -455,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         catalogs.append(catalog)
         servicer = SynthesizerServicer(
             runtime,
-            Pipeline(stage_clients, x["stream_chunk_frames"]),
+            Pipeline(stage_clients, x["stream_chunk_frames"], x["max_unary_bytes"]),
             catalog,
             x["max_text_chars"],
             x["request_timeout_s"],

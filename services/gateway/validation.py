@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import secrets
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -89,10 +90,10 @@ def validate_options(
     voice = voices[request.voice or next(iter(voices))]
     rate = request.speaking_rate if request.HasField("speaking_rate") else 1.0
     if not math.isfinite(rate) or rate <= 0:
-        raise InvalidArgument(f"speaking_rate must be a positive number, got {rate}")
+        raise InvalidArgument(f"speaking_rate must be a positive number, got {float32_text(rate)}")
     if not MIN_RATE <= rate <= MAX_RATE:
         raise InvalidArgument(
-            f"speaking_rate must be between {MIN_RATE} and {MAX_RATE}, got {rate}"
+            f"speaking_rate must be between {MIN_RATE:g} and {MAX_RATE:g}, got {float32_text(rate)}"
         )
     sample_rate = request.sample_rate_hz or voice.sample_rate_hz
     if sample_rate not in SUPPORTED_SAMPLE_RATES:
@@ -125,6 +126,26 @@ def validate_options(
         # A request without a seed gets a fresh one (SynthesizeRequest.seed).
         request.seed if request.HasField("seed") else secrets.randbits(63),
     )
+
+
+def float32_text(value: float) -> str:
+    """A float32 request field as a caller wrote it: the shortest decimal that reads back as
+    the same float32 (0.1 arrives as 0.10000000149011612 and prints "0.1")."""
+    if not math.isfinite(value):
+        return str(value)
+    single = _float32(value)
+    for digits in range(1, 10):  # 9 significant digits always round-trip a float32
+        shortest = float(f"{value:.{digits}g}")
+        if _float32(shortest) == single:
+            return repr(shortest)
+    return repr(value)
+
+
+def _float32(value: float) -> float:
+    try:
+        return struct.unpack("<f", struct.pack("<f", value))[0]
+    except OverflowError:  # beyond float32's range: not a float32 value at all
+        return value
 
 
 def max_request_bytes(max_text_chars: int) -> int:

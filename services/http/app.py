@@ -10,10 +10,12 @@ Policies (README, "OpenAI-compatible HTTP API"):
 - Formats: `wav` and `pcm` (raw s16le mono), both at OpenAI's 24 kHz (the gateway
   resamples); mp3/opus/aac/flac are refused with a 400 naming the supported ones. No
   `response_format` means `wav` (OpenAI's default, mp3, is not produced here).
-- Streaming: the body is chunked and PCM is written as the gateway sends it. `wav` starts
-  with a streaming header whose RIFF and data sizes are 0xFFFFFFFF ("unknown", as OpenAI's
-  own streamed WAV does); readers that take the data to the end of the file (Python's
-  `wave`, ffmpeg, sox, browsers) play it.
+- Streaming (the default, as OpenAI's): the body is chunked and PCM is written as the gateway
+  sends it. `wav` starts with a streaming header whose RIFF and data sizes are 0xFFFFFFFF
+  ("unknown", as OpenAI's own streamed WAV does): readers take the data to the end of the
+  file, and its length is (bytes - 44) / 2 samples (Python's `wave` reports 2**31 - 1 frames).
+  `"stream": false` (a Voxline extension, as Kokoro-FastAPI's) answers once the synthesis is
+  done, with a Content-Length and, for `wav`, a header carrying the real sizes.
 - Errors before the first audio become an HTTP status with an OpenAI-style body. An error
   after the first audio cannot change the 200 already sent: the connection is closed without
   the chunked body's terminating chunk, so clients see an incomplete body, not a short file
@@ -53,6 +55,7 @@ from services.http.limits import request_deadline, seconds_left
 from services.http.readiness import Readiness
 from services.http.tracing import Receive, Scope, Send
 from services.runtime.config import DEFAULT_PORTS
+from services.runtime.wav import wav_bytes
 
 log = logging.getLogger("voxline.http")
 
@@ -138,6 +141,8 @@ class SpeechRequest(BaseModel):
     #: Accepted and ignored: Voxline's voice takes no style prompt (like OpenAI's tts-1).
     instructions: str | None = None
     stream_format: str | None = None
+    #: Voxline's extension: false answers with the whole, sized file once it is made.
+    stream: bool = True
 
 
 @dataclass(frozen=True)
@@ -392,10 +397,44 @@ def create_app(settings: Settings, gateway: Gateway, readiness: Readiness) -> Fa
             raise from_grpc(exc) from None
         if first is None:  # the gateway ended the stream without audio: not expected
             raise ApiError(500, "the synthesis produced no audio", type_=SERVER_ERROR)
+        if not body.stream:
+            pcm = await _whole_audio(call, first, request, gateway.threads)
+            whole = wav_bytes(pcm, SAMPLE_RATE_HZ) if media_type == FORMATS["wav"] else pcm
+            return Response(whole, media_type=media_type, headers={"x-request-id": request_id})
         head = streaming_wav_header(SAMPLE_RATE_HZ) if media_type == FORMATS["wav"] else b""
         return AudioStream(call, first, head, media_type, request_id, gateway.threads)
 
     return app
+
+
+async def _whole_audio(
+    call: Any, first: Any, request: Request, threads: anyio.CapacityLimiter
+) -> bytes:
+    """All of a call's PCM, starting with its `first` message (a non-streamed answer: a
+    failure is still an HTTP status). A client that leaves cancels the call."""
+
+    def rest() -> bytes | grpc.RpcError:
+        try:
+            return first.audio + b"".join(message.audio for message in call)
+        except grpc.RpcError as exc:  # returned: a task group would wrap it in a group
+            return exc
+
+    try:
+        async with anyio.create_task_group() as tasks:
+
+            async def cancel_on_disconnect() -> None:
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                call.cancel()
+
+            tasks.start_soon(cancel_on_disconnect)
+            audio = await anyio.to_thread.run_sync(rest, limiter=threads)
+            tasks.cancel_scope.cancel()
+    finally:
+        call.cancel()  # a no-op once it ended
+    if isinstance(audio, grpc.RpcError):
+        raise from_grpc(audio)
+    return audio
 
 
 async def _parse(request: Request, timeout_s: float) -> SpeechRequest:
