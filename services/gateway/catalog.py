@@ -112,9 +112,7 @@ class VoiceCatalog:
         self._snapshot: _Snapshot | None = None
         #: Why the last fetch failed (None after a success): what callers hear meanwhile.
         self._failure: Exception | None = None
-        self._attempts = 0
         self._wanted = False  # a request waits for a first answer: fetch now
-        self._fetching = False
         self._stopped = False
 
     def start(self) -> VoiceCatalog:
@@ -130,8 +128,6 @@ class VoiceCatalog:
     def _refresh(self) -> None:
         failing = False
         while True:
-            with self._changed:
-                self._fetching = True
             try:
                 snapshot, failure = self._fetch(), None
             except Exception as exc:  # the stages are loading, restarting or unreachable
@@ -142,8 +138,6 @@ class VoiceCatalog:
             with self._changed:
                 self._snapshot = snapshot or self._snapshot
                 self._failure = failure
-                self._attempts += 1
-                self._fetching = False
                 self._changed.notify_all()
                 # Until a first answer, a request asking for the list wakes this at once.
                 pause = self._refresh_s if self._snapshot else RETRY_S
@@ -169,15 +163,14 @@ class VoiceCatalog:
         return _Snapshot(voices, facts)
 
     def _current(self) -> _Snapshot:
-        """The last answer; with none yet, one more fetch is asked for and awaited (up to
-        `timeout`), and its failure is what the caller hears (it names the stage)."""
+        """The last answer; with none yet, a fetch is asked for now and the answer awaited
+        (up to `timeout`, retries included); the last failure is what the caller hears (it
+        names the stage)."""
         with self._changed:
-            if self._snapshot is None:
-                # A fetch already under way began before this request: await the next one.
-                target = self._attempts + (2 if self._fetching else 1)
+            if self._snapshot is None:  # fetch now, then keep to the retries until timeout
                 self._wanted = True
                 self._changed.notify_all()
-                self._changed.wait_for(lambda: self._attempts >= target, self._timeout)
+                self._changed.wait_for(lambda: self._snapshot is not None, self._timeout)
             if self._snapshot is not None:
                 return self._snapshot
             failure = self._failure
@@ -197,6 +190,11 @@ class VoiceCatalog:
         """The voice an empty voice name selects ("" while no voice is served)."""
         voices = self.voices()
         return voices[0].name if voices else ""
+
+    def cached_default_voice(self) -> str:
+        """The default voice as known so far ("": none known yet; never waits)."""
+        snapshot = self._snapshot
+        return snapshot.voices[0].name if snapshot and snapshot.voices else ""
 
     def cached_names(self) -> set[str]:
         """Voice names known so far (never waits)."""

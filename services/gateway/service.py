@@ -8,7 +8,9 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 import grpc
 import numpy as np
@@ -52,6 +54,8 @@ from telemetry import SynthesisMetrics, names
 
 log = logging.getLogger("voxline.gateway")
 
+T = TypeVar("T")
+
 LINEAR16 = synthesizer_pb2.AUDIO_ENCODING_LINEAR16
 
 
@@ -82,7 +86,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         self,
         request: synthesizer_pb2.SynthesizeRequest,
         context: grpc.ServicerContext,
-        outcome: _Outcome,
+        state: RequestState,
         *,
         text_follows: bool = False,
     ) -> tuple[Job, Options]:
@@ -97,9 +101,9 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         remaining = context.time_remaining()
         budget = self._timeout_s if remaining is None else min(remaining, self._timeout_s)
         deadline = time.monotonic() + budget
-        outcome.watch = outcome.resources.enter_context(self._watchdog.watch(context, deadline))
+        state.watch = state.hold(self._watchdog.watch(context, deadline))
         with self.runtime.phase(names.PHASE_QUEUE):
-            outcome.resources.enter_context(self._admission.slot(deadline, context.is_active))
+            state.hold(self._admission.slot(deadline, context.is_active))
         job = Job(
             text=request.text,
             voice=options.voice.name,
@@ -115,18 +119,22 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
 
     def _voice_label(self, request: synthesizer_pb2.SynthesizeRequest) -> str:
         """The voice as a metric label: a served voice name, else "other" (bounded)."""
-        if not request.voice:
-            return self._catalog.default_voice() or names.VOICE_OTHER
+        if not request.voice:  # never waits: this runs when the request ends, failed or not
+            return self._catalog.cached_default_voice() or names.VOICE_OTHER
         known = self._catalog.cached_names()
         return request.voice if request.voice in known else names.VOICE_OTHER
 
     @contextmanager
     def _synthesis(
-        self, request: synthesizer_pb2.SynthesizeRequest, method: str
-    ) -> Iterator[_Outcome]:
-        """The `voxline.synthesis` span around one request, and its end-to-end metrics."""
-        outcome = _Outcome(time.perf_counter(), characters=lambda: len(request.text))
-        outcome.root = trace.get_current_span()  # the gateway's server span: the trace's root
+        self,
+        request: synthesizer_pb2.SynthesizeRequest,
+        method: str,
+        text: TextProgress | None = None,
+    ) -> Iterator[RequestState]:
+        """The `voxline.synthesis` span around one request, and its end-to-end metrics.
+        `text`: how the text arrives (None: whole, in `request`)."""
+        state = RequestState(time.perf_counter(), text or WholeText(len(request.text)))
+        state.root = trace.get_current_span()
         attributes = {
             names.ATTR_SYNTHESIS_METHOD: method,
             names.ATTR_STAGE: names.STAGE_GATEWAY,
@@ -139,42 +147,42 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
             phase_timeline(span, names.STAGE_GATEWAY)
             if method != names.SYNTHESIS_METHOD_UNARY
             else nullcontext(),
-            ExitStack() as outcome.resources,
+            ExitStack() as resources,
         ):
-            outcome.span = span
+            state.span, state.resources = span, resources
             ok = False
             try:
-                yield outcome
+                yield state
                 ok = True
             finally:
                 voice = self._voice_label(request)
                 span.set_attribute(names.ATTR_VOICE, voice)
-                span.set_attribute(names.ATTR_PRIORITY, outcome.priority)
-                if outcome.audio_s is not None:
-                    span.set_attribute(names.ATTR_AUDIO_DURATION, outcome.audio_s)
-                characters = outcome.characters()
+                span.set_attribute(names.ATTR_PRIORITY, state.priority)
+                if state.audio_s is not None:
+                    span.set_attribute(names.ATTR_AUDIO_DURATION, state.audio_s)
+                characters = state.text.characters
                 span.set_attribute(names.ATTR_TEXT_LENGTH, characters)
                 self._metrics.record_request(
                     voice=voice,
                     method=method,
                     outcome=names.OUTCOME_OK if ok else names.OUTCOME_ERROR,
-                    duration_s=time.perf_counter() - outcome.start,
-                    audio_s=outcome.audio_s,
+                    duration_s=time.perf_counter() - state.start,
+                    audio_s=state.audio_s,
                     characters=characters,
-                    priority=outcome.priority,
+                    priority=state.priority,
                 )
 
     @rpc_method
     def Synthesize(
         self, request: synthesizer_pb2.SynthesizeRequest, context: grpc.ServicerContext
     ) -> synthesizer_pb2.SynthesizeResponse:
-        with self._synthesis(request, names.SYNTHESIS_METHOD_UNARY) as outcome:
-            job, options = self._job(request, context, outcome)
+        with self._synthesis(request, names.SYNTHESIS_METHOD_UNARY) as state:
+            job, options = self._job(request, context, state)
             sample_rate = options.sample_rate
-            outcome.priority = job.priority.label
+            state.priority = job.priority.label
             # A caller that goes away (or whose deadline passes) cancels the stage calls.
             context.add_callback(job.scope.cancel_all)
-            outcome.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
+            state.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
             native = options.voice.sample_rate_hz
             # An answer over --max-unary-bytes is refused once the frontend has planned it.
             answer = UnaryAnswer(native, options.voice.hop_length, sample_rate, job.request_id)
@@ -182,11 +190,11 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
             with self.runtime.phase(names.PHASE_POSTPROCESS):
                 pcm = resample(np.concatenate(pieces), native, sample_rate)
                 audio = wav_bytes(pcm, sample_rate)
-            outcome.audio_s = len(pcm) / sample_rate
+            state.audio_s = len(pcm) / sample_rate
         response = synthesizer_pb2.SynthesizeResponse(
             audio=audio,
             sample_rate_hz=sample_rate,
-            duration_seconds=outcome.audio_s,
+            duration_seconds=state.audio_s,
             encoding=LINEAR16,
             request_id=job.request_id,
         )
@@ -194,7 +202,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         # gRPC sends the answer after this returns: "synthesized" only once it went out.
         def ended(delivered: bool) -> None:
             if delivered:
-                self._log(job, names.SYNTHESIS_METHOD_UNARY, outcome)
+                self._log(job, names.SYNTHESIS_METHOD_UNARY, state)
             else:
                 log.error(
                     "unary answer not delivered: the call ended cancelled (the caller refused "
@@ -210,11 +218,11 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         self, request: synthesizer_pb2.SynthesizeRequest, context: grpc.ServicerContext
     ) -> Iterator[synthesizer_pb2.SynthesizeStreamResponse]:
         method = names.SYNTHESIS_METHOD_STREAM
-        with self._synthesis(request, method) as outcome:
-            job, options = self._job(request, context, outcome)
+        with self._synthesis(request, method) as state:
+            job, options = self._job(request, context, state)
             pieces = self._pipeline.synthesize_stream(job)
-            yield from self._stream(request, context, job, options, outcome, method, pieces)
-        self._log(job, method, outcome)
+            yield from self._stream(request, context, job, options, state, method, pieces)
+        self._log(job, method, state)
 
     @rpc_method
     def SynthesizeTextStream(
@@ -227,15 +235,13 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         fragments = reader.messages(self._limits.text_gap_s, "text fragment, flush or end")
         text = TextStreamInput(config.text, fragments, self._max_text_chars)
         method = names.SYNTHESIS_METHOD_TEXT_STREAM
-        with self._synthesis(config, method) as outcome:
-            outcome.characters = lambda: text.characters
-            outcome.ttfa_from = lambda: text.first_complete
-            job, options = self._job(config, context, outcome, text_follows=True)
+        with self._synthesis(config, method, text) as state:
+            job, options = self._job(config, context, state, text_follows=True)
             pieces = self._pipeline.synthesize_stream(job, iter(text))
             yield from self._stream(
-                config, context, job, options, outcome, method, pieces, text.raise_if_failed
+                config, context, job, options, state, method, pieces, text.raise_if_failed
             )
-        self._log(job, method, outcome)
+        self._log(job, method, state)
 
     def _stream(
         self,
@@ -243,7 +249,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         context: grpc.ServicerContext,
         job: Job,
         options: Options,
-        outcome: _Outcome,
+        state: RequestState,
         method: str,
         pieces: Iterator[AudioPiece],
         check: Callable[[], None] = lambda: None,
@@ -251,9 +257,9 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         """Send a stream's audio as it comes: resampled, timed (first audio, stalls).
         `check` runs before each piece is sent (a text stream's input errors end it at once)."""
         sample_rate = options.sample_rate
-        outcome.priority = job.priority.label
+        state.priority = job.priority.label
         context.add_callback(job.scope.cancel_all)
-        outcome.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
+        state.span.set_attribute(names.ATTR_SAMPLE_RATE, sample_rate)
         resampler = StreamResampler(options.voice.sample_rate_hz, sample_rate)
         listener = job.listener = ListenerClock(sample_rate)
         samples = 0
@@ -266,56 +272,54 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
             last_index = piece.sentence_index
             if not len(pcm):
                 continue
-            if outcome.first_audio_s is None:
-                start = outcome.ttfa_from() or outcome.start
-                outcome.first_audio_s = time.perf_counter() - start
-                event = {"voxline.time_to_first_audio": outcome.first_audio_s}
-                outcome.root.add_event(names.EVENT_FIRST_AUDIO, event)
-                outcome.span.add_event(names.EVENT_FIRST_AUDIO, event)
+            if state.first_audio_s is None:
+                start = state.text.first_complete or state.start
+                state.first_audio_s = time.perf_counter() - start
+                event = {"voxline.time_to_first_audio": state.first_audio_s}
+                state.root.add_event(names.EVENT_FIRST_AUDIO, event)
+                state.span.add_event(names.EVENT_FIRST_AUDIO, event)
                 self._metrics.record_time_to_first_audio(
-                    outcome.first_audio_s,
+                    state.first_audio_s,
                     voice=self._voice_label(request),
                     method=method,
-                    priority=outcome.priority,
-                    characters=outcome.characters(),
+                    priority=state.priority,
+                    characters=state.text.characters,
                 )
             samples += len(pcm)
             listener.on_send(len(pcm))
-            with outcome.watch.sending():
+            with state.watch.sending():
                 yield from self.runtime.send(message)
         with self.runtime.phase(names.PHASE_POSTPROCESS):
             tail = resampler.process(np.zeros(0, dtype=np.int16), last=True)
         if len(tail):
             samples += len(tail)
             listener.on_send(len(tail))
-            with outcome.watch.sending():
+            with state.watch.sending():
                 yield from self.runtime.send(
                     self._chunk(tail, sample_rate, last_index, job.request_id)
                 )
-        outcome.audio_s = samples / sample_rate
-        outcome.span.set_attribute(names.ATTR_STALL_DURATION, listener.stall_s)
+        state.audio_s = samples / sample_rate
+        state.span.set_attribute(names.ATTR_STALL_DURATION, listener.stall_s)
         self._metrics.record_stall(
             listener.stall_s,
             voice=self._voice_label(request),
-            priority=outcome.priority,
-            characters=outcome.characters(),
+            priority=state.priority,
+            characters=state.text.characters,
             method=method,
         )
 
     @staticmethod
-    def _log(job: Job, method: str, outcome: _Outcome) -> None:
-        elapsed = time.perf_counter() - outcome.start
-        seconds = outcome.audio_s or 0.0
+    def _log(job: Job, method: str, state: RequestState) -> None:
+        elapsed = time.perf_counter() - state.start
+        seconds = state.audio_s or 0.0
         log.info(
             "synthesized",
             extra={
                 "request_id": job.request_id,
                 "method": method,
-                "chars": outcome.characters(),
+                "chars": state.text.characters,
                 "audio_s": round(seconds, 3),
-                "ttfa_s": None
-                if outcome.first_audio_s is None
-                else round(outcome.first_audio_s, 3),
+                "ttfa_s": None if state.first_audio_s is None else round(state.first_audio_s, 3),
                 "elapsed_s": round(elapsed, 3),
                 "rtf": round(elapsed / seconds, 3) if seconds else None,
             },
@@ -342,24 +346,48 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
         )
 
 
-class _Outcome:
-    """What the synthesis span/metrics need to know at the end of a request."""
+class TextProgress(Protocol):
+    """How much of a request's text has arrived (a text stream's grows as it comes)."""
 
-    def __init__(self, start: float, characters: Callable[[], int]) -> None:
-        self.start = start
-        #: Characters of the text (a text stream's grow as they arrive).
-        self.characters = characters
-        #: When time to first audio starts counting (None: the request's start).
-        self.ttfa_from: Callable[[], float | None] = lambda: None
-        self.first_audio_s: float | None = None
-        self.audio_s: float | None = None
-        self.span: Span = trace.INVALID_SPAN
-        self.root: Span = trace.INVALID_SPAN
-        self.priority = names.PRIORITY_INTERACTIVE
-        #: Held until the request ends (its admission slot, its watch).
-        self.resources = ExitStack()
-        #: The watchdog's view of the call (a no-op until the request is admitted).
-        self.watch = CallWatch(lambda: None, math.inf, math.inf)
+    @property
+    def characters(self) -> int: ...
+
+    @property
+    def first_complete(self) -> float | None:
+        """`time.perf_counter()` when the first speakable text was complete (None: at the
+        request's start): time to first audio counts from there."""
+        ...
+
+
+@dataclass(frozen=True)
+class WholeText:
+    """The text of a unary or streamed request: all of it there from the start."""
+
+    characters: int
+    first_complete: float | None = None
+
+
+@dataclass
+class RequestState:
+    """What one request's span, metrics and log need at its end, filled in as it runs."""
+
+    start: float
+    text: TextProgress
+    #: The `voxline.synthesis` span, and the gateway's server span (the trace's root).
+    span: Span = trace.INVALID_SPAN
+    root: Span = trace.INVALID_SPAN
+    priority: str = names.PRIORITY_INTERACTIVE
+    first_audio_s: float | None = None
+    audio_s: float | None = None
+    #: The watchdog's view of the call (a no-op until the request is admitted).
+    watch: CallWatch = field(default_factory=lambda: CallWatch(lambda: None, math.inf, math.inf))
+    #: Held until the request ends: its admission slot and its watch (set by `_synthesis`).
+    resources: ExitStack | None = None
+
+    def hold(self, resource: AbstractContextManager[T]) -> T:
+        """Enter `resource` until the request ends."""
+        assert self.resources is not None, "inside _synthesis only"
+        return self.resources.enter_context(resource)
 
 
 #: The longest one synthesis may run (`--request-timeout-s`); deployments drain at least this

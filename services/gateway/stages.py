@@ -61,6 +61,8 @@ RETRY_POLICY = {
 # A call is retryable only while its request fits the retry buffer (gRPC default 256 KiB,
 # ~9 s of float32 mel): 4 MiB covers a sentence's mel for a Vocode retry.
 RETRY_BUFFER_BYTES = 4 * 1024 * 1024
+#: Reconnection backoff to a stage, first and longest (milliseconds).
+RECONNECT_BACKOFF_MS = (100, 1000)
 
 
 def channel_options() -> list[tuple[str, Any]]:
@@ -81,6 +83,10 @@ def channel_options() -> list[tuple[str, Any]]:
         ("grpc.enable_retries", 1),
         ("grpc.service_config", json.dumps(service_config)),
         ("grpc.per_rpc_retry_buffer_size", RETRY_BUFFER_BYTES),
+        # A stage that is starting or restarting is reconnected to within a second, not after
+        # gRPC's default backoff (which grows to 2 minutes while a process is still importing).
+        ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
     ]
 
 
