@@ -21,6 +21,8 @@ from opentelemetry import trace
 from opentelemetry.context import Context, get_current
 from opentelemetry.trace import Link
 
+from telemetry import names
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -61,3 +63,19 @@ def span_links(contexts: Iterable[Context]) -> list[Link]:
         if span_context.is_valid:
             links.append(Link(span_context))
     return links
+
+
+def trace_response_headers(span: trace.Span) -> list[tuple[str, str]]:
+    """The headers (or gRPC metadata) that tell a caller which trace served it.
+
+    ``voxline-trace-id: <32 hex>`` and the W3C Trace Context Level 2 ``traceresponse:
+    00-<trace id>-<span id>-<flags>`` of ``span`` (the server span); the flags say whether the
+    trace was sampled, i.e. whether it will be found in a backend. Empty when ``span`` has no
+    valid context (telemetry disabled).
+    """
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return []
+    trace_id = format(ctx.trace_id, "032x")
+    value = f"00-{trace_id}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+    return [(names.TRACE_ID_RESPONSE_KEY, trace_id), (names.TRACE_RESPONSE_KEY, value)]

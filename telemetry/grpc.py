@@ -7,6 +7,9 @@ Server: ``grpc.server(pool, interceptors=server_interceptors(telemetry))``
        ERROR for every non-OK status, which the instrumentation does not do for
        INVALID_ARGUMENT, RESOURCE_EXHAUSTED, CANCELLED, ... (it follows the semconv rule that
        only server faults are errors; Voxline wants every failed RPC visible as an error).
+       It also sends the call's trace id as initial metadata before the handler runs
+       (``voxline-trace-id`` and the W3C ``traceresponse``: :func:`send_trace_response`), so
+       every response names its trace -- refusals by later interceptors and errors included.
 
 Client: ``channel = instrument_channel(grpc.insecure_channel(addr), telemetry)``
     The OpenTelemetry client interceptor (outer) traces unary-unary, stream-unary and
@@ -46,6 +49,7 @@ from opentelemetry.propagate import inject
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from telemetry import names
+from telemetry.context import trace_response_headers
 from telemetry.instruments import DURATION_BUCKETS_S
 
 _logger = logging.getLogger(__name__)
@@ -139,6 +143,22 @@ def mark_span_error(
     span.set_status(Status(StatusCode.ERROR, description))
 
 
+def send_trace_response(context: grpc.ServicerContext, span: Span) -> None:
+    """Send ``span``'s trace id to the caller as initial metadata (response headers):
+    ``voxline-trace-id`` and ``traceresponse`` (:func:`telemetry.context.trace_response_headers`).
+
+    Initial metadata goes out once, before the first response message (for a stream) or
+    with the response or status (unary), so this runs before the handler. Never fails the RPC.
+    """
+    headers = trace_response_headers(span)
+    if not headers:
+        return
+    try:
+        context.send_initial_metadata(headers)
+    except Exception:  # already sent, or the call is over: telemetry must never fail an RPC
+        _logger.debug("sending the trace id failed", exc_info=True)
+
+
 def _decode(details: Any) -> str:
     if isinstance(details, bytes):
         return details.decode("utf-8", "replace")
@@ -199,7 +219,8 @@ class RpcMetricsServerInterceptor(grpc.ServerInterceptor):
     """Records ``rpc.server.call.duration`` and marks the current server span on failures.
 
     Must run inside the OpenTelemetry server interceptor (list it after that one), so the
-    server span is current while the handler runs. Status codes: ``context.abort()`` /
+    server span is current while the handler runs; it sends that span's trace id first
+    (:func:`send_trace_response`). Status codes: ``context.abort()`` /
     ``context.set_code()`` -> that code; uncaught exception -> UNKNOWN; the client cancelled or
     the deadline passed before a response stream finished -> CANCELLED / DEADLINE_EXCEEDED.
     """
@@ -293,6 +314,7 @@ class RpcMetricsServerInterceptor(grpc.ServerInterceptor):
         def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
             span = trace.get_current_span()
+            send_trace_response(context, span)
             try:
                 response = behavior(request, context)
             except Exception as exc:
@@ -315,6 +337,7 @@ class RpcMetricsServerInterceptor(grpc.ServerInterceptor):
             start = time.perf_counter()
             span = trace.get_current_span()
             span_ctx = otel_context.get_current()
+            send_trace_response(context, span)
             done = threading.Lock()
             finished = [False]
 

@@ -154,6 +154,10 @@ def text_length_class(characters: int) -> str:
 
 #: Span attribute: length of the input text in characters (int) — never the text itself.
 ATTR_TEXT_LENGTH: Final = "voxline.text.length"
+#: Span attribute on the gateway's server span: the request id its response carries (the
+#: caller's ``request_id``, or the one the gateway made up), so ``voxline trace REQUEST_ID``
+#: finds the trace. Never a metric label (unbounded).
+ATTR_REQUEST_ID: Final = "voxline.request.id"
 #: Span attribute: number of phonemes / tokens fed to the acoustic model (int).
 ATTR_TOKEN_COUNT: Final = "voxline.token.count"
 #: Span attribute: duration of produced audio in seconds (double).
@@ -202,6 +206,16 @@ ATTR_HW_MODEL: Final = "hw.model"
 ATTR_HW_TYPE: Final = "hw.type"
 HW_TYPE_GPU: Final = "gpu"
 HW_VENDOR_NVIDIA: Final = "NVIDIA"
+
+# ---------------------------------------------------------------------------------------------
+# The trace id in responses (docs/telemetry.md, "The trace id of a response")
+# ---------------------------------------------------------------------------------------------
+
+#: gRPC initial metadata key / HTTP header: the response's trace id, 32 lowercase hex digits.
+TRACE_ID_RESPONSE_KEY: Final = "voxline-trace-id"
+#: W3C Trace Context Level 2 ``traceresponse``: ``00-<trace id>-<server span id>-<flags>``,
+#: sent as an HTTP header and as gRPC initial metadata.
+TRACE_RESPONSE_KEY: Final = "traceresponse"
 
 # ---------------------------------------------------------------------------------------------
 # Units (UCUM, as OpenTelemetry uses them)

@@ -876,6 +876,82 @@ def test_report_skips_non_synthesis_traces(tmp_path: Path) -> None:
     assert report.skipped and "not a synthesis request" in report.skipped[0][1]
 
 
+def _ended_with(b: TraceBuilder, code: int, name: str) -> TraceBuilder:
+    """``b`` with its gateway server span ended with gRPC status ``code`` (ERROR, as
+    Voxline marks every failed RPC)."""
+    root = b.spans["gateway"][0]
+    root["attributes"] += _kv({"rpc.grpc.status_code": code, "error.type": name})
+    root["status"] = {"code": 2, "message": f"{name}: ..."}
+    return b
+
+
+def test_report_counts_refusals_and_failures_apart_from_latency(tmp_path: Path) -> None:
+    ok = [unary_trace(100 + i, offset_ms=1000 * i, vocoder_inference=25.0 + i) for i in range(5)]
+    # Much slower than every success: if they were measured, p95 and the tail would be theirs.
+    refused = _ended_with(unary_trace(200, acoustic_inference=900.0), 8, "RESOURCE_EXHAUSTED")
+    invalid = _ended_with(unary_trace(201, acoustic_inference=950.0), 3, "INVALID_ARGUMENT")
+    failed = _ended_with(unary_trace(202, vocoder_inference=800.0), 4, "DEADLINE_EXCEEDED")
+    run = write_run_dir(tmp_path / "run", [*ok, refused, invalid, failed])
+    report = build_report(load_run_dir(run).traces)
+    assert report.count == 5 and report.total == 8
+    assert report.refused == {"RESOURCE_EXHAUSTED": 1, "INVALID_ARGUMENT": 1}
+    assert report.failed == {"DEADLINE_EXCEEDED": 1}
+    assert sorted(report.e2e_ms) == [100.0, 101.0, 102.0, 103.0, 104.0]
+    assert report.tail_trace_ids == [f"{104:032x}"]
+    d = report.to_dict()
+    assert d["requests"] == 8 and d["e2e_ms"]["p95"] == 104.0
+    assert {u["status"] for u in d["unsuccessful"]} == {
+        "RESOURCE_EXHAUSTED",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+    }
+    text = render_report(report)
+    assert text.splitlines()[0] == (
+        "8 synthesis requests: 5 ok, 2 refused (RESOURCE_EXHAUSTED 1, INVALID_ARGUMENT 1), "
+        "1 failed (DEADLINE_EXCEEDED 1)"
+    )
+    assert "over the 5 ok: end-to-end p50 102.0 ms, p95 104.0 ms" in text
+    # Only failures: still a report (the counts), no percentiles.
+    only = build_report(load_run_dir(write_run_dir(tmp_path / "bad", [failed])).traces)
+    assert only.count == 0 and only.total == 1
+    assert "no successful request" in render_report(only)
+
+
+def test_report_since_filters_a_local_run_by_start_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _report_run(tmp_path)  # request i starts at T0 + i s
+    start = T0 / 1e9 + 9.5
+    argv = ["trace", "report", "--run-dir", str(run), "--json", "--start", str(start)]
+    assert _cli([*argv, "--end", str(start + 5)]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 5  # requests 10..14
+    assert _cli([*argv[:-2], "--since", "5s", "--end", str(start + 5)]) == 0
+    assert json.loads(capsys.readouterr().out)["count"] == 5  # requests 10..14 again
+    # --since counts back from now: these requests are from 2023.
+    assert _cli(["trace", "report", "--run-dir", str(run), "--since", "1h"]) == 1
+    assert "no requests" in capsys.readouterr().err
+
+
+def test_pending_stages_and_request_ids(tmp_path: Path) -> None:
+    from traceattr import pending_stages
+
+    whole = load_run_dir(write_run_dir(tmp_path / "a", [unary_trace(1)])).traces[0]
+    assert pending_stages(whole) == []
+    b = unary_trace(2)
+    del b.spans["vocoder"]  # the vocoder has not exported yet
+    assert pending_stages(load_run_dir(write_run_dir(tmp_path / "b", [b])).traces[0]) == ["vocoder"]
+    b = unary_trace(3)
+    del b.spans["gateway"]  # the stages exported, the gateway not yet
+    assert pending_stages(load_run_dir(write_run_dir(tmp_path / "c", [b])).traces[0]) == ["gateway"]
+    b = unary_trace(4)
+    b.spans["gateway"][0]["attributes"] += _kv({names.ATTR_REQUEST_ID: "order-17.a"})
+    ts = load_run_dir(write_run_dir(tmp_path / "d", [unary_trace(5), b, unary_trace(6)]))
+    assert select_trace(ts, "order-17.a").trace_id == f"{4:032x}"
+    assert select_trace(ts, f"{4:032x}").request_ids == ["order-17.a"]
+    with pytest.raises(TraceNotFoundError, match="not found"):
+        select_trace(ts, "order-18")
+
+
 # ---------------------------------------------------------------------------------------------
 # CLI
 # ---------------------------------------------------------------------------------------------
@@ -918,7 +994,7 @@ def test_cli_show_text_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert _cli(["trace", "--run-dir", str(run), "--full", "--width", "20", "--depth", "2"]) == 0
     text = capsys.readouterr().out
     assert "gateway.postprocess" in text and "vocoder.inference" not in text
-    assert _cli(["trace", "ffff", "--run-dir", str(run)]) == 1
+    assert _cli(["trace", "ffff", "--run-dir", str(run), "--wait", "0"]) == 1
     assert "not found" in capsys.readouterr().err
     assert _cli(["trace", "--run-dir", str(run), "--since", "1h"]) == 2
     assert "trace report" in capsys.readouterr().err
@@ -1153,7 +1229,7 @@ def test_cli_over_http(capsys: pytest.CaptureFixture[str]) -> None:
     with _serve([streaming_trace(2), unary_trace(1)]) as base:
         assert _cli(["trace", f"{2:032x}", "--tempo", base + "/tempo", "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["dominant"] == "acoustic"
-        assert _cli(["trace", "abc", "--jaeger", base + "/jaeger"]) == 1
+        assert _cli(["trace", "abc", "--jaeger", base + "/jaeger", "--wait", "0"]) == 1
         assert "trace not found" in capsys.readouterr().err
         assert _cli(["trace", "--jaeger-v3", base + "/jaeger"]) == 2  # an id is required
         capsys.readouterr()
@@ -1239,3 +1315,22 @@ def test_phase_timeline_is_bounded_per_phase() -> None:
         == 2 * names.MAX_PHASE_INTERVALS
     )
     assert attributes[names.ATTR_PHASE_INTERVALS_DROPPED] == 5
+
+
+def test_latest_logged_trace_id_reads_the_gateway_log(tmp_path: Path) -> None:
+    from traceattr import latest_logged_trace_id
+
+    assert latest_logged_trace_id(tmp_path) is None  # no log
+    ok, refused = "a" * 32, "b" * 32
+    lines = [
+        json.dumps({"message": "synthesized", "trace_id": ok, "request_id": "r1"}),
+        json.dumps({"message": "GetModelInfo -> UNAVAILABLE: x", "trace_id": "c" * 32}),
+        json.dumps({"message": "Synthesize -> INVALID_ARGUMENT: x", "trace_id": refused,
+                    "rpc.method": "Synthesize", "code": "INVALID_ARGUMENT"}),
+        json.dumps({"message": "stage call failed", "trace_id": "d" * 32}),
+        "--- supervisor: vocoder exited with code 1 after 2.0 s; restarting in 0.5 s ---",
+    ]  # fmt: skip
+    (tmp_path / "gateway.log").write_text("\n".join(lines) + "\n")
+    assert latest_logged_trace_id(tmp_path) == refused
+    (tmp_path / "gateway.log").write_text("\n".join(lines[:2]) + "\n")
+    assert latest_logged_trace_id(tmp_path) == ok

@@ -28,6 +28,7 @@ from traceattr.analysis import (
     analyze,
     critical_path,
     is_synthesis_root,
+    pending_stages,
 )
 from traceattr.fetch import BACKENDS, fetch_trace, search_traces
 from traceattr.model import (
@@ -45,6 +46,7 @@ from traceattr.parse import (
     FORMATS,
     NON_TRACE_FORMATS,
     detect_format,
+    latest_logged_trace_id,
     latest_trace,
     load_file,
     load_files,
@@ -53,9 +55,10 @@ from traceattr.parse import (
     parse_text,
     resolve_run_dir,
     select_trace,
+    traces_with_request_id,
 )
 from traceattr.render import render_attribution, render_waterfall
-from traceattr.report import Report, build_report, percentile, render_report
+from traceattr.report import Report, build_report, percentile, render_report, request_status
 
 __all__ = [
     "BACKENDS",
@@ -81,17 +84,21 @@ __all__ = [
     "detect_format",
     "fetch_trace",
     "is_synthesis_root",
+    "latest_logged_trace_id",
     "latest_trace",
     "load_file",
     "load_files",
     "load_run_dir",
     "parse_document",
     "parse_text",
+    "pending_stages",
     "percentile",
     "render_attribution",
     "render_report",
     "render_waterfall",
+    "request_status",
     "resolve_run_dir",
     "search_traces",
     "select_trace",
+    "traces_with_request_id",
 ]

@@ -82,6 +82,7 @@ from traceattr.model import (
     KIND_CONSUMER,
     KIND_INTERNAL,
     KIND_SERVER,
+    STATUS_ERROR,
     Span,
     Trace,
     TraceNotFoundError,
@@ -159,6 +160,33 @@ def phase_of(span: Span) -> str | None:
     """The ``voxline.phase`` of a phase span, else ``None``."""
     phase = span.attributes.get(names.ATTR_PHASE)
     return phase if isinstance(phase, str) and phase in names.PHASES else None
+
+
+def pending_stages(trace: Trace) -> list[str]:
+    """Stages (or services) whose spans of ``trace`` look not exported yet.
+
+    Each process exports its spans on its own schedule (every ~5 s locally), so a trace read
+    right after its request may lack some. Telltales: a call (CLIENT span that did not fail)
+    into a Voxline stage without that stage's SERVER span; a stage's SERVER span without the
+    gateway's call above it; any other span whose parent is missing (the parent, in the same
+    process, ended or was exported later). A missing parent of a gateway or HTTP server span
+    is the caller's, which may never export: not counted.
+    """
+    ids = {s.span_id for s in trace.spans}
+    served = {s.parent_id for s in trace.spans if s.kind in (KIND_SERVER, KIND_CONSUMER)}
+    pending: list[str] = []
+    for s in trace.spans:
+        callee = RPC_SERVICE_STAGES.get(rpc_service_of(s) or "")
+        if s.kind == KIND_CLIENT:
+            if callee and s.status != STATUS_ERROR and s.span_id not in served:
+                pending.append(callee)
+        elif s.parent_id is None or s.parent_id in ids:
+            continue
+        elif s.kind != KIND_SERVER:
+            pending.append(stage_of(s))
+        elif callee and callee != names.STAGE_GATEWAY:
+            pending.append(names.STAGE_GATEWAY)
+    return list(dict.fromkeys(pending))
 
 
 # ---------------------------------------------------------------------------------------------

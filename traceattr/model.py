@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from telemetry import names
+
 #: Normalised span kinds (OTLP ``SPAN_KIND_UNSPECIFIED`` becomes ``internal``, as the spec says
 #: to treat it).
 KIND_INTERNAL = "internal"
@@ -22,6 +24,9 @@ KINDS = (KIND_INTERNAL, KIND_SERVER, KIND_CLIENT, KIND_PRODUCER, KIND_CONSUMER)
 STATUS_UNSET = "unset"
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
+
+#: Span attribute holding the request id a Voxline gateway answered with.
+REQUEST_ID_ATTRIBUTE = names.ATTR_REQUEST_ID
 
 
 class AttributionError(Exception):
@@ -118,6 +123,12 @@ class Trace:
             if s.span_id == span_id:
                 return s
         return None
+
+    @property
+    def request_ids(self) -> list[str]:
+        """The request ids its spans carry (:data:`REQUEST_ID_ATTRIBUTE`), usually one."""
+        ids = (s.attributes.get(REQUEST_ID_ATTRIBUTE) for s in self.spans)
+        return list(dict.fromkeys(str(i) for i in ids if i))
 
     def roots(self) -> list[Span]:
         """Spans whose parent is absent from the trace (true roots and orphans)."""

@@ -763,11 +763,52 @@ def resolve_run_dir(path: str | Path) -> Path:
         return p
     candidates = [d for d in p.iterdir() if d.is_dir() and _trace_files(d)]
     if not candidates:
-        raise AttributionError(
+        # Not found (yet): a service writes its file with its first export, ~5 s after start.
+        raise TraceNotFoundError(
             f"{p}: no *.traces.jsonl files here or in its subdirectories "
             "(is this a Voxline run directory, and did the services run with --run-dir?)"
         )
     return max(candidates, key=lambda d: max(f.stat().st_mtime for f in _trace_files(d)))
+
+
+#: The gateway's JSON log in a local run directory (services/cli/stack.py writes
+#: ``<run_dir>/<service>.log``; docs/telemetry.md, "Logging", has the fields).
+GATEWAY_LOG = "gateway.log"
+_LOG_TAIL_BYTES = 1 << 20
+
+
+def _is_synthesis_record(record: dict[str, Any]) -> bool:
+    if record.get("message") == "synthesized":  # the gateway, once a request succeeded
+        return True
+    # services/runtime/rpc.py, once a request was refused or failed.
+    return str(record.get("rpc.method", "")).startswith("Synthesize")
+
+
+def latest_logged_trace_id(directory: str | Path) -> str | None:
+    """The trace id of the newest synthesis request the gateway of the run directory
+    ``directory`` logged (its ``gateway.log``), or ``None``.
+
+    The gateway logs a request as it ends, its spans are exported up to ~5 s later: this is
+    how ``voxline trace`` knows that the newest exported request is not the newest one.
+    """
+    try:
+        with (Path(directory) / GATEWAY_LOG).open("rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - _LOG_TAIL_BYTES))
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:  # a supervisor note, a torn first line
+            continue
+        if not isinstance(record, dict) or not _is_synthesis_record(record):
+            continue
+        trace_id = record.get("trace_id")
+        if isinstance(trace_id, str) and _HEX_RE.fullmatch(trace_id):
+            return trace_id.lower()
+    return None
 
 
 def load_run_dir(path: str | Path) -> TraceSet:
@@ -807,12 +848,19 @@ def latest_trace(traces: list[Trace]) -> Trace:
     return max(ranked, key=lambda pair: pair[0])[1]
 
 
+def traces_with_request_id(traces: Iterable[Trace], request_id: str) -> list[Trace]:
+    """The traces whose spans carry request id ``request_id`` (exact), oldest first."""
+    found = [t for t in traces if request_id in t.request_ids]
+    return sorted(found, key=lambda t: t.start_ns)
+
+
 def select_trace(ts: TraceSet, trace_id: str | None = None, *, last: bool = False) -> Trace:
     """Pick one trace of ``ts``.
 
-    ``trace_id`` (hex, any case, leading zeros optional, or a unique prefix) selects that trace.
-    Without it, a single trace is returned as is; with several, ``last`` or not, the most
-    recent one (see :func:`latest_trace`).
+    ``trace_id`` selects a trace: a trace id (hex, any case, leading zeros optional), else a
+    request id (what a Voxline gateway answered with; exact, the latest trace if several
+    carry it), else a unique prefix of a trace id. Without it, a single trace is returned as
+    is; with several, ``last`` or not, the most recent one (see :func:`latest_trace`).
     """
     where = ts.source or "input"
     if not ts.traces:
@@ -823,6 +871,9 @@ def select_trace(ts: TraceSet, trace_id: str | None = None, *, last: bool = Fals
         exact = [t for t in ts.traces if t.trace_id == full]
         if exact:
             return exact[0]
+        by_request = traces_with_request_id(ts.traces, trace_id.strip())
+        if by_request:
+            return by_request[-1]
         short = wanted.lstrip("0")
         matches = [t for t in ts.traces if short and t.trace_id.lstrip("0").startswith(short)] or [
             t for t in ts.traces if t.trace_id.startswith(wanted)
@@ -834,7 +885,9 @@ def select_trace(ts: TraceSet, trace_id: str | None = None, *, last: bool = Fals
             raise TraceNotFoundError(f"trace id prefix {trace_id!r} is ambiguous in {where}: {ids}")
         known = ", ".join(t.trace_id for t in ts.traces[:5])
         more = f" (and {len(ts.traces) - 5} more)" if len(ts.traces) > 5 else ""
-        raise TraceNotFoundError(f"trace {trace_id} not found in {where}; it has {known}{more}")
+        raise TraceNotFoundError(
+            f"trace or request id {trace_id} not found in {where}; it has {known}{more}"
+        )
     if len(ts.traces) == 1 and not last:
         return ts.traces[0]
     return latest_trace(ts.traces)

@@ -5,6 +5,11 @@ or below it), so every reported value is a real request's, and "the tail" -- req
 end-to-end time >= p95 -- always holds at least one request. In each tail request the
 *dominant* stage is the one with the largest blame (critical-path time with streaming waits
 re-attributed; see :mod:`traceattr.analysis`), ``network`` competing as a stage.
+
+Only successful requests are measured: a refusal (``INVALID_ARGUMENT``, ``RESOURCE_EXHAUSTED``
+at capacity, ...) answers in a millisecond and a failure (``DEADLINE_EXCEEDED``,
+``UNAVAILABLE``, ...) takes as long as it took to fail, so either would bend the percentiles.
+They are counted apart, by status (:func:`request_status`, from the request's root span).
 """
 
 from __future__ import annotations
@@ -14,8 +19,75 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from telemetry import names
 from traceattr.analysis import NETWORK, STAGE_ORDER, Attribution, analyze
-from traceattr.model import AttributionError, Trace
+from traceattr.model import STATUS_ERROR, AttributionError, Span, Trace
+
+STATUS_OK = "OK"
+#: gRPC status code names by number (this package does not import grpc).
+GRPC_CODE_NAMES = (
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+)
+#: Statuses of a request the service declined rather than failed: bad input, no credentials,
+#: at capacity. Every other non-OK status is a failure.
+REFUSALS = frozenset(
+    {
+        "INVALID_ARGUMENT",
+        "RESOURCE_EXHAUSTED",
+        "UNAUTHENTICATED",
+        "PERMISSION_DENIED",
+        "FAILED_PRECONDITION",
+        "OUT_OF_RANGE",
+        "HTTP 400",
+        "HTTP 401",
+        "HTTP 403",
+        "HTTP 413",
+        "HTTP 422",
+        "HTTP 429",
+    }
+)
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+def request_status(span: Span) -> str:
+    """How the request whose root is ``span`` ended: ``"OK"``, a gRPC status code name
+    (``rpc.grpc.status_code``), ``"HTTP <code>"`` for an HTTP error, else the span's
+    ``error.type`` when its status is ERROR."""
+    code = _as_int(span.attributes.get(names.ATTR_RPC_GRPC_STATUS_CODE))
+    if code is not None and 0 < code < len(GRPC_CODE_NAMES):
+        return GRPC_CODE_NAMES[code]
+    http = _as_int(span.attributes.get("http.response.status_code"))
+    if http is not None and http >= 400:
+        return f"HTTP {http}"
+    if span.status == STATUS_ERROR:
+        error_type = span.attributes.get(names.ATTR_ERROR_TYPE)
+        return str(error_type) if error_type else "ERROR"
+    return STATUS_OK
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -60,7 +132,11 @@ class StageSummary:
 
 @dataclass
 class Report:
-    """What :func:`build_report` found over a set of traces."""
+    """What :func:`build_report` found over a set of traces.
+
+    ``count`` and every distribution are over the successful requests only; the others are
+    in ``refused`` and ``failed`` (status -> requests, most first).
+    """
 
     count: int
     e2e_ms: list[float]
@@ -74,6 +150,15 @@ class Report:
     dominant_overall: dict[str, int]
     skipped: list[tuple[str, str]]
     voxline_only: bool
+    refused: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+    #: (trace id, status) of every unsuccessful request.
+    unsuccessful: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        """Requests of every outcome."""
+        return self.count + sum(self.refused.values()) + sum(self.failed.values())
 
     @property
     def tail_dominant(self) -> str | None:
@@ -83,7 +168,11 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         """Machine-readable form."""
         return {
+            "requests": self.total,
             "count": self.count,
+            "refused": self.refused,
+            "failed": self.failed,
+            "unsuccessful": [{"trace_id": t, "status": s} for t, s in self.unsuccessful],
             "e2e_ms": _dist(self.e2e_ms, (50, 95, 99)),
             "ttfa_ms": _dist(self.ttfa_ms, (50, 95, 99)) if self.ttfa_ms else None,
             "stages": [s.to_dict() for s in self.stages],
@@ -107,13 +196,11 @@ def _count(items: Iterable[str]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
-def build_report(traces: Iterable[Trace | Attribution]) -> Report:
-    """Aggregate per-trace attributions.
-
-    When any trace is a Voxline synthesis request, only those are counted (a run directory
-    also holds ``ListVoices`` calls and the like); the others are listed in ``skipped``.
-    Traces that cannot be analysed are skipped with the reason.
-    """
+def _requests(
+    traces: Iterable[Trace | Attribution],
+) -> tuple[list[Attribution], list[tuple[str, str]], bool]:
+    """The requests to report on, the traces skipped (with why), and whether they are
+    Voxline synthesis requests only."""
     skipped: list[tuple[str, str]] = []
     attributions: list[Attribution] = []
     for item in traces:
@@ -130,15 +217,17 @@ def build_report(traces: Iterable[Trace | Attribution]) -> Report:
             if a.method is None:
                 skipped.append((a.trace.trace_id, f"not a synthesis request ({a.root.span.name})"))
         attributions = [a for a in attributions if a.method is not None]
+    return attributions, skipped, voxline_only
 
+
+def _stage_summaries(
+    attributions: Sequence[Attribution], tail: Sequence[Attribution]
+) -> list[StageSummary]:
+    """Per stage (and ``network``): its series over ``attributions``."""
     stage_names: list[str] = list(STAGE_ORDER) if any(a.voxline for a in attributions) else []
     for a in attributions:
         stage_names.extend(s.stage for s in a.stages if s.stage not in stage_names)
     summaries = {name: StageSummary(name) for name in [*stage_names, NETWORK]}
-
-    e2e = [a.e2e_ns / 1e6 for a in attributions]
-    threshold = percentile(e2e, 95)
-    tail = [a for a in attributions if a.e2e_ns / 1e6 >= threshold] if attributions else []
     tail_ids = {id(a) for a in tail}
     for a in attributions:
         whole = a.e2e_ns or 1
@@ -160,33 +249,80 @@ def build_report(traces: Iterable[Trace | Attribution]) -> Report:
             summary.wall_ms.append(wall / 1e6)
             if id(a) in tail_ids:
                 summary.tail_share_pct.append(100.0 * blame / whole)
+    return list(summaries.values())
 
+
+def build_report(traces: Iterable[Trace | Attribution]) -> Report:
+    """Aggregate per-trace attributions.
+
+    When any trace is a Voxline synthesis request, only those are counted (a run directory
+    also holds ``ListVoices`` calls and the like); the others are listed in ``skipped``.
+    Traces that cannot be analysed are skipped with the reason. Requests that did not
+    succeed are counted by status (``refused``, ``failed``) and left out of every
+    distribution.
+    """
+    requests, skipped, voxline_only = _requests(traces)
+    ok: list[Attribution] = []
+    unsuccessful: list[tuple[str, str]] = []
+    for a in requests:
+        status = request_status(a.root.span)
+        if status == STATUS_OK:
+            ok.append(a)
+        else:
+            unsuccessful.append((a.trace.trace_id, status))
+    statuses = _count(status for _, status in unsuccessful)
+
+    e2e = [a.e2e_ns / 1e6 for a in ok]
+    threshold = percentile(e2e, 95)
+    tail = [a for a in ok if a.e2e_ns / 1e6 >= threshold] if ok else []
     return Report(
-        count=len(attributions),
+        count=len(ok),
         e2e_ms=e2e,
-        ttfa_ms=[a.ttfa_ns / 1e6 for a in attributions if a.ttfa_ns is not None],
-        stages=list(summaries.values()),
+        ttfa_ms=[a.ttfa_ns / 1e6 for a in ok if a.ttfa_ns is not None],
+        stages=_stage_summaries(ok, tail),
         tail_threshold_ms=threshold,
         tail_trace_ids=[a.trace.trace_id for a in tail],
         dominant_in_tail=_count(a.dominant() for a in tail),
-        dominant_overall=_count(a.dominant() for a in attributions),
+        dominant_overall=_count(a.dominant() for a in ok),
         skipped=skipped,
         voxline_only=voxline_only,
+        refused={k: n for k, n in statuses.items() if k in REFUSALS},
+        failed={k: n for k, n in statuses.items() if k not in REFUSALS},
+        unsuccessful=unsuccessful,
+    )
+
+
+def _outcome_line(report: Report) -> str:
+    """``"12 synthesis requests: 10 ok, 1 refused (INVALID_ARGUMENT 1), 1 failed (...)"``."""
+    kind = "synthesis requests" if report.voxline_only else "traces"
+
+    def part(label: str, counts: dict[str, int]) -> str:
+        n = sum(counts.values())
+        detail = ", ".join(f"{status} {k}" for status, k in counts.items())
+        return f"{n} {label}" + (f" ({detail})" if detail else "")
+
+    return (
+        f"{report.total} {kind}: {report.count} ok, {part('refused', report.refused)}, "
+        f"{part('failed', report.failed)}"
     )
 
 
 def render_report(report: Report) -> str:
-    """The report as text: e2e percentiles, a per-stage table and the tail's verdict."""
-    if report.count == 0:
+    """The report as text: outcomes by status, then over the successful requests the e2e
+    percentiles, a per-stage table and the tail's verdict."""
+    if report.total == 0:
         lines = ["no requests to report on"]
         lines += [f"  skipped {t}: {r}" for t, r in report.skipped[:10]]
         return "\n".join(lines)
+    lines = [_outcome_line(report)]
+    if report.count == 0:
+        lines.append("no successful request: no latency to report")
+        return "\n".join(lines)
     e2e = report.to_dict()["e2e_ms"]
-    kind = "synthesis requests" if report.voxline_only else "traces"
-    lines = [
-        f"{report.count} {kind}: end-to-end p50 {e2e['p50']:.1f} ms, p95 {e2e['p95']:.1f} ms, "
-        f"p99 {e2e['p99']:.1f} ms"
-    ]
+    lines.append(
+        f"over the {report.count} ok: end-to-end p50 {e2e['p50']:.1f} ms, "
+        f"p95 {e2e['p95']:.1f} ms, p99 {e2e['p99']:.1f} ms"
+    )
     if report.ttfa_ms:
         lines.append(
             f"time to first audio ({len(report.ttfa_ms)} streamed): "

@@ -2,9 +2,14 @@
 
 Usage::
 
-    voxline trace [TRACE_ID] [SOURCE] [--last] [--json] [--full] [--depth N] [--width N]
-    voxline trace report     [SOURCE] [--since 1h | --start T --end T] [--limit N]
-                             [--query TRACEQL] [--service NAME] [--json]
+    voxline trace [ID] [SOURCE] [--last] [--wait S] [--json] [--full] [--depth N] [--width N]
+    voxline trace report [SOURCE] [--since 1h | --start T --end T] [--limit N]
+                         [--query TRACEQL] [--service NAME] [--json]
+
+    ID: a trace id (32 hex digits, or a unique prefix) or a request id, both printed by
+    `voxline say` and sent with every response (gRPC metadata / HTTP header
+    ``voxline-trace-id``). A trace not in the source yet is waited for (--wait, default 10 s:
+    the services export spans every ~5 s), then reported as not there yet.
 
     SOURCE (one of; default --run-dir runs, i.e. the newest run of `voxline demo`/`serve`):
       --run-dir DIR     Voxline's local OTLP/JSON files (DIR/*.traces.jsonl); a directory of
@@ -25,6 +30,8 @@ are rejected with exit status 2, so a typo is not silently ignored.
 Exit status: 0 done; 1 the attribution failed (trace not found, unreadable input, backend
 unreachable, nothing to report on); 2 usage error.
 
+``report`` measures successful requests only; refusals and failures are counted by status.
+
 ``print_attribution(run_dir)`` is what ``make run`` calls after the demo request.
 """
 
@@ -32,21 +39,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from traceattr import (
     AttributionError,
+    Trace,
+    TraceNotFoundError,
     TraceSet,
     analyze,
     build_report,
     fetch_trace,
+    is_synthesis_root,
+    latest_logged_trace_id,
     load_files,
     load_run_dir,
+    pending_stages,
     render_attribution,
     render_report,
     render_waterfall,
@@ -54,32 +68,47 @@ from traceattr import (
     search_traces,
     select_trace,
 )
+from traceattr.parse import GATEWAY_LOG
 
 DESCRIPTION = """\
 Which stage made a request slow: a waterfall of the trace, its critical path, self time per
 span and a per-stage table (wall, busy, queue, pre/post-processing, inference, waits,
 network, critical path, blame = critical path with streaming waits handed to the stage that
 was working, unattributed gateway time). `voxline trace report` aggregates many requests:
+how many succeeded, were refused or failed (by status), and over the successful ones
 per-stage p50/p95 and the stage that dominates the slow tail.
 
-  voxline trace [TRACE_ID] [SOURCE] [--last] [--json] [--full] [--depth N] [--width N]
-  voxline trace report     [SOURCE] [--since 1h | --start T --end T] [--limit N]
-                           [--query TRACEQL] [--service NAME] [--json]
+  voxline trace [ID] [SOURCE] [--last] [--wait S] [--json] [--full] [--depth N] [--width N]
+  voxline trace report [SOURCE] [--since 1h | --start T --end T] [--limit N]
+                       [--query TRACEQL] [--service NAME] [--json]
+
+ID is a trace id (32 hex digits or a unique prefix) or a request id: `voxline say` prints
+both, and every response carries its trace id (gRPC metadata and HTTP header
+voxline-trace-id). The services export spans every ~5 s, so a trace asked for right after its
+request may not be there yet: it is waited for (--wait), then reported as not there yet.
+Without ID the newest synthesis request is shown, and named (trace id, request id, age):
+for a local run the newest one its gateway logged, waited for like an ID (--last: the newest
+one exported so far).
 
 SOURCE is one of --run-dir DIR (Voxline's local *.traces.jsonl; a directory of runs means its
 newest), --file PATH (a saved Tempo/Jaeger/OTLP response or OTLP/JSON-lines file), --tempo URL,
 --jaeger URL, --jaeger-v3 URL; the default is --run-dir runs (where `voxline demo`/`serve`
-write). Without TRACE_ID the most recent synthesis request is shown.
+write). `report --since/--start/--end` filter a local source by the requests' start times.
 """
 #: Where `voxline demo`/`serve` put their run directories (services/cli/main.py).
 DEFAULT_RUN_DIR = "runs"
 DEFAULT_SINCE = "1h"
 DEFAULT_LIMIT = 100
 REPORT_WORD = "report"
+#: How long `voxline trace ID` waits for a trace that is not exported yet: the services'
+#: batch span processors export every 5 s (OTEL_BSP_SCHEDULE_DELAY), each on its own clock.
+DEFAULT_WAIT_S = 10.0
+WAIT_ENV = "VOXLINE_TRACE_WAIT_S"
+POLL_S = 0.5
 
 _BACKEND_OPTIONS = (("tempo", "tempo"), ("jaeger", "jaeger"), ("jaeger_v3", "jaeger-v3"))
 _REPORT_ONLY = ("since", "start", "end", "limit", "query", "service")
-_SHOW_ONLY = ("last",)
+_SHOW_ONLY = ("last", "wait")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
 _DURATION_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -111,7 +140,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "trace_id",
         nargs="?",
         metavar="TRACE_ID",
-        help="hex trace id (or a unique prefix); the word `report` aggregates many traces",
+        help="trace id (32 hex digits, or a unique prefix) or request id; default: the latest "
+        "request; the word `report` aggregates many traces",
     )
     src = p.add_argument_group("source (one of; default: --run-dir runs)")
     src.add_argument("--run-dir", metavar="DIR", help="Voxline run directory (*.traces.jsonl)")
@@ -132,14 +162,27 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     )
     show = p.add_argument_group("one trace")
     show.add_argument(
-        "--last", action="store_true", help="the most recent request (the default without id)"
+        "--last",
+        action="store_true",
+        help="the most recent request exported so far (without an id, the default is the "
+        "newest request in the run's gateway.log, waited for if need be)",
+    )
+    show.add_argument(
+        "--wait",
+        type=float,
+        metavar="S",
+        help="seconds to wait for a trace that is not exported yet, 0 = don't "
+        f"(default {DEFAULT_WAIT_S:g}; ${WAIT_ENV}; none for --file)",
     )
     show.add_argument("--full", action="store_true", help="no folding of repeated spans")
     show.add_argument("--depth", type=int, metavar="N", help="waterfall depth limit")
     show.add_argument("--width", type=int, default=40, metavar="N", help="bar width (40)")
     rep = p.add_argument_group("report (voxline trace report ...)")
     rep.add_argument(
-        "--since", metavar="DUR", help=f"window length back from --end ({DEFAULT_SINCE})"
+        "--since",
+        metavar="DUR",
+        help=f"window length back from --end (default: {DEFAULT_SINCE} for a backend, "
+        "everything for a local source)",
     )
     rep.add_argument("--start", metavar="T", help="window start: Unix seconds or ISO 8601")
     rep.add_argument("--end", metavar="T", help="window end: Unix seconds or ISO 8601 (now)")
@@ -201,14 +244,117 @@ def _note(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _load_local(args: argparse.Namespace) -> TraceSet:
+def _wait_s(args: argparse.Namespace) -> float:
+    """How long to wait for a trace not exported yet (``--wait``, ``$VOXLINE_TRACE_WAIT_S``)."""
     if args.file:
-        return load_files(args.file)
+        return 0.0  # saved files do not change
+    if args.wait is not None:
+        value = args.wait
+    else:
+        env = os.environ.get(WAIT_ENV, "").strip()
+        try:
+            value = float(env) if env else DEFAULT_WAIT_S
+        except ValueError as exc:
+            raise UsageError(f"${WAIT_ENV} is not a number of seconds: {env!r}") from exc
+    if value < 0:
+        raise UsageError("--wait must be 0 or more seconds")
+    return value
+
+
+def _local_loader(args: argparse.Namespace) -> Callable[[], TraceSet]:
+    """Reads the local source; for a run directory, again only when its files changed."""
+    if args.file:
+        files = list(args.file)
+        return lambda: load_files(files)
     run_dir = Path(args.run_dir or DEFAULT_RUN_DIR)
-    resolved = resolve_run_dir(run_dir)
-    if resolved != run_dir:
-        _note(f"reading the newest run directory, {resolved}")
-    return load_run_dir(resolved)
+    cache: dict[str, Any] = {}
+
+    def load() -> TraceSet:
+        resolved = resolve_run_dir(run_dir)
+        if resolved != run_dir and cache.get("resolved") != resolved:
+            _note(f"reading the newest run directory, {resolved}")
+        files = sorted(resolved.glob("*.traces.jsonl"))
+        signature = (resolved, [(f.name, f.stat().st_size) for f in files])
+        if cache.get("signature") != signature:
+            cache.update(resolved=resolved, signature=signature, traces=load_run_dir(resolved))
+        return cache["traces"]
+
+    return load
+
+
+def _load_local(args: argparse.Namespace) -> TraceSet:
+    return _local_loader(args)()
+
+
+def _age(trace: Trace) -> str:
+    """How long ago the trace started, e.g. ``"12 s ago"``."""
+    seconds = max(0.0, time.time() - trace.start_ns / 1e9)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} ago"
+    return f"{seconds:.0f} s ago"
+
+
+def _describe(trace: Trace) -> str:
+    """``"trace <id> (SynthesizeStream, request id <id>), started 12 s ago"``."""
+    roots = [s for s in trace.spans if is_synthesis_root(s)] or trace.roots() or trace.spans
+    what = min(roots, key=lambda s: s.start_ns).name.rsplit("/", 1)[-1]
+    request = ", ".join(trace.request_ids) or "none"
+    return f"trace {trace.trace_id} ({what}, request id {request}), started {_age(trace)}"
+
+
+def _newest_logged(args: argparse.Namespace) -> str | None:
+    """The trace id of the newest request the local run's gateway logged (its spans may not
+    be exported yet), or ``None`` (not a run directory, no log)."""
+    if args.file:
+        return None
+    run_dir = Path(args.run_dir or DEFAULT_RUN_DIR)
+    if not (run_dir / GATEWAY_LOG).is_file():
+        try:
+            run_dir = resolve_run_dir(run_dir)
+        except AttributionError:
+            return None
+    return latest_logged_trace_id(run_dir)
+
+
+def find_trace(
+    load: Callable[[], TraceSet], wanted: str | None, *, last: bool, wait_s: float
+) -> tuple[TraceSet, Trace]:
+    """The trace ``wanted`` (trace id or request id; ``None``: the latest request) from
+    ``load()``, waiting up to ``wait_s`` for it to be exported -- or for the spans it still
+    lacks (:func:`traceattr.pending_stages`). Not there by then: :class:`TraceNotFoundError`
+    saying so; still incomplete: returned with a note."""
+    deadline = time.monotonic() + wait_s
+    announced = False
+    while True:
+        try:
+            ts = load()
+            trace = select_trace(ts, wanted, last=last)
+        except TraceNotFoundError as exc:
+            if time.monotonic() >= deadline:
+                if not announced:
+                    raise
+                raise TraceNotFoundError(
+                    f"{exc}\nIt is not there yet after waiting {wait_s:g} s. The services "
+                    "export spans every ~5 s: if the request has only just ended, try again "
+                    "in a moment; otherwise check the id and the source (--run-dir, --tempo, ...)."
+                ) from None
+            pending = ["the trace"]
+        else:
+            pending = pending_stages(trace)
+            if not pending:
+                return ts, trace
+            if time.monotonic() >= deadline:
+                _note(
+                    f"note: the trace looks incomplete (no spans of {', '.join(pending)} yet); "
+                    "run it again in a few seconds for the whole request"
+                )
+                return ts, trace
+        if not announced:
+            what = "the trace" if pending == ["the trace"] else f"the spans of {', '.join(pending)}"
+            _note(f"waiting up to {wait_s:g} s for {what} to be exported ...")
+            announced = True
+        time.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +368,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
         _check_sources(args)
         if args.trace_id == REPORT_WORD:
             for name in _SHOW_ONLY:
-                if getattr(args, name, None):
+                if getattr(args, name, None) not in (None, False):
                     raise UsageError(f"--{name} does not apply to `trace report`")
             return run_report(args)
         for name in _REPORT_ONLY:
@@ -242,22 +388,41 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def run_show(args: argparse.Namespace) -> int:
     """One trace: waterfall + per-stage attribution (or ``--json``)."""
     backend = _backend(args)
+    wanted = args.trace_id.strip() if args.trace_id else None
+    load: Callable[[], TraceSet]
     if backend is not None:
         name, url = backend
-        if not args.trace_id:
-            raise UsageError(f"TRACE_ID is required with --{name} (or use `trace report`)")
-        ts = fetch_trace(name, url, args.trace_id, timeout=args.timeout)
+        if not wanted:
+            raise UsageError(f"a trace id is required with --{name} (or use `trace report`)")
+        if not re.fullmatch(r"[0-9A-Fa-f]{1,32}", wanted):
+            raise UsageError(
+                f"--{name} looks traces up by trace id (hex); request ids are found in local "
+                "sources (--run-dir, --file)"
+            )
+        load = lambda: fetch_trace(name, url, wanted, timeout=args.timeout)  # noqa: E731
     else:
-        ts = _load_local(args)
-    trace = select_trace(ts, args.trace_id, last=args.last)
-    if not args.trace_id and len(ts.traces) > 1 and not args.json:
+        load = _local_loader(args)
+    newest = None if wanted or args.last or backend else _newest_logged(args)
+    try:
+        ts, trace = find_trace(load, wanted or newest, last=args.last, wait_s=_wait_s(args))
+    except TraceNotFoundError as exc:
+        if newest is None:
+            raise
+        raise TraceNotFoundError(
+            f"{exc}\n(It is the newest request in the gateway's log; `voxline trace --last` "
+            "shows the newest one exported.)"
+        ) from None
+    if not wanted:
         _note(
-            f"{len(ts.traces)} traces in {ts.source}; showing the most recent request "
-            f"{trace.trace_id} (pass a TRACE_ID for another)"
+            f"showing the latest request ({len(ts.traces)} trace(s) in {ts.source}): "
+            f"{_describe(trace)}; pass a trace or request id for another"
         )
+    elif wanted.lower() != trace.trace_id and wanted in trace.request_ids:
+        _note(f"request id {wanted}: {_describe(trace)}")
     attr = analyze(trace)
     if args.json:
         out = attr.to_dict()
+        out["request_ids"] = trace.request_ids
         out["source"] = ts.source
         out["source_format"] = ts.format
         print(json.dumps(out, indent=2))
@@ -293,11 +458,14 @@ def run_report(args: argparse.Namespace) -> int:
             timeout=args.timeout,
         )
     else:
-        if args.since or args.start or args.end or args.query or args.service:
-            raise UsageError("--since/--start/--end/--query/--service need --tempo or --jaeger")
+        if args.query or args.service:
+            raise UsageError("--query/--service need --tempo or --jaeger")
         ts = _load_local(args)
+        if args.since or args.start or args.end:
+            start, end = _window(args)
+            ts.traces = [t for t in ts.traces if start <= t.start_ns / 1e9 <= end]
         if args.limit:
-            ts.traces = ts.traces[-args.limit :]
+            ts.traces = sorted(ts.traces, key=lambda t: t.start_ns)[-args.limit :]
     for warning in ts.warnings:
         _note(f"note: {warning}")
     report = build_report(ts.traces)
@@ -307,7 +475,7 @@ def run_report(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         print(render_report(report))
-    if report.count == 0:
+    if report.total == 0:
         print(f"error: no requests to report on in {ts.source or 'the input'}", file=sys.stderr)
         return 1
     return 0

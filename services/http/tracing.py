@@ -6,6 +6,11 @@ incoming W3C `traceparent` (or start a trace), keep the span current for the who
 -- streamed body included -- so the gateway call made while handling it is its child, and
 record the outcome with the stable HTTP semantic-convention attributes. It also writes one
 log line per request (method, route, status, duration; never the body).
+
+Every traced response names its trace: the W3C Trace Context Level 2 ``traceresponse``
+header (``00-<trace id>-<this server span's id>-<flags>``,
+https://www.w3.org/TR/trace-context-2/#traceresponse-header) and ``voxline-trace-id`` (the
+trace id alone), errors included -- the same pair the gRPC services send as initial metadata.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from services.http import HEALTH_PATH, READY_PATH
+from telemetry.context import trace_response_headers
 
 log = logging.getLogger("voxline.http")
 
@@ -60,10 +66,13 @@ class ServerSpanMiddleware:
             return
         method = scope.get("method", "GET")
         status: list[int] = []
+        trace_headers: list[tuple[bytes, bytes]] = []
 
         async def send_recording(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status.append(int(message["status"]))
+                headers = [*message.get("headers", ()), *trace_headers]
+                message = {**message, "headers": headers}
             await send(message)
 
         start = time.perf_counter()
@@ -81,6 +90,10 @@ class ServerSpanMiddleware:
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
+            trace_headers.extend(
+                (key.encode("latin-1"), value.encode("latin-1"))
+                for key, value in trace_response_headers(span)
+            )
             try:
                 await self.app(scope, receive, send_recording)
             except BaseException as exc:

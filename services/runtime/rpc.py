@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -14,6 +14,7 @@ import grpc
 from services.runtime.decoding import checked
 from services.runtime.errors import VoxlineError, grpc_status_for
 from services.runtime.phases import rpc_context, server_span
+from telemetry import names
 from telemetry.grpc import mark_span_error
 
 if TYPE_CHECKING:
@@ -24,6 +25,21 @@ log = logging.getLogger("voxline.runtime")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def note_request_id(message: Any) -> bool:
+    """Put the request id a response message carries onto the server span
+    (``voxline.request.id``, what `voxline trace REQUEST_ID` looks for); True once done.
+
+    From the *response*: it is the id the service accepted (the caller's, validated, or the
+    one the gateway made up), never an unchecked string from the request. Responses without
+    a ``request_id`` field (the stages') leave the span alone.
+    """
+    request_id = getattr(message, "request_id", None)
+    if not isinstance(request_id, str) or not request_id:
+        return False
+    server_span.get().set_attribute(names.ATTR_REQUEST_ID, request_id)
+    return True
+
+
 def rpc_method(fn: F) -> F:
     """Wrap a servicer method: errors become precise statuses, and it is measured.
 
@@ -31,17 +47,22 @@ def rpc_method(fn: F) -> F:
     never containing request text); unexpected ones become INTERNAL and are logged with their
     traceback. Every call is counted by outcome and status code, counted as active while it
     runs, and a non-OK outcome marks the server span ERROR with the status code (the gRPC
-    instrumentation leaves several codes UNSET). Works for unary and streaming methods.
+    instrumentation leaves several codes UNSET). The request id of the response goes onto the
+    server span (:func:`note_request_id`); the trace id goes to the caller as response
+    metadata from the telemetry interceptor (``telemetry.grpc.send_trace_response``).
+    Works for unary and streaming methods.
     The servicer exposes its `StageRuntime` as `self.runtime`.
     """
     method = fn.__name__
 
     def _fail(context: grpc.ServicerContext, exc: BaseException, tracker: Any) -> None:
         code, message = grpc_status_for(exc)
+        # Structured too: `voxline trace` finds the newest request's trace in the gateway's log.
+        fields = {names.ATTR_RPC_METHOD: method, "code": code.name}
         if code == grpc.StatusCode.INTERNAL:
-            log.exception("unhandled error in %s", fn.__qualname__)
+            log.exception("unhandled error in %s", fn.__qualname__, extra=fields)
         else:
-            log.info("%s -> %s: %s", method, code.name, message)
+            log.info("%s -> %s: %s", method, code.name, message, extra=fields)
         tracker.set_code(code)
         mark_span_error(server_span.get(), code, message)
         if isinstance(exc, VoxlineError) and exc.trailers:
@@ -64,13 +85,23 @@ def rpc_method(fn: F) -> F:
         @functools.wraps(fn)
         def stream_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             with _measured(self) as tracker:
+                messages: Generator[Any, None, None] | None = None
                 try:
-                    yield from fn(self, checked(request), context)
+                    messages = fn(self, checked(request), context)
+                    noted = False
+                    for message in messages:
+                        noted = noted or note_request_id(message)
+                        yield message
                 except GeneratorExit:
                     tracker.set_code(grpc.StatusCode.CANCELLED)
                     raise
                 except Exception as exc:
                     _fail(context, exc, tracker)
+                finally:
+                    # What `yield from` did: a closed stream closes the handler's generator
+                    # now (its slots, spans and upstream calls), not when it is collected.
+                    if messages is not None:
+                        messages.close()
 
         return stream_wrapper  # type: ignore[return-value]
 
@@ -78,7 +109,9 @@ def rpc_method(fn: F) -> F:
     def unary_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         with _measured(self) as tracker:
             try:
-                return fn(self, checked(request), context)
+                response = fn(self, checked(request), context)
+                note_request_id(response)
+                return response
             except Exception as exc:
                 _fail(context, exc, tracker)
 
