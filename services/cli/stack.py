@@ -10,6 +10,18 @@ channels reconnect to the restarted stage by themselves.
 
 With `http=True` (what `voxline serve` uses) a fifth process serves the OpenAI-compatible
 HTTP API (services/http) in front of the gateway, supervised like the others.
+
+Stopping (`stop()`, Ctrl-C on `voxline serve`) goes from the front door inwards, one tier at
+a time: the HTTP front, then the gateway, then the three stages. Each tier gets SIGTERM and
+drains (health NOT_SERVING, new calls refused, calls in flight finish within its
+`--drain-seconds`) and has exited before the next tier is signalled, so a stream in flight
+keeps every stage it needs until its last sentence. The supervisor never restarts anything
+once stopping began. Each service runs in its own session (process group): a terminal's
+Ctrl-C, which signals the whole foreground process group, reaches only the launcher, which
+then stops the services in that order; they never see it themselves. The launcher must
+therefore turn every way it is asked to stop into `stop()` (`voxline serve` handles SIGINT,
+SIGTERM and SIGHUP; a second one SIGKILLs the services at once). A launcher killed with
+SIGKILL leaves its services running, each in its own session (`ps -ef | grep services.`).
 """
 
 from __future__ import annotations
@@ -24,7 +36,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -39,7 +51,11 @@ from services.runtime.tls import PLAINTEXT, ClientTLS, secure_or_insecure_channe
 STAGES = ("frontend", "acoustic", "vocoder")
 SERVICES = (*STAGES, "gateway")
 # Two cores are shared by four processes: give the vocoder (the heaviest) the most threads.
-DEFAULT_TORCH_THREADS = {"frontend": 1, "acoustic": 1, "vocoder": 2, "gateway": 1}
+# (The gateway and the HTTP front run no model.)
+DEFAULT_TORCH_THREADS = {"frontend": 1, "acoustic": 1, "vocoder": 2}
+#: The order `stop()` drains the services in: each tier exits before the next is signalled
+#: (the HTTP front calls the gateway, the gateway calls the stages).
+STOP_TIERS = (("http",), ("gateway",), STAGES)
 # The four processes oversubscribe the cores whenever stages overlap (streaming pipelines
 # acoustic and vocoder). Spinning OpenMP workers then wait on descheduled peers: measured
 # here, a 64-frame HiFi-GAN pass went from 0.8 s to 3.4 s with another busy process.
@@ -54,12 +70,27 @@ MAX_RESTART_BACKOFF_S = 30.0
 STABLE_AFTER_S = 60.0
 # How often the supervisor looks at its processes: the delay before a crash is noticed.
 SUPERVISE_POLL_S = 0.1
+#: How often `start()` reports the services it still waits for (to its `progress` callback).
+PROGRESS_EVERY_S = 5.0
+#: The health checks' channels redial at least every second: gRPC's default backoff grows
+#: to minutes, which would delay noticing a service that came up, and keep reporting a
+#: stale error (connection refused) for one that now listens but refuses the handshake.
+PROBE_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
 
 log = logging.getLogger(__name__)
 
 
 class StackError(RuntimeError):
     """A service of the local stack failed to start."""
+
+    def __init__(self, message: str, services: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        #: The services at fault (their logs are the ones to read), when known.
+        self.services = tuple(services)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -78,20 +109,52 @@ def wait_serving(
     """Poll grpc.health.v1 until SERVING (over TLS if `tls` is set); fail early if `proc`
     exits."""
     deadline = time.monotonic() + timeout
-    with secure_or_insecure_channel(address, tls=tls) as channel:
+    with secure_or_insecure_channel(address, PROBE_CHANNEL_OPTIONS, tls=tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             if proc is not None and proc.poll() is not None:
                 raise StackError(f"process for {address} exited with code {proc.returncode}")
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
+            serving, state = health_state(stub)
+            if serving:
+                return
             if time.monotonic() > deadline:
-                raise StackError(f"{address} not SERVING after {timeout:.0f} s")
+                raise StackError(f"{address} not SERVING after {timeout:.0f} s (last: {state})")
             time.sleep(0.2)
+
+
+def health_state(stub: health_pb2_grpc.HealthStub) -> tuple[bool, str]:
+    """One grpc.health.v1 check: (SERVING?, what was seen, in a few words)."""
+    try:
+        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1.0)
+    except grpc.RpcError as exc:
+        return False, _rpc_error(exc)
+    serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    return serving, status if serving else f"{status} (loading)"
+
+
+def _rpc_error(exc: grpc.RpcError) -> str:
+    """`CODE: the last error` of a failed call (gRPC's connect errors are long)."""
+    code = exc.code().name  # type: ignore[attr-defined]
+    details = str(exc.details() or "")  # type: ignore[attr-defined]
+    if "Connection refused" in details:
+        return "not listening yet"
+    refused = "failed to connect" in details and details.endswith("Socket closed")
+    details = details.rsplit("last error: ", 1)[-1]
+    if code == "UNAVAILABLE" and refused:
+        details += " (TLS: a plaintext client, or no client certificate on an mTLS port?)"
+    return f"{code}: {details}"
+
+
+def http_state(url: str) -> tuple[bool, str]:
+    """One GET of a readiness URL: (200?, what was seen)."""
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as reply:
+            return reply.status == 200, f"HTTP {reply.status}"
+    except urllib.error.HTTPError as exc:
+        return False, f"HTTP {exc.code}"
+    except (OSError, urllib.error.URLError) as exc:
+        return False, str(getattr(exc, "reason", exc))
 
 
 def wait_http_ready(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -100,14 +163,11 @@ def wait_http_ready(url: str, timeout: float, proc: subprocess.Popen | None = No
     while True:
         if proc is not None and proc.poll() is not None:
             raise StackError(f"process for {url} exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=1.0) as reply:
-                if reply.status == 200:
-                    return
-        except (OSError, urllib.error.URLError):
-            pass
+        ready, state = http_state(url)
+        if ready:
+            return
         if time.monotonic() > deadline:
-            raise StackError(f"{url} not ready after {timeout:.0f} s")
+            raise StackError(f"{url} not ready after {timeout:.0f} s (last: {state})")
         time.sleep(0.2)
 
 
@@ -144,6 +204,9 @@ class LocalStack:
         #: Restarts per service since start() (supervised stacks only).
         self.restarts: dict[str, int] = {}
         self._stopping = threading.Event()
+        # Held by the supervisor while it looks and restarts, and by stop() to begin: once
+        # stop() has it, no restart can follow.
+        self._lock = threading.Lock()
         self._supervisor: threading.Thread | None = None
 
     @classmethod
@@ -167,7 +230,8 @@ class LocalStack:
         cmd += ["--port", str(self.ports[service]), "--run-dir", str(self.run_dir)]
         if service == "http":  # no model: no torch threads
             return [*cmd, "--gateway-address", self.gateway, *self._extra_args.get(service, [])]
-        cmd += ["--torch-threads", str(DEFAULT_TORCH_THREADS[service])]
+        if service in DEFAULT_TORCH_THREADS:
+            cmd += ["--torch-threads", str(DEFAULT_TORCH_THREADS[service])]
         if service == "gateway":
             for stage in STAGES:
                 cmd += [f"--{stage}-address", self.address(stage)]
@@ -178,29 +242,45 @@ class LocalStack:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.run_dir / f"{service}.log", "ab")  # noqa: SIM115 - owned by the child
         env = {**os.environ, **LOCAL_ENV, **self._env}
+        # Its own session: a terminal's Ctrl-C (SIGINT to the whole foreground process group)
+        # reaches the launcher only, which stops the services in order (stop()).
         proc = subprocess.Popen(
-            self._command(service), stdout=log, stderr=subprocess.STDOUT, env=env
+            self._command(service),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
         log.close()
         self.procs[service] = proc
         self._spawned[service] = time.monotonic()
         return proc
 
-    def start(self, timeout: float = 180.0, services: tuple[str, ...] = SERVICES) -> LocalStack:
-        """Start `services` (and the HTTP service if `http`) and wait until each is ready."""
+    def start(
+        self,
+        timeout: float = 180.0,
+        services: tuple[str, ...] = SERVICES,
+        progress: Callable[[str], None] | None = None,
+    ) -> LocalStack:
+        """Start `services` (and the HTTP service if `http`) and wait until each is ready.
+
+        `progress` is told, every PROGRESS_EVERY_S, which services are not ready yet and
+        what their last health check saw. A service that exits or is not ready within
+        `timeout` stops the stack with a StackError carrying the log tails.
+        """
         if self.http and "http" not in services:
             services = (*services, "http")
         try:
             for service in services:
                 self.start_service(service)
-            for service in services:
-                if service == "http":
-                    url = f"{self.http_url}{READY_PATH}"
-                    wait_http_ready(url, timeout, self.procs[service])
-                else:
-                    wait_serving(self.address(service), timeout, self.procs[service], self.tls)
+            self._wait_ready(services, timeout, progress)
         except BaseException as exc:
-            tails = "\n".join(f"--- {s}.log ---\n{self.log_tail(s)}" for s in services)
+            # The logs to read: those of the services at fault, when known.
+            culprits = exc.services if isinstance(exc, StackError) and exc.services else services
+            tails = "\n".join(
+                f"--- {s}.log ({self.run_dir / f'{s}.log'}) ---\n{self.log_tail(s, 25)}"
+                for s in culprits
+            )
             self.stop()
             if isinstance(exc, StackError):
                 raise StackError(f"{exc}\n{tails}") from None
@@ -214,36 +294,92 @@ class LocalStack:
             self._supervisor.start()
         return self
 
+    def _wait_ready(
+        self,
+        services: tuple[str, ...],
+        timeout: float,
+        progress: Callable[[str], None] | None,
+    ) -> None:
+        """Poll every service's readiness (gRPC health over `self.tls`, or the HTTP front's
+        ready URL) until all are ready; StackError (with `.services`, the culprits) if one
+        exits or `timeout` passes."""
+        t0 = time.monotonic()
+        next_report = t0 + PROGRESS_EVERY_S
+        pending = list(services)
+        states = dict.fromkeys(services, "starting")
+        channels = {
+            s: secure_or_insecure_channel(self.address(s), PROBE_CHANNEL_OPTIONS, tls=self.tls)
+            for s in services
+            if s != "http"
+        }
+        try:
+            while True:
+                for service in list(pending):
+                    code = self.procs[service].poll()
+                    if code is not None:
+                        raise StackError(
+                            f"{service} exited with code {code} while starting", [service]
+                        )
+                    if service == "http":
+                        ready, states[service] = http_state(f"{self.http_url}{READY_PATH}")
+                    else:
+                        stub = health_pb2_grpc.HealthStub(channels[service])
+                        ready, states[service] = health_state(stub)
+                    if ready:
+                        pending.remove(service)
+                if not pending:
+                    return
+                now = time.monotonic()
+                waiting = "; ".join(f"{s} {self.address(s)}: {states[s]}" for s in pending)
+                if now - t0 > timeout:
+                    raise StackError(f"not ready after {timeout:.0f} s: {waiting}", pending)
+                if progress is not None and now >= next_report:
+                    progress(f"  ... {now - t0:.0f} s, waiting for {waiting}")
+                    next_report = now + PROGRESS_EVERY_S
+                time.sleep(0.2)
+        finally:
+            for channel in channels.values():
+                channel.close()
+
     def _supervise(self, services: tuple[str, ...]) -> None:
         """Restart any of `services` whose process exited, with backoff, until stop()."""
         backoff = dict.fromkeys(services, RESTART_BACKOFF_S)
         due: dict[str, float] = {}  # service -> when to restart it
         while not self._stopping.wait(SUPERVISE_POLL_S):
-            now = time.monotonic()
-            for service in services:
-                if service in due:
-                    if now >= due[service]:
-                        del due[service]
-                        self.start_service(service)
-                        self.restarts[service] += 1
-                        log.warning("%s restarted (pid %d)", service, self.procs[service].pid)
-                    continue
-                code = self.procs[service].poll()
-                if code is None:
-                    continue
-                uptime = now - self._spawned[service]
-                if uptime >= STABLE_AFTER_S:
-                    backoff[service] = RESTART_BACKOFF_S
-                delay = backoff[service]
-                backoff[service] = min(2 * delay, MAX_RESTART_BACKOFF_S)
-                due[service] = now + delay
-                message = (
-                    f"{service} exited with code {code} after {uptime:.1f} s; "
-                    f"restarting in {delay:.1f} s"
-                )
-                log.warning("%s", message)
-                with open(self.run_dir / f"{service}.log", "a") as f:  # where its logs are
-                    f.write(f"--- supervisor: {message} ---\n")
+            with self._lock:
+                if self._stopping.is_set():  # stop() began: its exits are not crashes
+                    return
+                self._look(services, backoff, due)
+
+    def _look(
+        self, services: tuple[str, ...], backoff: dict[str, float], due: dict[str, float]
+    ) -> None:
+        """One supervisor pass: restart what is due, schedule the restart of what exited."""
+        now = time.monotonic()
+        for service in services:
+            if service in due:
+                if now >= due[service]:
+                    del due[service]
+                    self.start_service(service)
+                    self.restarts[service] += 1
+                    log.warning("%s restarted (pid %d)", service, self.procs[service].pid)
+                continue
+            code = self.procs[service].poll()
+            if code is None:
+                continue
+            uptime = now - self._spawned[service]
+            if uptime >= STABLE_AFTER_S:
+                backoff[service] = RESTART_BACKOFF_S
+            delay = backoff[service]
+            backoff[service] = min(2 * delay, MAX_RESTART_BACKOFF_S)
+            due[service] = now + delay
+            message = (
+                f"{service} exited with code {code} after {uptime:.1f} s; "
+                f"restarting in {delay:.1f} s"
+            )
+            log.warning("%s", message)
+            with open(self.run_dir / f"{service}.log", "a") as f:  # where its logs are
+                f.write(f"--- supervisor: {message} ---\n")
 
     def log_tail(self, service: str, lines: int = 15) -> str:
         path = self.run_dir / f"{service}.log"
@@ -252,26 +388,52 @@ class LocalStack:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self, timeout: float = 30.0) -> dict[str, int | None]:
-        """SIGTERM every service (front doors first), wait for the drain; SIGKILL stragglers."""
-        self._stopping.set()  # first: no restart may race the shutdown
+        """Stop the services tier by tier (STOP_TIERS: HTTP front, gateway, stages).
+
+        Each tier gets SIGTERM, drains (its calls in flight finish within its
+        `--drain-seconds`) and has exited before the next is signalled; one still running
+        `timeout` seconds after its SIGTERM gets SIGKILL. No restart happens once this began.
+        Interrupted (a second Ctrl-C: KeyboardInterrupt), it SIGKILLs what is left and
+        re-raises. Returns each service's exit code.
+        """
+        with self._lock:  # after this, the supervisor restarts nothing
+            self._stopping.set()
         if self._supervisor is not None:
             self._supervisor.join()
             self._supervisor = None
-        order = [s for s in ("http", "gateway", *STAGES) if s in self.procs]
-        for service in order:
-            if self.procs[service].poll() is None:
-                self.procs[service].send_signal(signal.SIGTERM)
         codes: dict[str, int | None] = {}
-        deadline = time.monotonic() + timeout
-        for service in order:
-            proc = self.procs[service]
-            try:
-                codes[service] = proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                codes[service] = proc.wait()
+        try:
+            for tier in STOP_TIERS:
+                procs = {s: self.procs[s] for s in tier if s in self.procs}
+                for proc in procs.values():
+                    if proc.poll() is None:
+                        proc.send_signal(signal.SIGTERM)
+                deadline = time.monotonic() + timeout
+                for service, proc in procs.items():
+                    try:
+                        codes[service] = proc.wait(max(0.1, deadline - time.monotonic()))
+                    except subprocess.TimeoutExpired:
+                        log.warning(
+                            "%s still running %.0f s after SIGTERM: killed", service, timeout
+                        )
+                        proc.kill()
+                        codes[service] = proc.wait()
+        except BaseException:
+            self.kill()
+            raise
         self.procs.clear()
         return codes
+
+    def kill(self) -> None:
+        """SIGKILL every service still running (no drain) and reap it."""
+        with self._lock:
+            self._stopping.set()
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.procs.values():
+            proc.wait()
+        self.procs.clear()
 
     def __enter__(self) -> LocalStack:
         return self.start()

@@ -1,12 +1,15 @@
 """Service configuration: command-line flags with `VOXLINE_*` environment fallbacks.
 
-Every flag `--some-option` can also be set as `VOXLINE_SOME_OPTION`; the flag wins. Defaults
-suit the local stack on loopback.
+Every flag `--some-option` can also be set as `VOXLINE_SOME_OPTION`; the flag wins, and
+`--help` shows each flag's default and variable (`add_flag`). Every service gets the server
+flags; the stages, which run models, also get the model flags (device, precision, batching).
+Defaults suit the local stack on loopback.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -21,10 +24,6 @@ MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 # Default loopback ports of the local stack.
 DEFAULT_PORTS = {"gateway": 50051, "frontend": 50052, "acoustic": 50053, "vocoder": 50054}
-
-
-def _env(name: str, default: Any) -> Any:
-    return os.environ.get("VOXLINE_" + name.upper().replace("-", "_"), default)
 
 
 _TRUE = {"true", "1", "yes", "on"}
@@ -142,46 +141,83 @@ _NOT_FLAGS = frozenset({"service", "extra", "max_receive_bytes"})
 _FIELD = object()  # "the default is ServiceConfig's"
 _DEFAULTS = ServiceConfig(service="")
 
+#: The services that run a model: only they get the model flags (`add_model_flags`).
+MODEL_SERVICES = ("frontend", "acoustic", "vocoder")
 
-def build_parser(service: str, description: str) -> argparse.ArgumentParser:
-    """The common flags; services add their own before calling `parse_config`."""
+
+def env_name(flag: str) -> str:
+    """The environment variable a flag falls back to: `--some-option` -> VOXLINE_SOME_OPTION."""
+    return "VOXLINE_" + flag.upper().replace("-", "_")
+
+
+def _env(name: str, default: Any) -> Any:
+    return os.environ.get(env_name(name), default)
+
+
+def _shown(default: Any) -> str:
+    """A default as `--help` shows it."""
+    if isinstance(default, bool):
+        return str(default).lower()
+    if default is None or default == "":
+        return "empty"
+    return str(default)
+
+
+def add_flag(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    type_: Callable[[str], Any],
+    default: Any,
+    help_: str,
+) -> None:
+    """Add `--flag`, falling back to its `VOXLINE_*` environment variable (the flag wins).
+
+    The one help format of every service: the help ends with the flag's built-in default and
+    its environment variable's name, `[default: 8; env: VOXLINE_MAX_BATCH_SIZE]` (`, set` when
+    the environment sets it now; its value is not shown: it may be a secret).
+    """
+    env = env_name(flag)
+    note = f"default: {_shown(default)}; env: {env}" + (", set" if env in os.environ else "")
+    text = f"{help_} [{note}]".replace("%", "%%")  # argparse %-formats help strings
+    parser.add_argument(f"--{flag}", type=type_, default=_env(flag, default), help=text)
+
+
+def _add_field_flag(
+    parser: argparse.ArgumentParser,
+    flag: str,
+    type_: Callable[[str], Any],
+    help_: str,
+    default: Any = _FIELD,
+) -> None:
+    """A flag filling a ServiceConfig field; its default is the field's (stated once, there)."""
+    if default is _FIELD:
+        default = getattr(_DEFAULTS, flag.replace("-", "_"))
+    add_flag(parser, flag, type_, default, help_)
+
+
+def build_parser(
+    service: str, description: str, *, model: bool | None = None
+) -> argparse.ArgumentParser:
+    """The common flags; services add their own before calling `parse_config`.
+
+    Every service gets the server flags (`add_server_flags`); a service that runs a model
+    (`model`; default: `service` is one of MODEL_SERVICES, the stages) also gets the model
+    flags (`add_model_flags`). The gateway runs no model and has none of them.
+    """
     p = argparse.ArgumentParser(prog=f"voxline-{service}", description=description)
+    add_server_flags(p, service)
+    if model if model is not None else service in MODEL_SERVICES:
+        add_model_flags(p)
+    return p
 
-    def add(flag: str, type_: Callable[[str], Any], help_: str, default: Any = _FIELD) -> None:
-        # Defaults are ServiceConfig's (stated once, there).
-        if default is _FIELD:
-            default = getattr(_DEFAULTS, flag.replace("-", "_"))
-        p.add_argument(f"--{flag}", type=type_, default=_env(flag, default), help=help_)
 
+def add_server_flags(p: argparse.ArgumentParser, service: str) -> None:
+    """What every gRPC service understands: address, threads, drain, telemetry, TLS."""
+    add = functools.partial(_add_field_flag, p)
     add("host", str, "bind address (0.0.0.0 in containers)")
     add("port", int, "gRPC port (0 = pick a free one)", DEFAULT_PORTS.get(service, 0))
-    add("device", str, "torch device: auto | cpu | cuda | cuda:N")
-    add("dtype", str, "inference precision: auto (fp16 on CUDA) | fp32 | fp16 | bf16")
-    add(
-        "torch-threads",
-        int,
-        "torch intra-op threads; 0 = the CPUs the container's limit grants (cgroup quota)",
-    )
     add("workers", int, "gRPC handler threads")
     add("max-concurrent-rpcs", int, "beyond this, calls get RESOURCE_EXHAUSTED")
-    add("max-queue", int, "requests waiting for the model before RESOURCE_EXHAUSTED")
-    add("max-batch-size", int, "most requests one model execution serves")
-    add(
-        "max-batch-per-request",
-        int,
-        "most pieces of one request in a batch (bounds a batch's time on a CPU)",
-    )
-    add(
-        "max-queue-delay-ms",
-        float,
-        "how long a request may wait for others to batch with (0: batch what is queued)",
-    )
-    add(
-        "batch-window-ms",
-        float,
-        "only work due within this long after the most urgent joins its batch",
-    )
-    add("instances", int, "model instances (worker threads) running batches")
     add("drain-seconds", float, "on SIGTERM, time allowed for in-flight calls to finish")
     add(
         "max-connection-age-s",
@@ -209,14 +245,43 @@ def build_parser(service: str, description: str) -> argparse.ArgumentParser:
     add("tls-ca", str, "connect to other services over TLS, trusting this PEM CA")
     add("tls-client-cert", str, "PEM client certificate to present (mTLS)")
     add("tls-client-key", str, "PEM private key of --tls-client-cert")
-    add("tls-server-name", str, "name to verify in server certificates (default: target host)")
+    add("tls-server-name", str, "name to verify in server certificates (empty: the target's host)")
     add(
         "health-port",
         int,
         "also serve grpc.health.v1 alone, plaintext, on this port (kubelet probes; 0 = off)",
     )
     add("reflection", parse_bool, "serve gRPC server reflection (true/false)")
-    return p
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """What a service running a model understands: device, precision, threads, batching."""
+    add = functools.partial(_add_field_flag, p)
+    add("device", str, "torch device: auto | cpu | cuda | cuda:N")
+    add("dtype", str, "inference precision: auto (fp16 on CUDA) | fp32 | fp16 | bf16")
+    add(
+        "torch-threads",
+        int,
+        "torch intra-op threads; 0 = the CPUs the container's limit grants (cgroup quota)",
+    )
+    add("max-queue", int, "requests waiting for the model before RESOURCE_EXHAUSTED")
+    add("max-batch-size", int, "most requests one model execution serves")
+    add(
+        "max-batch-per-request",
+        int,
+        "most pieces of one request in a batch (bounds a batch's time on a CPU)",
+    )
+    add(
+        "max-queue-delay-ms",
+        float,
+        "how long a request may wait for others to batch with (0: batch what is queued)",
+    )
+    add(
+        "batch-window-ms",
+        float,
+        "only work due within this long after the most urgent joins its batch",
+    )
+    add("instances", int, "model instances (worker threads) running batches")
 
 
 def parse_config(
@@ -224,7 +289,8 @@ def parse_config(
 ) -> ServiceConfig:
     """Parse flags into a ServiceConfig; unknown-to-the-runtime flags land in `extra`."""
     ns = vars(parser.parse_args(argv))
-    common = {f.name for f in fields(ServiceConfig)} - _NOT_FLAGS
+    # A flag the parser lacks (the gateway's missing model flags) keeps ServiceConfig's default.
+    common = ({f.name for f in fields(ServiceConfig)} - _NOT_FLAGS) & ns.keys()
     cfg = ServiceConfig(service=service, **{k: ns[k] for k in common - {"run_dir"}})
     cfg.run_dir = Path(ns["run_dir"]) if ns["run_dir"] else None
     cfg.extra = {k: v for k, v in ns.items() if k not in common}
@@ -234,14 +300,3 @@ def parse_config(
     except TLSConfigError as exc:
         parser.error(str(exc))
     return cfg
-
-
-def add_flag(
-    parser: argparse.ArgumentParser,
-    flag: str,
-    type_: Callable[[str], Any],
-    default: Any,
-    help_: str,
-) -> None:
-    """Add a service-specific flag with the same `VOXLINE_*` env fallback convention."""
-    parser.add_argument(f"--{flag}", type=type_, default=_env(flag, default), help=help_)
