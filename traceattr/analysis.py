@@ -66,13 +66,26 @@ Streaming accounting (why there are two critical-path numbers)
     Time to first audio comes from the ``first_audio`` event (gateway root and synthesis span):
     ``ttfa = event time - root start``, and its blame breakdown is the same accounting applied
     to the critical path that ends at the event.
+
+The analyses
+    :func:`analyze` only composes; each number above comes from one pure function of the
+    request's spans or its critical path, tested on its own in tests/test_trace_analyses.py:
+    :func:`choose_root` (end-to-end span), :func:`is_voxline`, :func:`stage_order`,
+    :func:`served_calls` (``calls``), :func:`stage_extents` (``wall``),
+    :func:`phase_breakdown` (``phases``), :func:`other_time`, :func:`network_time`,
+    :func:`busy_intervals` (``busy``), :func:`concurrent_busy`,
+    :func:`critical_path_by_category` (``critical_path``), :func:`critical_path_blame`
+    (``blame``, ``unattributed``), :func:`concurrency_split` (``exclusive``, ``overlap``,
+    ``idle``), :func:`first_audio` (TTFA and its blame), :func:`explained_time`,
+    :func:`synthesis_method` and :func:`analysis_warnings`; :func:`stage_rows` and
+    :func:`reported_stages` assemble the per-stage table.
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -582,7 +595,7 @@ class Attribution:
     @property
     def root_stage(self) -> str:
         """Stage of the root span (``gateway`` for a Voxline request)."""
-        return TRACE_STAGE if self.root.virtual else stage_of(self.root.span)
+        return node_stage(self.root)
 
     @property
     def network_ns(self) -> int:
@@ -598,8 +611,7 @@ class Attribution:
     def explained_ns(self) -> int:
         """Critical-path time the trace explains: in a named phase of some stage or on the
         wire. The rest is handler code outside any phase (category ``other``)."""
-        other = sum(s.critical_path[CATEGORY_OTHER] for s in self.stages)
-        return max(self.e2e_ns - other, 0)
+        return explained_time((s.critical_path for s in self.stages), self.e2e_ns)
 
     def stage(self, name: str) -> StageStats | None:
         """The row of stage ``name``."""
@@ -721,6 +733,190 @@ def classify(node: Node) -> tuple[str, str]:
     return stage_of(span), CATEGORY_OTHER
 
 
+def node_stage(node: Node) -> str:
+    """The stage of a node's own span: :data:`TRACE_STAGE` for the synthetic root, else
+    :func:`stage_of` (unlike :func:`classify`, a client span stays with its caller)."""
+    return TRACE_STAGE if node.virtual else stage_of(node.span)
+
+
+# ---------------------------------------------------------------------------------------------
+# The analyses
+#
+# Each is a pure function of the request's spans (``nodes``: the end-to-end root's subtree,
+# pre-order, as :meth:`SpanTree.subtree` yields it) or of its critical path; :func:`analyze`
+# composes them. Stage and category of a span are always :func:`classify`'s.
+# ---------------------------------------------------------------------------------------------
+
+
+def choose_root(tree: SpanTree, root_span_id: str | None = None) -> tuple[Node, bool]:
+    """The node whose interval is "end to end", and whether it is a Voxline synthesis root.
+
+    ``root_span_id`` (hex, any case, leading zeros optional) names it; otherwise it is the
+    earliest synthesis root (:func:`is_synthesis_root`) wherever it hangs, else the trace's
+    only root, else a synthetic root (:func:`virtual_root`) over all roots -- spans whose
+    parent is missing are roots too. Raises :class:`TraceNotFoundError` for an unknown id or a
+    trace without spans.
+    """
+    if not tree.nodes:
+        raise TraceNotFoundError(f"trace {tree.trace.trace_id} has no spans")
+    if root_span_id:
+        node = tree.by_id.get(root_span_id.strip().lower().rjust(16, "0"))
+        if node is None:
+            raise TraceNotFoundError(f"span {root_span_id} is not in trace {tree.trace.trace_id}")
+        return node, is_synthesis_root(node.span)
+    synthesis = [n for n in tree.nodes if is_synthesis_root(n.span)]
+    if synthesis:
+        return min(synthesis, key=lambda n: n.span.start_ns), True
+    if len(tree.roots) == 1:
+        return tree.roots[0], False
+    return virtual_root(tree.trace, tree.roots), False
+
+
+def is_voxline(nodes: Iterable[Node], synthesis_root: bool) -> bool:
+    """Whether Voxline names are present: a synthesis root, or a span whose stage
+    (:func:`stage_of`) or service name is one of Voxline's stages."""
+    return synthesis_root or any(
+        stage_of(n.span) in names.STAGES or n.span.service in names.STAGES for n in nodes
+    )
+
+
+def stage_order(nodes: Iterable[Node], root: Node, voxline: bool) -> list[str]:
+    """The stages of the request in table order.
+
+    For a Voxline request, the four pipeline stages first, in pipeline order, whether or not
+    they have spans; then every other stage in order of first appearance: the root's own
+    stage (unless the root is synthetic), then each span's :func:`classify` stage, pre-order.
+    """
+    appearance = [] if root.virtual else [stage_of(root.span)]
+    appearance += [classify(n)[0] for n in nodes]
+    ordered = list(STAGE_ORDER) if voxline else []
+    return ordered + [s for s in dict.fromkeys(appearance) if s not in ordered]
+
+
+def served_calls(nodes: Iterable[Node]) -> dict[str, list[Interval]]:
+    """The calls each stage served for this request: the clipped intervals of its SERVER and
+    CONSUMER spans, in span order. The length of a stage's list is its ``calls`` count."""
+    calls: dict[str, list[Interval]] = {}
+    for n in nodes:
+        if n.span.kind in (KIND_SERVER, KIND_CONSUMER) and not n.virtual:
+            calls.setdefault(classify(n)[0], []).append((n.clip_start, n.clip_end))
+    return calls
+
+
+def stage_extents(nodes: Iterable[Node]) -> dict[str, list[Interval]]:
+    """Where each stage that has spans was present: the intervals of its served calls
+    (:func:`served_calls`) when it has any, else the clipped intervals of all its spans (a
+    stage seen only through client spans, a service without server spans). A stage's
+    ``wall`` time is the length of their union, so overlapping calls count once.
+    """
+    nodes = list(nodes)
+    calls = served_calls(nodes)
+    spans: dict[str, list[Interval]] = {}
+    for n in nodes:
+        spans.setdefault(classify(n)[0], []).append((n.clip_start, n.clip_end))
+    return {stage: calls.get(stage) or intervals for stage, intervals in spans.items()}
+
+
+def phase_breakdown(nodes: Iterable[Node]) -> dict[str, dict[str, int]]:
+    """Self time per phase (every phase of :data:`PHASE_ORDER`, 0 if unused) of each stage
+    that has phase spans; stages without any are absent.
+
+    A phase span counts with its *self* time (:class:`SpanTree`): a phase nested in another
+    counts once, for the inner one, and overlapping children are subtracted once.
+    """
+    phases: dict[str, dict[str, int]] = {}
+    for n in nodes:
+        stage, category = classify(n)
+        if category in PHASE_ORDER:
+            row = phases.setdefault(stage, dict.fromkeys(PHASE_ORDER, 0))
+            row[category] += n.self_ns
+    return phases
+
+
+def other_time(nodes: Iterable[Node]) -> dict[str, int]:
+    """Self time per stage of spans outside any phase that are not calls into a served stage
+    (category ``other``): handler code between phases, or the whole time of a call whose
+    server span is missing. Stages without such time are absent."""
+    other: dict[str, int] = {}
+    for n in nodes:
+        stage, category = classify(n)
+        if category == CATEGORY_OTHER:
+            other[stage] = other.get(stage, 0) + n.self_ns
+    return other
+
+
+def network_time(nodes: Iterable[Node]) -> dict[str, int]:
+    """Network time per hop, summed per callee stage: for every CLIENT span with a SERVER (or
+    CONSUMER) child, the client's duration minus the server's, never negative.
+
+    Each is a duration on one host's clock, so clock skew between caller and callee cancels
+    out. The time is serialisation, the wire both ways and the callee's gRPC plumbing outside
+    its server span. A call whose server span is missing has no network time (see
+    :func:`other_time`).
+    """
+    network: dict[str, int] = {}
+    for n in nodes:
+        stage, category = classify(n)
+        server = _server_child(n) if category == CATEGORY_NETWORK else None
+        if server is not None:
+            ns = max(0, n.span.duration_ns - server.span.duration_ns)
+            network[stage] = network.get(stage, 0) + ns
+    return network
+
+
+def busy_intervals(nodes: Iterable[Node]) -> dict[str, list[Interval]]:
+    """When each stage was busy with this request, as clipped (unmerged) intervals.
+
+    A stage with phase spans is busy during its *work* phases (:data:`WORK_PHASES`: queue,
+    preprocess, inference, postprocess), not while waiting on the wire (``transfer``); one
+    whose phase spans are all transfers is absent. A stage without any phase span is taken
+    as busy for its whole extent (:func:`stage_extents`): we cannot tell better. A stage's
+    ``busy`` time is the length of the union.
+    """
+    nodes = list(nodes)
+    work: dict[str, list[Interval]] = {}
+    for n in nodes:
+        stage, category = classify(n)
+        if category in WORK_PHASES:
+            work.setdefault(stage, []).append((n.clip_start, n.clip_end))
+    phased = phase_breakdown(nodes)
+    for stage, intervals in stage_extents(nodes).items():
+        if stage not in phased:
+            work[stage] = list(intervals)
+    return work
+
+
+def concurrent_busy(nodes: Iterable[Node], root: Node) -> dict[str, list[Interval]]:
+    """Each stage's busy intervals (:func:`busy_intervals`) within the root's interval,
+    merged: what wait re-attribution and the concurrency split compare stages by.
+
+    The root's stage is left out when it has no phase spans: busy for its whole wall time,
+    it would cover the request and make every other stage look concurrent with it.
+    """
+    nodes = list(nodes)
+    lo, hi = root.clip_start, root.clip_end
+    busy = {
+        stage: merge_intervals(clip_intervals(intervals, lo, hi))
+        for stage, intervals in busy_intervals(nodes).items()
+    }
+    root_stage = node_stage(root)
+    if root_stage in busy and root_stage not in phase_breakdown(nodes):
+        del busy[root_stage]
+    return busy
+
+
+def critical_path_by_category(segments: Iterable[Segment]) -> dict[str, dict[str, int]]:
+    """The structural critical path per stage and category: each segment's length goes to
+    :func:`classify` of its span (a client span's self time to the callee's ``network``).
+    Streaming waits are *not* re-attributed here (see :func:`critical_path_blame`)."""
+    out: dict[str, dict[str, int]] = {}
+    for seg in segments:
+        stage, category = classify(seg.node)
+        by_category = out.setdefault(stage, {})
+        by_category[category] = by_category.get(category, 0) + seg.duration_ns
+    return out
+
+
 def _split_wait(
     start: int, end: int, busy: dict[str, list[Interval]], waiter: str, order: dict[str, int]
 ) -> tuple[dict[str, int], int]:
@@ -757,18 +953,26 @@ def _split_wait(
     return assigned, alone
 
 
-def _blame(
-    segments: list[Segment],
+def critical_path_blame(
+    segments: Iterable[Segment],
     busy: dict[str, list[Interval]],
     root_stage: str,
-    order: dict[str, int],
+    stages: Sequence[str],
 ) -> Blame:
+    """Blame: the critical path ``segments`` per stage, with streaming waits re-attributed.
+
+    ``network`` segments count apart. A segment in a non-root stage's ``transfer`` phase
+    goes to the other stages busy at that instant (``busy``, as :func:`concurrent_busy`),
+    split evenly -- integer remainders to the earlier of ``stages`` -- and stays with the
+    waiter where nobody else was busy; the root stage's own waits stay with it. Everything
+    else stays with its stage. ``unattributed`` is the root stage's (or synthetic root's)
+    time in category ``other``. Per-stage blame plus network is the path's total.
+    """
+    order = {s: i for i, s in enumerate(stages)}
     by_stage: dict[str, int] = {}
     waiting: dict[str, int] = {}
     blamed: dict[str, int] = {}
-    network = 0
-    unattributed = 0
-    total = 0
+    network = unattributed = total = 0
     for seg in segments:
         stage, category = classify(seg.node)
         length = seg.duration_ns
@@ -783,18 +987,19 @@ def _blame(
             for other, ns in assigned.items():
                 by_stage[other] = by_stage.get(other, 0) + ns
                 blamed[other] = blamed.get(other, 0) + ns
-            moved = length - alone
-            waiting[stage] = waiting.get(stage, 0) + moved
+            waiting[stage] = waiting.get(stage, 0) + length - alone
             by_stage[stage] = by_stage.get(stage, 0) + alone
             continue
         by_stage[stage] = by_stage.get(stage, 0) + length
     return Blame(by_stage, network, unattributed, waiting, blamed, total)
 
 
-def _concurrency(
+def concurrency_split(
     busy: dict[str, list[Interval]], lo: int, hi: int
 ) -> tuple[dict[str, int], int, int]:
-    """Exclusive busy time per stage, overlap (>= 2 busy) and idle (none busy) in [lo, hi]."""
+    """How many stages were busy at once within ``[lo, hi]``: per stage the time it alone was
+    busy (``exclusive``; every stage of ``busy`` present), the time two or more were
+    (``overlap``) and the time none was (``idle``). The three partition ``hi - lo``."""
     clipped = {s: merge_intervals(clip_intervals(ivs, lo, hi)) for s, ivs in busy.items()}
     starts = {s: [a for a, _ in ivs] for s, ivs in clipped.items()}
     points = {lo, hi}
@@ -815,24 +1020,94 @@ def _concurrency(
     return exclusive, overlap, idle
 
 
-def _choose_root(tree: SpanTree, root_span_id: str | None) -> tuple[Node, bool]:
-    """The node whose interval is "end to end", and whether it is a Voxline synthesis root."""
-    if root_span_id:
-        node = tree.by_id.get(root_span_id.strip().lower().rjust(16, "0"))
-        if node is None:
-            raise TraceNotFoundError(f"span {root_span_id} is not in trace {tree.trace.trace_id}")
-        return node, is_synthesis_root(node.span)
-    synthesis = [n for n in tree.nodes if is_synthesis_root(n.span)]
-    if synthesis:
-        return min(synthesis, key=lambda n: n.span.start_ns), True
-    if len(tree.roots) == 1:
-        return tree.roots[0], False
-    return virtual_root(tree.trace, tree.roots), False
+def first_audio(
+    nodes: Iterable[Node], root: Node, busy: dict[str, list[Interval]], stages: Sequence[str]
+) -> tuple[int | None, Blame | None]:
+    """Time to first audio and its blame, or ``(None, None)`` without a ``first_audio`` event.
 
-
-def _first_audio_ns(nodes: Iterable[Node]) -> int | None:
+    TTFA is the earliest ``first_audio`` event of the request's spans minus the root span's
+    start. Its blame is :func:`critical_path_blame` of the critical path of ``root`` that
+    ends at the event (:func:`critical_path` with ``end_ns``), so its total is the TTFA.
+    """
     times = [e.time_ns for n in nodes for e in n.span.events if e.name == names.EVENT_FIRST_AUDIO]
-    return min(times) if times else None
+    if not times:
+        return None, None
+    path = critical_path(root, min(times))
+    blame = critical_path_blame(path, busy, node_stage(root), stages)
+    return max(0, min(times) - root.span.start_ns), blame
+
+
+def explained_time(critical_path_ns: Iterable[Mapping[str, int]], e2e_ns: int) -> int:
+    """Attribution coverage: the end-to-end time minus the critical-path time in category
+    ``other`` (``critical_path_ns``: per stage, ns by category) -- the time a named phase of
+    some stage or the wire explains. The rest is code outside any phase span."""
+    other = sum(by_category.get(CATEGORY_OTHER, 0) for by_category in critical_path_ns)
+    return max(e2e_ns - other, 0)
+
+
+def synthesis_method(root: Node, synthesis_root: bool) -> str | None:
+    """``unary``/``stream`` for a synthesis request, else ``None``: the method attribute of
+    the root's ``voxline.synthesis`` child, else from the RPC name (``...Stream`` streams)."""
+    if not synthesis_root:
+        return None
+    synthesis = next((c for c in root.children if c.span.name == names.SPAN_SYNTHESIS), None)
+    value = synthesis.span.attributes.get(names.ATTR_SYNTHESIS_METHOD) if synthesis else None
+    if isinstance(value, str) and value:
+        return value
+    if root.span.name.endswith("Stream"):
+        return names.SYNTHESIS_METHOD_STREAM
+    return names.SYNTHESIS_METHOD_UNARY
+
+
+def analysis_warnings(
+    tree: SpanTree, voxline: bool, synthesis_root: bool, root_span_id: str | None
+) -> list[str]:
+    """The parser's notes on the trace, the tree's (cut parent cycles), and one when a Voxline
+    trace has no gateway synthesis span and no root was asked for: end-to-end is then the
+    trace's extent, not the request's."""
+    warnings = list(tree.trace.warnings) + tree.warnings
+    if voxline and not synthesis_root and root_span_id is None:
+        warnings.append(
+            "no /voxline.v1.Synthesizer/Synthesize[Stream] server span: the gateway's spans "
+            "are missing, so end-to-end is the trace's extent"
+        )
+    return warnings
+
+
+def stage_rows(
+    stages: Sequence[str],
+    nodes: Sequence[Node],
+    segments: Sequence[Segment],
+    blame: Blame,
+    exclusive: dict[str, int],
+) -> list[StageStats]:
+    """One :class:`StageStats` per stage of ``stages``, in that order, from the per-stage
+    analyses of the request's spans, its critical path, its ``blame`` and the concurrency
+    split's ``exclusive`` times. A stage without spans gets a row of zeros."""
+    calls, extents, busy = served_calls(nodes), stage_extents(nodes), busy_intervals(nodes)
+    phases, other, network = phase_breakdown(nodes), other_time(nodes), network_time(nodes)
+    path = critical_path_by_category(segments)
+    rows = []
+    for stage in stages:
+        row = StageStats(stage, calls=len(calls.get(stage, [])))
+        row.wall_ns = union_length(extents.get(stage, []))
+        row.busy_ns = union_length(busy.get(stage, []))
+        row.phases.update(phases.get(stage, {}))
+        row.other_ns, row.network_ns = other.get(stage, 0), network.get(stage, 0)
+        for category, ns in path.get(stage, {}).items():
+            row.critical_path[category] += ns
+        row.blame_ns = blame.by_stage.get(stage, 0)
+        row.waiting_ns = blame.waiting.get(stage, 0)
+        row.blamed_for_waits_ns = blame.blamed_for_waits.get(stage, 0)
+        row.exclusive_ns = exclusive.get(stage, 0)
+        rows.append(row)
+    return rows
+
+
+def reported_stages(rows: Iterable[StageStats]) -> list[StageStats]:
+    """The rows worth reporting: all but the synthetic root's, unless it has blame (gaps
+    between the trace's roots on the critical path) or self time."""
+    return [r for r in rows if r.stage != TRACE_STAGE or r.blame_ns or r.other_ns]
 
 
 def analyze(trace: Trace, root_span_id: str | None = None) -> Attribution:
@@ -841,118 +1116,31 @@ def analyze(trace: Trace, root_span_id: str | None = None) -> Attribution:
     ``root_span_id`` overrides the choice of the end-to-end span (default: the Voxline
     synthesis root, else the single root, else a synthetic root over all roots).
     """
-    if not trace.spans:
-        raise TraceNotFoundError(f"trace {trace.trace_id} has no spans")
     tree = SpanTree(trace)
-    root, synthesis_root = _choose_root(tree, root_span_id)
+    root, synthesis_root = choose_root(tree, root_span_id)
     if root.parent is not None:
-        tree.reclip([root])
+        tree.reclip([root])  # the request's own interval is authoritative, not its caller's
     nodes = list(tree.subtree(root))
-    root_stage = TRACE_STAGE if root.virtual else stage_of(root.span)
-    voxline = synthesis_root or any(
-        stage_of(n.span) in names.STAGES or n.span.service in names.STAGES for n in nodes
-    )
-    lo, hi = root.clip_start, root.clip_end
-
-    # Stage order: the pipeline's when it is Voxline, then first appearance.
-    appearance = [root_stage] if not root.virtual else []
-    for n in nodes:
-        appearance.append(classify(n)[0])
-    ordered = list(STAGE_ORDER) if voxline else []
-    ordered += [s for s in dict.fromkeys(appearance) if s not in ordered]
-    rows = {s: StageStats(s) for s in ordered}
-    order = {s: i for i, s in enumerate(ordered)}
-
-    entry: dict[str, list[Interval]] = {}
-    spans_of: dict[str, list[Interval]] = {}
-    work: dict[str, list[Interval]] = {}
-    has_phases: set[str] = set()
-    for n in nodes:
-        stage, category = classify(n)
-        row = rows.setdefault(stage, StageStats(stage))
-        span = n.span
-        interval = (n.clip_start, n.clip_end)
-        spans_of.setdefault(stage, []).append(interval)
-        if category in PHASE_ORDER:
-            row.phases[category] += n.self_ns
-            has_phases.add(stage)
-            if category in WORK_PHASES:
-                work.setdefault(stage, []).append(interval)
-        elif category == CATEGORY_NETWORK:
-            server = _server_child(n)
-            if server is not None:  # always, by classify()
-                row.network_ns += max(0, span.duration_ns - server.span.duration_ns)
-        else:
-            row.other_ns += n.self_ns
-        if span.kind in (KIND_SERVER, KIND_CONSUMER) and not n.virtual:
-            row.calls += 1
-            entry.setdefault(stage, []).append(interval)
-
-    for stage, row in rows.items():
-        row.wall_ns = union_length(entry.get(stage) or spans_of.get(stage, []))
-        if stage not in has_phases:
-            # No phase spans: the best we can say is that it was busy its whole wall time.
-            work[stage] = list(entry.get(stage) or spans_of.get(stage, []))
-        row.busy_ns = union_length(work.get(stage, []))
-    busy = {s: merge_intervals(clip_intervals(ivs, lo, hi)) for s, ivs in work.items()}
-    if root_stage in busy and root_stage not in has_phases:
-        # The root's own span covers everything; "busy for its wall time" would make every
-        # other stage look concurrent with it.
-        del busy[root_stage]
-
+    voxline = is_voxline(nodes, synthesis_root)
+    stages = stage_order(nodes, root, voxline)
+    busy = concurrent_busy(nodes, root)
     segments = critical_path(root)
-    for seg in segments:
-        stage, category = classify(seg.node)
-        rows[stage].critical_path[category] += seg.duration_ns
-    blame = _blame(segments, busy, root_stage, order)
-    for stage, row in rows.items():
-        row.blame_ns = blame.by_stage.get(stage, 0)
-        row.waiting_ns = blame.waiting.get(stage, 0)
-        row.blamed_for_waits_ns = blame.blamed_for_waits.get(stage, 0)
-    exclusive, overlap, idle = _concurrency(busy, lo, hi)
-    for stage, ns in exclusive.items():
-        rows[stage].exclusive_ns = ns
-
-    method: str | None = None
-    ttfa_ns: int | None = None
-    ttfa_blame: Blame | None = None
-    if synthesis_root:
-        synthesis = next((c for c in root.children if c.span.name == names.SPAN_SYNTHESIS), None)
-        value = synthesis.span.attributes.get(names.ATTR_SYNTHESIS_METHOD) if synthesis else None
-        if isinstance(value, str) and value:
-            method = value
-        else:
-            method = (
-                names.SYNTHESIS_METHOD_STREAM
-                if root.span.name.endswith("Stream")
-                else names.SYNTHESIS_METHOD_UNARY
-            )
-    first_audio = _first_audio_ns(nodes)
-    if first_audio is not None:
-        ttfa_ns = max(0, first_audio - root.span.start_ns)
-        ttfa_blame = _blame(critical_path(root, first_audio), busy, root_stage, order)
-
-    # The synthetic root's row only matters if there were gaps between the roots.
-    stages = [r for s, r in rows.items() if s != TRACE_STAGE or r.blame_ns or r.other_ns]
-    warnings = list(trace.warnings) + tree.warnings
-    if voxline and not synthesis_root and root_span_id is None:
-        warnings.append(
-            "no /voxline.v1.Synthesizer/Synthesize[Stream] server span: the gateway's spans "
-            "are missing, so end-to-end is the trace's extent"
-        )
+    blame = critical_path_blame(segments, busy, node_stage(root), stages)
+    exclusive, overlap, idle = concurrency_split(busy, root.clip_start, root.clip_end)
+    ttfa_ns, ttfa_blame = first_audio(nodes, root, busy, stages)
     return Attribution(
         trace=trace,
         tree=tree,
         root=root,
         voxline=voxline,
-        method=method,
-        e2e_ns=hi - lo,
+        method=synthesis_method(root, synthesis_root),
+        e2e_ns=root.clipped_ns,
         ttfa_ns=ttfa_ns,
-        stages=stages,
+        stages=reported_stages(stage_rows(stages, nodes, segments, blame, exclusive)),
         segments=segments,
         blame=blame,
         ttfa_blame=ttfa_blame,
         overlap_ns=overlap,
         idle_ns=idle,
-        warnings=warnings,
+        warnings=analysis_warnings(tree, voxline, synthesis_root, root_span_id),
     )
