@@ -316,10 +316,9 @@ class InProcess:
 def _student_stages(folder: Path, vocoder: str) -> tuple[Any, Any, Any]:
     from services.acoustic.stage import AcousticStage
     from services.frontend.stage import FrontendStage
-    from services.vocoder.stage import VocoderStage, default_vocoder
+    from services.vocoder.stage import VocoderStage, resolve_vocoder
 
-    if vocoder == "auto":
-        vocoder = default_vocoder("auto")
+    vocoder = resolve_vocoder(vocoder)  # the stage's device: auto
     fast = str(folder / "vocoder-fast.safetensors") if vocoder == "fast" else None
     return (
         FrontendStage(checkpoint=str(folder / "frontend.safetensors")),

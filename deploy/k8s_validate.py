@@ -234,7 +234,8 @@ def handler_thread_errors(docs: Iterable[dict[str, Any]]) -> list[str]:
     concurrency limit (--max-concurrent-rpcs) are >= max_batch_size x instances (else its
     batches never fill) and >= the gateway's --max-active x the calls each synthesis keeps
     open on that stage (else admitted calls wait unseen in gRPC's executor, or are refused).
-    The defaults are the services' (ServiceConfig, AdmissionConfig), never restated here.
+    The defaults are the services' (ServiceConfig with its SchedulerConfig, AdmissionConfig),
+    never restated here.
     One message per broken rule, naming the Deployment, the numbers and the fix."""
     from services.gateway.admission import AdmissionConfig
     from services.runtime.config import ServiceConfig
@@ -271,8 +272,8 @@ def handler_thread_errors(docs: Iterable[dict[str, Any]]) -> list[str]:
             try:
                 workers = setting(c, "workers", defaults.workers)
                 rpcs = setting(c, "max-concurrent-rpcs", defaults.max_concurrent_rpcs)
-                batch = setting(c, "max-batch-size", defaults.max_batch_size)
-                instances = setting(c, "instances", defaults.instances)
+                batch = setting(c, "max-batch-size", defaults.scheduler.max_batch_size)
+                instances = setting(c, "instances", defaults.scheduler.instances)
             except ValueError as exc:
                 errors.append(f"Deployment/{name}: {exc}")
                 continue

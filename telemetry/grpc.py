@@ -1,15 +1,28 @@
 """gRPC tracing and RPC metrics for sync ``grpc.server`` and sync channels.
 
 Server: ``grpc.server(pool, interceptors=server_interceptors(telemetry))``
-    1. the OpenTelemetry server interceptor (server span, context extracted from metadata);
-    2. :class:`RpcMetricsServerInterceptor`, running *inside* that span: records
-       ``rpc.server.call.duration`` (so exemplars carry the trace id) and marks the server span
-       ERROR for every non-OK status, which the instrumentation does not do for
-       INVALID_ARGUMENT, RESOURCE_EXHAUSTED, CANCELLED, ... (it follows the semconv rule that
-       only server faults are errors; Voxline wants every failed RPC visible as an error).
-       It also sends the call's trace id as initial metadata before the handler runs
-       (``voxline-trace-id`` and the W3C ``traceresponse``: :func:`send_trace_response`), so
-       every response names its trace -- refusals by later interceptors and errors included.
+    1. the OpenTelemetry server interceptor: opens the server span (context extracted from
+       metadata; ``rpc.*`` and ``net.peer.*`` attributes) and ends it;
+    2. :class:`RpcMetricsServerInterceptor`, running *inside* that span, the **one owner of a
+       served RPC's outcome** (docs/telemetry.md, "Who records what"). For every traced RPC,
+       refusals by later interceptors included, it and nothing else:
+
+       - sets the server span's status and ``error.type`` (:func:`mark_span_error`), ERROR for
+         every non-OK code -- the instrumentation alone leaves INVALID_ARGUMENT,
+         RESOURCE_EXHAUSTED, CANCELLED, ... UNSET (the semconv rule that only server faults
+         are errors; Voxline wants every failed RPC visible). The handlers below it get
+         grpc's own servicer context, not the instrumentation's wrapper, so the
+         instrumentation's ``abort()``/``set_code()`` hooks never touch the status either;
+       - records ``rpc.server.call.duration`` (inside the span, so exemplars carry the trace);
+       - counts the request for its stage (``voxline.stage.active_requests`` while it runs,
+         then ``voxline.stage.requests`` by ``rpc.method``, ``voxline.outcome`` and
+         ``rpc.grpc.status_code``) when the pipeline serves a stage (:data:`names.STAGES`);
+       - sends the call's trace id as initial metadata before the handler runs
+         (``voxline-trace-id`` and the W3C ``traceresponse``: :func:`send_trace_response`).
+
+    Servicer code (``services.runtime.rpc.rpc_method``) maps exceptions to precise statuses
+    (``context.abort(code, human message)``) and adds business attributes to the span; the
+    interceptor reads the resulting code and details from the context.
 
 Client: ``channel = instrument_channel(grpc.insecure_channel(addr), telemetry)``
     The OpenTelemetry client interceptor (outer) traces unary-unary, stream-unary and
@@ -50,7 +63,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from telemetry import names
 from telemetry.context import trace_response_headers
-from telemetry.instruments import DURATION_BUCKETS_S
+from telemetry.instruments import DURATION_BUCKETS_S, StageMetrics
 
 _logger = logging.getLogger(__name__)
 
@@ -215,19 +228,45 @@ class RedactedError(Exception):
 # ---------------------------------------------------------------------------------------------
 
 
+def _servicer_context(context: grpc.ServicerContext) -> grpc.ServicerContext:
+    """grpc's own servicer context under the instrumentation's wrapper.
+
+    The instrumentation hands handlers a wrapper whose ``abort()``/``set_code()`` also set
+    the span's status (its own rules, overwritten by ours anyway). Handlers below
+    :class:`RpcMetricsServerInterceptor` get grpc's context instead: the status is set in one
+    place, and every ``context`` call skips a proxy. Without the private attribute (another
+    instrumentation version) the wrapper is used as it is: still correct, ours runs last.
+    """
+    return getattr(context, "_servicer_context", context)
+
+
 class RpcMetricsServerInterceptor(grpc.ServerInterceptor):
-    """Records ``rpc.server.call.duration`` and marks the current server span on failures.
+    """The one owner of a served RPC's outcome: server span status and ``error.type``,
+    ``rpc.server.call.duration``, and the stage's request counts (module docstring).
 
     Must run inside the OpenTelemetry server interceptor (list it after that one), so the
     server span is current while the handler runs; it sends that span's trace id first
     (:func:`send_trace_response`). Status codes: ``context.abort()`` /
     ``context.set_code()`` -> that code; uncaught exception -> UNKNOWN; the client cancelled or
-    the deadline passed before a response stream finished -> CANCELLED / DEADLINE_EXCEEDED.
+    the deadline passed before the handler finished -> CANCELLED / DEADLINE_EXCEEDED.
+
+    Args:
+        meter: meter of ``rpc.server.call.duration``.
+        redact_exceptions: see :func:`server_interceptors`.
+        stage_metrics: the served stage's instruments; when given, every traced RPC is counted
+            there (``voxline.stage.active_requests``, ``voxline.stage.requests``).
     """
 
-    def __init__(self, meter: metrics.Meter, *, redact_exceptions: bool = True) -> None:
+    def __init__(
+        self,
+        meter: metrics.Meter,
+        *,
+        redact_exceptions: bool = True,
+        stage_metrics: StageMetrics | None = None,
+    ) -> None:
         self._histogram = _rpc_duration_histogram(meter, names.METRIC_RPC_SERVER_DURATION, "server")
         self._redact = redact_exceptions
+        self._stage = stage_metrics
 
     def intercept_service(
         self,
@@ -269,6 +308,15 @@ class RpcMetricsServerInterceptor(grpc.ServerInterceptor):
 
     # -- helpers ----------------------------------------------------------------------------
 
+    def _start(self, attrs: dict[str, Any]) -> None:
+        """The RPC reached its handler chain: count it as active. Paired with one _record."""
+        if self._stage is None:
+            return
+        try:
+            self._stage.request_started(attrs[names.ATTR_RPC_METHOD])
+        except Exception:  # telemetry must never fail an RPC
+            _logger.debug("counting an active request failed", exc_info=True)
+
     def _record(
         self,
         start: float,
@@ -277,6 +325,7 @@ class RpcMetricsServerInterceptor(grpc.ServerInterceptor):
         span: Span,
         error: BaseException | str | None,
     ) -> None:
+        """The RPC's outcome, once: span status, duration, request count."""
         try:
             if code != grpc.StatusCode.OK:
                 mark_span_error(span, code, error)
@@ -284,6 +333,8 @@ class RpcMetricsServerInterceptor(grpc.ServerInterceptor):
                 time.perf_counter() - start,
                 {**attrs, names.ATTR_RPC_GRPC_STATUS_CODE: code.value[0]},
             )
+            if self._stage is not None:
+                self._stage.request_finished(attrs[names.ATTR_RPC_METHOD], code)
         except Exception:  # telemetry must never fail an RPC
             _logger.debug("recording rpc metrics failed", exc_info=True)
 
@@ -314,7 +365,9 @@ class RpcMetricsServerInterceptor(grpc.ServerInterceptor):
         def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
             span = trace.get_current_span()
+            context = _servicer_context(context)
             send_trace_response(context, span)
+            self._start(attrs)
             try:
                 response = behavior(request, context)
             except Exception as exc:
@@ -337,6 +390,7 @@ class RpcMetricsServerInterceptor(grpc.ServerInterceptor):
             start = time.perf_counter()
             span = trace.get_current_span()
             span_ctx = otel_context.get_current()
+            context = _servicer_context(context)
             send_trace_response(context, span)
             done = threading.Lock()
             finished = [False]
@@ -360,8 +414,10 @@ class RpcMetricsServerInterceptor(grpc.ServerInterceptor):
                     "terminated before the response stream finished",
                 )
 
+            self._start(attrs)
             try:
-                context.add_callback(on_terminate)
+                if context.add_callback(on_terminate) is False:
+                    on_terminate()  # the RPC is already over
             except Exception:
                 _logger.debug("add_callback unavailable", exc_info=True)
             try:
@@ -381,8 +437,29 @@ class RpcMetricsServerInterceptor(grpc.ServerInterceptor):
         return wrapper
 
 
+def _stage_metrics(telemetry: Providers | None, stage: str | None) -> StageMetrics | None:
+    """The served stage's instruments, on the pipeline's ``voxline`` meter (the one the
+    service's own ``StageMetrics`` uses, so both write the same series); None when the
+    pipeline serves no stage (a test server, a tool)."""
+    if stage is None and telemetry is not None:
+        name = getattr(telemetry, "service_name", None)
+        stage = name if name in names.STAGES else None
+    if stage is None:
+        return None
+    meter = getattr(telemetry, "meter", None)
+    if meter is None:
+        provider = (
+            telemetry.meter_provider if telemetry is not None else metrics.get_meter_provider()
+        )
+        meter = provider.get_meter(names.INSTRUMENTATION_SCOPE)
+    return StageMetrics(meter, stage)
+
+
 def server_interceptors(
-    telemetry: Providers | None = None, *, redact_exceptions: bool = True
+    telemetry: Providers | None = None,
+    *,
+    redact_exceptions: bool = True,
+    stage: str | None = None,
 ) -> list[grpc.ServerInterceptor]:
     """Interceptors for ``grpc.server(..., interceptors=...)``, in this order.
 
@@ -390,6 +467,9 @@ def server_interceptors(
         telemetry: the pipeline to use; ``None`` uses the OTel global providers.
         redact_exceptions: replace an uncaught handler exception by :class:`RedactedError`
             (same status UNKNOWN) so its message reaches neither span nor client.
+        stage: the stage whose requests the server's RPCs are (``voxline.stage``); default:
+            the pipeline's service name when it is one of :data:`names.STAGES`, else none
+            (then no ``voxline.stage.*`` request counts, only ``rpc.server.call.duration``).
     """
     tracer_provider = telemetry.tracer_provider if telemetry is not None else None
     meter_provider = (
@@ -398,7 +478,9 @@ def server_interceptors(
     return [
         server_interceptor(tracer_provider=tracer_provider, filter_=_traced),
         RpcMetricsServerInterceptor(
-            meter_provider.get_meter(_SCOPE), redact_exceptions=redact_exceptions
+            meter_provider.get_meter(_SCOPE),
+            redact_exceptions=redact_exceptions,
+            stage_metrics=_stage_metrics(telemetry, stage),
         ),
     ]
 

@@ -5,15 +5,18 @@ given as ``explicit_bucket_boundaries_advisory`` so they apply without Views. Ex
 SDK default filter ``trace_based``: a value recorded while a sampled span is current carries
 that span's trace and span id, which is why :func:`phase_span` records *inside* its span.
 
-Usage in a stage service::
+Usage in a stage service (a servicer behind :func:`telemetry.grpc.server_interceptors`,
+which counts every RPC -- ``voxline.stage.requests`` / ``active_requests`` -- and sets the
+server span's status; the servicer records phases and business attributes only)::
 
     stage = StageMetrics(telemetry.meter, names.STAGE_ACOUSTIC)
-    with stage.track_request("Synthesize") as req:          # active requests + request count
-        stage.record_queue(waited_s, method="Synthesize")
-        with phase_span(telemetry.tracer, stage, names.PHASE_INFERENCE,
-                        method="Synthesize", device=device):  # span + duration histogram
-            mel = model(tokens)
-        req.set_code(grpc.StatusCode.OK)                     # or let an exception mark error
+    stage.record_queue(waited_s, method="Synthesize")
+    with phase_span(telemetry.tracer, stage, names.PHASE_INFERENCE,
+                    method="Synthesize", device=device):  # span + duration histogram
+        mel = model(tokens)
+
+Code serving requests without those interceptors counts them itself with
+``with stage.track_request("Synthesize") as req: ...`` (never both).
 """
 
 from __future__ import annotations
@@ -202,16 +205,32 @@ class StageMetrics:
             ),
         )
 
+    def request_started(self, method: str) -> None:
+        """Count a request as active (``voxline.stage.active_requests`` +1); pair it with
+        exactly one :meth:`request_finished`."""
+        self._active.add(1, self._attrs(method))
+
+    def request_finished(self, method: str, code: Any = _GRPC_OK) -> None:
+        """The end of a request :meth:`request_started` counted: no longer active, and
+        counted once by outcome and status (:meth:`record_request`).
+
+        The gRPC server interceptor (``telemetry.grpc``) calls the pair for every RPC a
+        stage serves; a servicer never does (docs/telemetry.md, "Who records what").
+        """
+        self._active.add(-1, self._attrs(method))
+        self.record_request(method, code)
+
     @contextmanager
     def track_request(self, method: str) -> Iterator[RequestTracker]:
-        """Count a request as active while the block runs, then count it by outcome.
+        """:meth:`request_started` / :meth:`request_finished` around a block, for code that
+        serves requests *without* :func:`telemetry.grpc.server_interceptors` (which already
+        counts every RPC: never both for one request).
 
         The status is the tracker's :meth:`RequestTracker.set_code` value, else OK, or
         UNKNOWN if the block raised (set the code before ``context.abort()`` to keep it).
         """
-        attrs = self._attrs(method)
         tracker = RequestTracker()
-        self._active.add(1, attrs)
+        self.request_started(method)
         try:
             yield tracker
         except BaseException:
@@ -219,8 +238,7 @@ class StageMetrics:
                 tracker.code = _GRPC_UNKNOWN
             raise
         finally:
-            self._active.add(-1, attrs)
-            self.record_request(method, tracker.code if tracker.code is not None else _GRPC_OK)
+            self.request_finished(method, tracker.code if tracker.code is not None else _GRPC_OK)
 
 
 class SynthesisMetrics:

@@ -777,16 +777,17 @@ def test_handler_thread_check_catches_batches_larger_than_the_threads(
     from services.runtime.config import ServiceConfig
 
     d = ServiceConfig(service="")
-    instances = d.workers // d.max_batch_size + 1
+    batch = d.scheduler.max_batch_size
+    instances = d.workers // batch + 1
     docs = copy.deepcopy(rendered["cpu"])
     _set_env(_container(docs, "vocoder"), "VOXLINE_INSTANCES", str(instances))
     errors = kv.handler_thread_errors(docs)
-    required = d.max_batch_size * instances
+    required = batch * instances
     assert errors, "a stage with more batch slots than threads passed"
     assert all(e.startswith("Deployment/vocoder: ") for e in errors), errors
     assert any(
         f"VOXLINE_WORKERS is {d.workers}, below {required} = max_batch_size "
-        f"{d.max_batch_size} x instances {instances}"
+        f"{batch} x instances {instances}"
         in e
         and "VOXLINE_MAX_BATCH_SIZE / VOXLINE_INSTANCES on vocoder" in e
         for e in errors

@@ -111,14 +111,13 @@ class FakePod:
     def _handle(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         method = self.path.rsplit("/", 1)[1]
         self.calls += 1
-        with self.stage.track_request(method) as req:
-            with phase_span(self.tel.tracer, self.stage, names.PHASE_QUEUE, method=method):
-                time.sleep(0.002)
-            with phase_span(self.tel.tracer, self.stage, names.PHASE_INFERENCE, method=method):
-                time.sleep(0.008)
-            if self.fail_every and self.calls % self.fail_every == 0:
-                req.set_code(grpc.StatusCode.UNAVAILABLE)
-                context.abort(grpc.StatusCode.UNAVAILABLE, "synthetic failure")
+        # Requests are counted by the server interceptor (telemetry/grpc.py), as in a service.
+        with phase_span(self.tel.tracer, self.stage, names.PHASE_QUEUE, method=method):
+            time.sleep(0.002)
+        with phase_span(self.tel.tracer, self.stage, names.PHASE_INFERENCE, method=method):
+            time.sleep(0.008)
+        if self.fail_every and self.calls % self.fail_every == 0:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "synthetic failure")
         return b"ok"
 
     def poke(self) -> None:

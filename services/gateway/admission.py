@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from services.runtime.errors import ResourceExhausted
 
@@ -29,17 +29,25 @@ _POLL_S = 0.05
 
 @dataclass(frozen=True)
 class AdmissionConfig:
-    """Flags `--max-active`, `--max-waiting`, `--max-admission-wait-ms`."""
+    """Flags `--max-active`, `--max-waiting`, `--max-admission-wait-ms` (generated from these
+    fields by services/runtime/config.py: `help`, flag name and unit in their metadata)."""
 
     #: Syntheses running at once. On the 2-core local stack two concurrent streams already
     #: double a stream's time to first audio (make bench); a GPU deployment raises it.
-    max_active: int = 2
+    max_active: int = field(default=2, metadata={"help": "syntheses running at once (admission)"})
     #: Callers that may wait for a slot; beyond them, refusal is immediate. None by default:
     #: a refused caller retries after the hint rather than waiting unseen.
-    max_waiting: int = 0
+    max_waiting: int = field(default=0, metadata={"help": "callers that may wait for a slot"})
     #: Longest wait for a slot when waiting is allowed: about one unloaded time to first
     #: audio, so an admitted caller's TTFA stays within ~2x of the unloaded one.
-    max_wait_s: float = 0.25
+    max_wait_s: float = field(
+        default=0.25,
+        metadata={
+            "help": "longest wait for a slot before RESOURCE_EXHAUSTED",
+            "flag": "max-admission-wait-ms",
+            "scale": 1000.0,  # the flag takes milliseconds
+        },
+    )
 
 
 class Overloaded(ResourceExhausted):

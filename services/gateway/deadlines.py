@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -41,18 +41,37 @@ log = logging.getLogger("voxline.gateway.deadlines")
 @dataclass(frozen=True)
 class CallLimits:
     """The gateway's waits on its callers (flags `--request-read-timeout-s`,
-    `--text-gap-timeout-s`, `--send-timeout-s`); the total is `--request-timeout-s`."""
+    `--text-gap-timeout-s`, `--send-timeout-s`, generated from these fields' metadata by
+    services/runtime/config.py); the total is `--request-timeout-s`."""
 
     #: A unary request's message, or a text stream's config, must arrive within this (it is
     #: sent with the call's headers by every client we know).
-    request_read_s: float = 5.0
+    request_read_s: float = field(
+        default=5.0,
+        metadata={
+            "help": "a request message (or a text stream's config) must arrive within this",
+            "flag": "request-read-timeout-s",
+        },
+    )
     #: A text stream may go this long without a fragment (a flush or a message counts). The
     #: stream holds its admission slot while it waits: a language model's tokens come far
     #: more often than this.
-    text_gap_s: float = 10.0
+    text_gap_s: float = field(
+        default=10.0,
+        metadata={
+            "help": "longest wait for a text stream's next fragment",
+            "flag": "text-gap-timeout-s",
+        },
+    )
     #: A caller that reads none of a response for this long loses the call (and its slot); a
     #: player reading in real time never leaves a send waiting more than a second or two.
-    send_s: float = 10.0
+    send_s: float = field(
+        default=10.0,
+        metadata={
+            "help": "a caller that reads none of its stream for this long loses the call",
+            "flag": "send-timeout-s",
+        },
+    )
 
 
 _END = object()  # the request stream's end, on a MessageReader's queue

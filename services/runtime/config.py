@@ -1,20 +1,25 @@
 """Service configuration: command-line flags with `VOXLINE_*` environment fallbacks.
 
 Every flag `--some-option` can also be set as `VOXLINE_SOME_OPTION`; the flag wins, and
-`--help` shows each flag's default and variable (`add_flag`). Every service gets the server
-flags; the stages, which run models, also get the model flags (device, precision, batching).
-Defaults suit the local stack on loopback.
+`--help` shows each flag's default and variable (`add_flag`). Flags are generated from typed
+dataclasses (`add_dataclass_flags`, read back by `from_namespace`): each field states its
+type, default and help once. Every service gets the server flags (ServiceConfig); the stages,
+which run models, also get the model flags (device, precision, batching: SchedulerConfig);
+each service's own options are a dataclass of its own (`parse_service`). Defaults suit the
+local stack on loopback.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import dataclasses
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+import types
+import typing
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from services.runtime.tls import ClientTLS, ServerTLS, TLSConfigError
 
@@ -42,69 +47,120 @@ def parse_bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, 1/0 or yes/no, not {value!r}")
 
 
+def flag_field(
+    default: Any,
+    help_: str,
+    *,
+    flag: str | None = None,
+    scale: float | None = None,
+    parse: Callable[[str], Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """A dataclass field that is a flag (`add_dataclass_flags`): its default and its help,
+    stated once. Shorthand for `field(default=..., metadata={"help": ..., ...})`; `flag`,
+    `scale` and `parse` are the metadata keys of the same names; `kwargs` go to `field`."""
+    metadata = {"help": help_, "flag": flag, "scale": scale, "parse": parse}
+    return field(
+        default=default, metadata={k: v for k, v in metadata.items() if v is not None}, **kwargs
+    )
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """A stage's batching settings (flags `--max-batch-size`, `--max-batch-per-request`,
-    `--max-queue-delay-ms`, `--batch-window-ms`, `--max-queue`, `--instances`)."""
+    """A stage's batching settings, stated once: the scheduler's (services/runtime/scheduler.py)
+    and its flags' (`add_model_flags`). Times are seconds here; their flags take milliseconds."""
 
-    max_batch_size: int = 8
-    #: Most pieces of one request (one call's windows) in a batch. On a CPU a batch costs
-    #: the sum of its pieces, so a long utterance's windows batched together would hold the
-    #: model for seconds while a short request waits (head-of-line blocking); one piece per
-    #: request keeps every batch bounded and lets others in between. On a GPU, raise it.
-    max_batch_per_request: int = 1
-    max_queue_delay_s: float = 0.0
-    #: Only work due within this long after the most urgent job joins its batch: on a CPU a
-    #: batch mate costs the urgent job about its own compute time, so work whose listener has
-    #: seconds of audio in hand must not ride along. On a GPU, where a mate is nearly free,
-    #: raise it.
-    batch_window_s: float = 1.0
-    max_queue: int = 16
-    instances: int = 1
+    max_queue: int = flag_field(16, "requests waiting for the model before RESOURCE_EXHAUSTED")
+    max_batch_size: int = flag_field(8, "most requests one model execution serves")
+    #: On a CPU a batch costs the sum of its pieces, so a long utterance's windows batched
+    #: together would hold the model for seconds while a short request waits (head-of-line
+    #: blocking); one piece per request keeps every batch bounded and lets others in between.
+    #: On a GPU, raise it.
+    max_batch_per_request: int = flag_field(
+        1, "most pieces of one request in a batch (bounds a batch's time on a CPU)"
+    )
+    max_queue_delay_s: float = flag_field(
+        0.0,
+        "how long a request may wait for others to batch with (0: batch what is queued)",
+        flag="max-queue-delay-ms",
+        scale=1000.0,
+    )
+    #: On a CPU a batch mate costs the urgent job about its own compute time, so work whose
+    #: listener has seconds of audio in hand must not ride along. On a GPU, where a mate is
+    #: nearly free, raise it.
+    batch_window_s: float = flag_field(
+        1.0,
+        "only work due within this long after the most urgent joins its batch",
+        flag="batch-window-ms",
+        scale=1000.0,
+    )
+    instances: int = flag_field(1, "model instances (worker threads) running batches")
 
 
-#: The scheduler defaults, stated once (ServiceConfig and the flags take them from here).
+#: The scheduler defaults (the flags and ServiceConfig take them from SchedulerConfig).
 SCHEDULER_DEFAULTS = SchedulerConfig()
 
 
 @dataclass
 class ServiceConfig:
-    """What every Voxline service understands (stage-specific extras live in `extra`)."""
+    """What every Voxline service understands: its flags are generated from these fields
+    (`build_parser`); a service's own options are a dataclass of its own (`parse_service`).
 
-    service: str
-    host: str = "127.0.0.1"
-    port: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    torch_threads: int = 0
-    workers: int = 8
-    max_concurrent_rpcs: int = 32
-    max_queue: int = SCHEDULER_DEFAULTS.max_queue
-    max_batch_size: int = SCHEDULER_DEFAULTS.max_batch_size
-    max_batch_per_request: int = SCHEDULER_DEFAULTS.max_batch_per_request
-    max_queue_delay_ms: float = SCHEDULER_DEFAULTS.max_queue_delay_s * 1000.0
-    batch_window_ms: float = SCHEDULER_DEFAULTS.batch_window_s * 1000.0
-    instances: int = SCHEDULER_DEFAULTS.instances
-    drain_seconds: float = 20.0
-    max_connection_age_s: float = 300.0
-    max_connection_age_grace_s: float = 600.0
-    # TLS (services/runtime/tls.py, docs/security.md); empty = plaintext.
-    tls_cert: str = ""
-    tls_key: str = ""
-    tls_client_ca: str = ""
-    tls_allowed_client_cn: str = ""
-    tls_ca: str = ""
-    tls_client_cert: str = ""
-    tls_client_key: str = ""
-    tls_server_name: str = ""
-    health_port: int = 0
-    reflection: bool = True
-    log_level: str = "INFO"
-    prometheus_port: int = 0
+    The model fields (`MODEL_FIELDS`: device, precision, threads, batching) are flags of the
+    stages only; the gateway's config keeps their defaults.
+    """
+
+    service: str = field(metadata={"flag": False})
+    host: str = flag_field("127.0.0.1", "bind address (0.0.0.0 in containers)")
+    port: int = flag_field(0, "gRPC port (0 = pick a free one)")
+    workers: int = flag_field(8, "gRPC handler threads")
+    max_concurrent_rpcs: int = flag_field(32, "beyond this, calls get RESOURCE_EXHAUSTED")
+    drain_seconds: float = flag_field(
+        20.0, "on SIGTERM, time allowed for in-flight calls to finish"
+    )
+    max_connection_age_s: float = flag_field(
+        300.0, "close client connections after this long so they re-resolve (scaling)"
+    )
+    max_connection_age_grace_s: float = flag_field(
+        600.0,
+        "calls in flight on an aged-out connection may finish within this (> longest call)",
+    )
+    log_level: str = flag_field("INFO", "DEBUG | INFO | WARNING | ERROR")
+    prometheus_port: int = flag_field(0, "serve Prometheus /metrics on this port (0 = off)")
+    run_dir: Path | None = field(
+        default=None, metadata={"help": "where local telemetry files go (empty: none)"}
+    )
+    # TLS (services/runtime/tls.py, docs/security.md); empty = plaintext. Server side: serve
+    # TLS, optionally require client certificates.
+    tls_cert: str = flag_field(
+        "", "PEM certificate to serve TLS with (with --tls-key; empty: plaintext)"
+    )
+    tls_key: str = flag_field("", "PEM private key of --tls-cert")
+    tls_client_ca: str = flag_field("", "require client certificates signed by this PEM CA (mTLS)")
+    tls_allowed_client_cn: str = flag_field(
+        "", "comma-separated client certificate common names allowed to call (needs mTLS)"
+    )
+    # Client side: the gateway's channels to the stages.
+    tls_ca: str = flag_field("", "connect to other services over TLS, trusting this PEM CA")
+    tls_client_cert: str = flag_field("", "PEM client certificate to present (mTLS)")
+    tls_client_key: str = flag_field("", "PEM private key of --tls-client-cert")
+    tls_server_name: str = flag_field(
+        "", "name to verify in server certificates (empty: the target's host)"
+    )
+    health_port: int = flag_field(
+        0, "also serve grpc.health.v1 alone, plaintext, on this port (kubelet probes; 0 = off)"
+    )
+    reflection: bool = flag_field(True, "serve gRPC server reflection (true/false)")
     #: Largest request message accepted (a service's API may need far less than the default).
-    max_receive_bytes: int = MAX_MESSAGE_BYTES
-    run_dir: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    max_receive_bytes: int = field(default=MAX_MESSAGE_BYTES, metadata={"flag": False})
+    # The model fields (MODEL_FIELDS): flags of the stages only.
+    device: str = flag_field("auto", "torch device: auto | cpu | cuda | cuda:N")
+    dtype: str = flag_field("auto", "inference precision: auto (fp16 on CUDA) | fp32 | fp16 | bf16")
+    torch_threads: int = flag_field(
+        0, "torch intra-op threads; 0 = the CPUs the container's limit grants (cgroup quota)"
+    )
+    #: The model scheduler's settings (services/runtime/scheduler.py).
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     @property
     def server_tls(self) -> ServerTLS:
@@ -123,23 +179,9 @@ class ServiceConfig:
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    @property
-    def scheduler(self) -> SchedulerConfig:
-        """The model scheduler's settings (services/runtime/scheduler.py)."""
-        return SchedulerConfig(
-            max_batch_size=self.max_batch_size,
-            max_batch_per_request=self.max_batch_per_request,
-            max_queue_delay_s=self.max_queue_delay_ms / 1000.0,
-            batch_window_s=self.batch_window_ms / 1000.0,
-            max_queue=self.max_queue,
-            instances=self.instances,
-        )
 
-
-#: ServiceConfig fields that are not common flags.
-_NOT_FLAGS = frozenset({"service", "extra", "max_receive_bytes"})
-_FIELD = object()  # "the default is ServiceConfig's"
-_DEFAULTS = ServiceConfig(service="")
+#: ServiceConfig fields whose flags only services that run a model get (`add_model_flags`).
+MODEL_FIELDS = frozenset({"device", "dtype", "torch_threads", "scheduler"})
 
 #: The services that run a model: only they get the model flags (`add_model_flags`).
 MODEL_SERVICES = ("frontend", "acoustic", "vocoder")
@@ -182,23 +224,139 @@ def add_flag(
     parser.add_argument(f"--{flag}", type=type_, default=_env(flag, default), help=text)
 
 
-def _add_field_flag(
+# ---------------------------------------------------------------------------------------------
+# Flags generated from dataclasses
+# ---------------------------------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+def _optional(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """The parser of an `X | None` field: empty is None."""
+
+    def parse_optional(text: str) -> Any:
+        return None if text == "" else parse(text)
+
+    parse_optional.__name__ = getattr(parse, "__name__", "value")  # argparse's error messages
+    return parse_optional
+
+
+def _parser_for(hint: Any) -> Callable[[str], Any]:
+    """How a flag of a field annotated `hint` parses its text."""
+    if hint is bool:
+        return parse_bool
+    if hint in (int, float, str, Path):
+        return hint  # type: ignore[no-any-return]
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        return _optional(_parser_for(inner))
+    raise TypeError(f"no flag type for {hint!r}: give the field metadata 'parse'")
+
+
+def _field_default(f: Field[Any]) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+def _flag_fields(cls: type[Any], skip: Collection[str] = ()) -> Iterator[tuple[Field[Any], Any]]:
+    """The fields of dataclass `cls` that are flags (or hold a dataclass of flags), with their
+    resolved annotations; metadata `{"flag": False}` marks a field that is no flag."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.init and f.name not in skip and f.metadata.get("flag", True) is not False:
+            yield f, hints[f.name]
+
+
+def _flag_name(f: Field[Any], prefix: str) -> str:
+    return prefix + (f.metadata.get("flag") or f.name.replace("_", "-"))
+
+
+def add_dataclass_flags(
     parser: argparse.ArgumentParser,
-    flag: str,
-    type_: Callable[[str], Any],
-    help_: str,
-    default: Any = _FIELD,
+    cls: type[Any],
+    defaults: Any = None,
+    *,
+    prefix: str = "",
+    skip: Collection[str] = (),
 ) -> None:
-    """A flag filling a ServiceConfig field; its default is the field's (stated once, there)."""
-    if default is _FIELD:
-        default = getattr(_DEFAULTS, flag.replace("-", "_"))
-    add_flag(parser, flag, type_, default, help_)
+    """Add one `--flag` (with its `VOXLINE_*` fallback, `add_flag`) per field of dataclass
+    `cls`; `from_namespace` reads them back into a `cls`.
+
+    A field's flag is `--prefix` + its name with dashes; its type is the field's annotation
+    (int, float, str, Path, bool via `parse_bool`; `X | None`: empty is None); its default
+    is the field's (or `defaults`'s, an instance of `cls`); its help is the field's metadata
+    (`flag_field`):
+
+    - `help` (required): what the flag does; `--help` appends the default and env name;
+    - `flag`: the flag's name instead of the field's (`max-admission-wait-ms`);
+    - `scale`: the flag's unit per the field's (1000.0: a seconds field, a milliseconds flag);
+    - `parse`: the flag's parser instead of the annotation's;
+    - `flag: False`: the field is no flag (it keeps its default).
+
+    A field annotated with a dataclass adds that dataclass's flags (its default instance
+    gives their defaults). `skip`: field names left out (they keep their defaults).
+    """
+    for f, hint in _flag_fields(cls, skip):
+        default = getattr(defaults, f.name) if defaults is not None else _field_default(f)
+        if dataclasses.is_dataclass(hint):
+            nested = None if default is MISSING else default
+            add_dataclass_flags(parser, hint, nested, prefix=prefix)  # type: ignore[arg-type]
+            continue
+        flag = _flag_name(f, prefix)
+        if default is MISSING:
+            raise TypeError(f"{cls.__name__}.{f.name}: the flag --{flag} needs a default")
+        if "help" not in f.metadata:
+            raise TypeError(f"{cls.__name__}.{f.name}: the flag --{flag} needs metadata 'help'")
+        scale = f.metadata.get("scale")
+        parse = f.metadata.get("parse") or _parser_for(hint)
+        shown = default * scale if scale and default is not None else default
+        add_flag(parser, flag, parse, shown, f.metadata["help"])
+
+
+def _given(cls: type[Any], values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The fields of `cls` whose flags `values` holds (a parsed namespace), as the field
+    values (a scaled flag converted back); a nested dataclass is its default instance with
+    the values given replaced."""
+    given: dict[str, Any] = {}
+    for f, hint in _flag_fields(cls):
+        if dataclasses.is_dataclass(hint):
+            nested = _given(hint, values, prefix)  # type: ignore[arg-type]
+            if nested:
+                base = _field_default(f)
+                given[f.name] = hint(**nested) if base is MISSING else replace(base, **nested)
+            continue
+        dest = _flag_name(f, prefix).replace("-", "_")
+        if dest in values:
+            value = values[dest]
+            scale = f.metadata.get("scale")
+            given[f.name] = value / scale if scale and value is not None else value
+    return given
+
+
+def from_namespace(
+    cls: type[T], ns: argparse.Namespace | Mapping[str, Any], *, prefix: str = "", **fixed: Any
+) -> T:
+    """A `cls` from parsed flags (`add_dataclass_flags`): each field from its flag, a field
+    whose flag the parser lacks keeps its default, `fixed` fields as given."""
+    values = vars(ns) if isinstance(ns, argparse.Namespace) else ns
+    given = _given(cls, values, prefix)
+    return cls(**{**given, **fixed})
+
+
+# ---------------------------------------------------------------------------------------------
+# The services' parsers
+# ---------------------------------------------------------------------------------------------
 
 
 def build_parser(
     service: str, description: str, *, model: bool | None = None
 ) -> argparse.ArgumentParser:
-    """The common flags; services add their own before calling `parse_config`.
+    """The common flags; services add their own (`add_dataclass_flags`) before calling
+    `parse_service` (or `parse_config`).
 
     Every service gets the server flags (`add_server_flags`); a service that runs a model
     (`model`; default: `service` is one of MODEL_SERVICES, the stages) also gets the model
@@ -212,91 +370,47 @@ def build_parser(
 
 
 def add_server_flags(p: argparse.ArgumentParser, service: str) -> None:
-    """What every gRPC service understands: address, threads, drain, telemetry, TLS."""
-    add = functools.partial(_add_field_flag, p)
-    add("host", str, "bind address (0.0.0.0 in containers)")
-    add("port", int, "gRPC port (0 = pick a free one)", DEFAULT_PORTS.get(service, 0))
-    add("workers", int, "gRPC handler threads")
-    add("max-concurrent-rpcs", int, "beyond this, calls get RESOURCE_EXHAUSTED")
-    add("drain-seconds", float, "on SIGTERM, time allowed for in-flight calls to finish")
-    add(
-        "max-connection-age-s",
-        float,
-        "close client connections after this long so they re-resolve (scaling)",
-    )
-    add(
-        "max-connection-age-grace-s",
-        float,
-        "calls in flight on an aged-out connection may finish within this (> longest call)",
-    )
-    add("log-level", str, "DEBUG | INFO | WARNING | ERROR")
-    add("prometheus-port", int, "serve Prometheus /metrics on this port (0 = off)")
-    add("run-dir", str, "where local telemetry files go (empty: none)", "")
-    # Security (docs/security.md). Server side: serve TLS, optionally require client certs.
-    add("tls-cert", str, "PEM certificate to serve TLS with (with --tls-key; empty: plaintext)")
-    add("tls-key", str, "PEM private key of --tls-cert")
-    add("tls-client-ca", str, "require client certificates signed by this PEM CA (mTLS)")
-    add(
-        "tls-allowed-client-cn",
-        str,
-        "comma-separated client certificate common names allowed to call (needs mTLS)",
-    )
-    # Client side: the gateway's channels to the stages.
-    add("tls-ca", str, "connect to other services over TLS, trusting this PEM CA")
-    add("tls-client-cert", str, "PEM client certificate to present (mTLS)")
-    add("tls-client-key", str, "PEM private key of --tls-client-cert")
-    add("tls-server-name", str, "name to verify in server certificates (empty: the target's host)")
-    add(
-        "health-port",
-        int,
-        "also serve grpc.health.v1 alone, plaintext, on this port (kubelet probes; 0 = off)",
-    )
-    add("reflection", parse_bool, "serve gRPC server reflection (true/false)")
+    """What every gRPC service understands: address, threads, drain, telemetry, TLS (the
+    ServiceConfig fields but the model ones); `--port` defaults to the service's own."""
+    defaults = ServiceConfig(service=service, port=DEFAULT_PORTS.get(service, 0))
+    add_dataclass_flags(p, ServiceConfig, defaults, skip=MODEL_FIELDS)
 
 
 def add_model_flags(p: argparse.ArgumentParser) -> None:
-    """What a service running a model understands: device, precision, threads, batching."""
-    add = functools.partial(_add_field_flag, p)
-    add("device", str, "torch device: auto | cpu | cuda | cuda:N")
-    add("dtype", str, "inference precision: auto (fp16 on CUDA) | fp32 | fp16 | bf16")
-    add(
-        "torch-threads",
-        int,
-        "torch intra-op threads; 0 = the CPUs the container's limit grants (cgroup quota)",
-    )
-    add("max-queue", int, "requests waiting for the model before RESOURCE_EXHAUSTED")
-    add("max-batch-size", int, "most requests one model execution serves")
-    add(
-        "max-batch-per-request",
-        int,
-        "most pieces of one request in a batch (bounds a batch's time on a CPU)",
-    )
-    add(
-        "max-queue-delay-ms",
-        float,
-        "how long a request may wait for others to batch with (0: batch what is queued)",
-    )
-    add(
-        "batch-window-ms",
-        float,
-        "only work due within this long after the most urgent joins its batch",
-    )
-    add("instances", int, "model instances (worker threads) running batches")
+    """What a service running a model understands: device, precision, threads, batching (the
+    ServiceConfig fields in MODEL_FIELDS, the batching ones from SchedulerConfig)."""
+    model_only = {f.name for f in fields(ServiceConfig)} - MODEL_FIELDS
+    add_dataclass_flags(p, ServiceConfig, skip=model_only)
 
 
-def parse_config(
-    service: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+def service_config(
+    service: str, parser: argparse.ArgumentParser, args: argparse.Namespace
 ) -> ServiceConfig:
-    """Parse flags into a ServiceConfig; unknown-to-the-runtime flags land in `extra`."""
-    ns = vars(parser.parse_args(argv))
-    # A flag the parser lacks (the gateway's missing model flags) keeps ServiceConfig's default.
-    common = ({f.name for f in fields(ServiceConfig)} - _NOT_FLAGS) & ns.keys()
-    cfg = ServiceConfig(service=service, **{k: ns[k] for k in common - {"run_dir"}})
-    cfg.run_dir = Path(ns["run_dir"]) if ns["run_dir"] else None
-    cfg.extra = {k: v for k, v in ns.items() if k not in common}
+    """The ServiceConfig of parsed flags (a field whose flag `parser` lacks, as the gateway's
+    model flags, keeps its default); inconsistent flags are usage errors (`parser.error`)."""
+    cfg = from_namespace(ServiceConfig, args, service=service)
     try:  # inconsistent TLS flags are usage errors, reported like any other bad flag
         cfg.server_tls  # noqa: B018 - validated on construction
         cfg.client_tls  # noqa: B018
     except TLSConfigError as exc:
         parser.error(str(exc))
     return cfg
+
+
+def parse_config(
+    service: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None = None
+) -> ServiceConfig:
+    """Parse flags into a ServiceConfig (a service's own flags: `parse_service`)."""
+    return service_config(service, parser, parser.parse_args(argv))
+
+
+def parse_service(
+    service: str,
+    parser: argparse.ArgumentParser,
+    options: type[T],
+    argv: Sequence[str] | None = None,
+) -> tuple[ServiceConfig, T]:
+    """Parse flags into the common ServiceConfig and the service's own `options` dataclass
+    (whose flags `add_dataclass_flags(parser, options)` added)."""
+    args = parser.parse_args(argv)
+    return service_config(service, parser, args), from_namespace(options, args)

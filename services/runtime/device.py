@@ -1,4 +1,9 @@
-"""Device and precision selection: CUDA when present, CPU otherwise."""
+"""Device and precision selection: CUDA when present, CPU otherwise.
+
+The one place ``auto`` is resolved for ``--device`` (:func:`resolve_device`) and ``--dtype``
+(:func:`resolve_dtype`); the vocoder's ``--vocoder auto`` builds on :func:`resolve_device`
+(``services.vocoder.stage.resolve_vocoder``). Callers pass ``auto`` through unchanged.
+"""
 
 from __future__ import annotations
 
@@ -24,10 +29,14 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto` means fp16 on CUDA (tensor cores; our conv nets are fp16-safe), fp32 on CPU."""
+def resolve_dtype(name: str, device: torch.device, *, half_safe: bool = True) -> torch.dtype:
+    """`auto` means fp16 on CUDA (tensor cores; our conv nets are fp16-safe), fp32 on CPU.
+
+    `half_safe=False` (a model whose outputs half precision changes, e.g. VITS): `auto` is
+    fp32 on every device; fp16/bf16 may still be asked for by name.
+    """
     if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return torch.float16 if half_safe and device.type == "cuda" else torch.float32
     try:
         return _DTYPES[name.lower()]
     except KeyError:

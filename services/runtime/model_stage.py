@@ -8,7 +8,7 @@ weights, freeing the model and the model description live here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import ClassVar, Generic, TypeVar
 
 import torch
 
@@ -35,6 +35,9 @@ class TorchModelStage(Generic[M]):
     model_version: str
     #: Seed of the untrained initialisation when none is given (the `--seed` flag default).
     default_seed: int
+
+    #: Whether `auto` may pick half precision on CUDA (False: outputs change with it).
+    half_safe: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -98,7 +101,7 @@ class TorchModelStage(Generic[M]):
         if self.model is not None:
             return
         self._device = resolve_device(self._device_name)
-        self._dtype = resolve_dtype(self._dtype_name, self._device)
+        self._dtype = resolve_dtype(self._dtype_name, self._device, half_safe=self.half_safe)
         self.check_precision()
         model = self.build_model()
         self._trained, self._source, self._sha256 = self.load_weights(model)

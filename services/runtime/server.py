@@ -5,7 +5,7 @@
 structured logging, the `StageInfo` model-metadata service, and a graceful SIGTERM drain
 (health flips to NOT_SERVING, new calls are refused, in-flight calls finish, then exit).
 
-The rest of the runtime, a module per job: `rpc.py` (`rpc_method`: statuses, metrics, the
+The rest of the runtime, a module per job: `rpc.py` (`rpc_method`: statuses, the
 per-call context), `stage_runtime.py` (`StageRuntime`: readiness, inference through the
 scheduler, phases), `phases.py` (where phase records go), `scheduler.py` (batching and
 order), `decoding.py` (undecodable requests), `config.py`, `tls.py`, `errors.py`.

@@ -6,10 +6,10 @@ samples. Phoneme ids follow the Piper teacher voice's map (services/frontend).
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from services.voices.catalog import STUDENT_VOICE
+from services.voices.catalog import ALL_VOICES, STUDENT_VOICE
 
 if TYPE_CHECKING:
     from services.runtime.config import ServiceConfig
@@ -72,44 +72,43 @@ def resolve_checkpoint(flag: str, stage: str) -> str | None:
     return flag
 
 
-def add_weights_flags(parser: argparse.ArgumentParser, seed: int) -> None:
-    """The model stages' `--checkpoint` (see `resolve_checkpoint`) and `--seed` flags."""
-    from services.runtime.config import add_flag
+@dataclass(frozen=True)
+class WeightsOptions:
+    """A model stage's weights (flags `--checkpoint`, see `resolve_checkpoint`, and `--seed`;
+    services/runtime/config.py generates them); each stage's options give `seed` its stage's
+    default (e.g. `AcousticStage.default_seed`)."""
 
-    add_flag(
-        parser,
-        "checkpoint",
-        str,
-        "auto",
-        f"{VOICE_NAME} weights: auto (the shipped voice; VOXLINE_MODEL_DIR overrides its "
-        "folder) | none (seeded, untrained) | PATH",
+    checkpoint: str = field(
+        default="auto",
+        metadata={
+            "help": f"{VOICE_NAME} weights: auto (the shipped voice; VOXLINE_MODEL_DIR "
+            "overrides its folder) | none (seeded, untrained) | PATH"
+        },
     )
-    add_flag(parser, "seed", int, seed, "seed of the untrained initialisation")
+    seed: int = field(kw_only=True, metadata={"help": "seed of the untrained initialisation"})
 
 
-def add_voice_flags(parser: argparse.ArgumentParser) -> None:
-    """The model stages' `--voices` and `--default-voice` flags (services/voices/catalog.py)."""
-    from services.runtime.config import add_flag
-    from services.voices.catalog import ALL_VOICES
+@dataclass(frozen=True)
+class VoiceOptions:
+    """The voices a model stage serves (flags `--voices`, `--default-voice`;
+    services/voices/catalog.py)."""
 
-    add_flag(
-        parser,
-        "voices",
-        str,
-        ALL_VOICES,
-        "voices to serve: all (every folder in the voices directory) | NAME[,NAME...]",
+    voices: str = field(
+        default=ALL_VOICES,
+        metadata={
+            "help": "voices to serve: all (every folder in the voices directory) | NAME[,NAME...]"
+        },
     )
-    add_flag(
-        parser,
-        "default-voice",
-        str,
-        "",
-        "the voice an empty voice name selects (empty: en_US-joe-medium if served, else the "
-        "first voice)",
+    default_voice: str = field(
+        default="",
+        metadata={
+            "help": "the voice an empty voice name selects (empty: en_US-joe-medium if served, "
+            "else the first voice)"
+        },
     )
 
 
-def served_voices(config: ServiceConfig) -> tuple[list[Any], str]:
+def served_voices(service: str, options: VoiceOptions) -> tuple[list[Any], str]:
     """The catalogue entries `--voices` selects and the default voice among them. Exits the
     process with a one-line error when a voice is missing (a stage must not start without
     the voices it was asked for)."""
@@ -117,17 +116,17 @@ def served_voices(config: ServiceConfig) -> tuple[list[Any], str]:
     from services.voices.catalog import default_voice, select
 
     try:
-        entries = select(config.extra["voices"])
-        return entries, default_voice(entries, config.extra["default_voice"])
+        entries = select(options.voices)
+        return entries, default_voice(entries, options.default_voice)
     except VoiceNotFound as exc:
-        raise SystemExit(f"error: {config.service}: {exc}") from None
+        raise SystemExit(f"error: {service}: {exc}") from None
 
 
-def stage_options(config: ServiceConfig) -> dict[str, Any]:
+def stage_options(config: ServiceConfig, weights: WeightsOptions) -> dict[str, Any]:
     """A model stage's constructor options from its flags: device, dtype, weights, seed."""
     return {
         "device": config.device,
         "dtype": config.dtype,
-        "checkpoint": resolve_checkpoint(config.extra["checkpoint"], config.service),
-        "seed": config.extra["seed"],
+        "checkpoint": resolve_checkpoint(weights.checkpoint, config.service),
+        "seed": weights.seed,
     }

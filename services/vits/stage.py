@@ -49,9 +49,10 @@ class VitsStage(TorchModelStage[M], Generic[M]):
     #: The voice folder's part this stage loads ("frontend", "acoustic", "vocoder").
     part: ClassVar[str]
     default_seed = 0  # unused: VITS voices always load trained weights
+    half_safe = False  # `auto` is fp32 on every device (the docstring above says why)
 
     def __init__(self, folder: Path, device: str = "auto", dtype: str = "auto") -> None:
-        super().__init__(device, "fp32" if dtype == "auto" else dtype)
+        super().__init__(device, dtype)
         self.folder = Path(folder)
         self.voice: VitsVoiceConfig | None = None
 

@@ -37,7 +37,15 @@ from services.vocoder import fast, hifigan
 from services.vocoder.mel import MelConfig
 from services.voices import file_sha256
 
-__all__ = ["VOCODERS", "StreamingVocoder", "VocoderModel", "VocoderStage", "Window", "to_pcm16"]
+__all__ = [
+    "VOCODERS",
+    "StreamingVocoder",
+    "VocoderModel",
+    "VocoderStage",
+    "Window",
+    "resolve_vocoder",
+    "to_pcm16",
+]
 
 # Frames streamed by the warm-up: about 2.3 s of audio, a typical sentence.
 _WARMUP_FRAMES = 200
@@ -69,9 +77,18 @@ VOCODERS: dict[str, VocoderModel] = {
 }
 
 
-def default_vocoder(device: str) -> str:
-    """``auto``: HiFi-GAN where it runs on a GPU, the fast vocoder on a CPU."""
-    return "hifigan" if resolve_device(device).type == "cuda" else "fast"
+def resolve_vocoder(name: str, device: str | torch.device = "auto") -> str:
+    """The vocoder a ``--vocoder`` value names: the one place ``auto`` is decided.
+
+    ``auto``: HiFi-GAN where it runs on a GPU, the fast vocoder on a CPU -- ``device`` as
+    :func:`services.runtime.device.resolve_device` resolves it (``auto`` included), so the
+    choice and the stage's device always agree. Other names must be in :data:`VOCODERS`.
+    """
+    if name == "auto":
+        return "hifigan" if resolve_device(str(device)).type == "cuda" else "fast"
+    if name not in VOCODERS:
+        raise ValueError(f"unknown vocoder {name!r}; choose from auto, {', '.join(VOCODERS)}")
+    return name
 
 
 def to_pcm16(audio: torch.Tensor) -> torch.Tensor:
@@ -103,7 +120,7 @@ class VocoderStage(TorchModelStage[nn.Module]):
     :meth:`infer` calls and :meth:`stream` sessions, then :meth:`finalize`.
 
     Args:
-        vocoder: ``"hifigan"``, ``"fast"`` or ``"auto"`` (:func:`default_vocoder`).
+        vocoder: ``"hifigan"``, ``"fast"`` or ``"auto"`` (:func:`resolve_vocoder`).
         variant: HiFi-GAN's shipped weights, ``"universal"`` or ``"LJSpeech"``.
         device: ``"auto"`` (``cuda:0`` when available, else CPU), ``"cpu"``, ``"cuda[:N]"``.
         dtype: ``"auto"`` (fp16 on CUDA, fp32 on CPU), ``"fp32"``, ``"fp16"`` (CUDA only) or
@@ -137,10 +154,7 @@ class VocoderStage(TorchModelStage[nn.Module]):
         first_chunk_frames: int = FIRST_WINDOW_FRAMES,
     ) -> None:
         super().__init__(device, dtype, checkpoint, seed)
-        if vocoder == "auto":
-            vocoder = default_vocoder(device)
-        if vocoder not in VOCODERS:
-            raise ValueError(f"unknown vocoder {vocoder!r}; choose from {', '.join(VOCODERS)}")
+        vocoder = resolve_vocoder(vocoder, device)
         spec = VOCODERS[vocoder]
         context_frames = spec.context_frames if context_frames is None else context_frames
         if chunk_frames < 1 or first_chunk_frames < 1:
