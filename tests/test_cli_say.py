@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import stat
 import subprocess
 import sys
+import threading
 import time
 import wave
 from pathlib import Path
@@ -84,6 +87,21 @@ def test_say_streams_into_a_file_and_unary_still_works(stack: LocalStack, tmp_pa
     assert done.returncode == 0, done.stderr.decode()
     assert check_wav(unary.read_bytes())[0] == 16000 and "TTFA" not in done.stdout.decode()
     ids_of(done.stderr)
+
+
+def test_say_into_a_pipe_writes_it_and_leaves_it_a_pipe(stack: LocalStack, tmp_path: Path) -> None:
+    """A device or FIFO (`-o /dev/null`) is written once, whole: never replaced by a file."""
+    fifo = tmp_path / "audio.fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    done = voxline("say", "Into a pipe.", "-o", str(fifo), "--server", stack.gateway)
+    reader.join(60)
+    assert done.returncode == 0, done.stderr.decode()
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    rate, frames = check_wav(received[0])
+    assert frames > rate // 4 and not list(tmp_path.glob("*.partial"))
 
 
 def test_say_errors_are_readable_and_name_their_trace(stack: LocalStack, tmp_path: Path) -> None:

@@ -169,12 +169,17 @@ class WavFile:
         self.path = path
         self.partial = path.with_name(path.name + ".partial")
         self._writer: wave.Wave_write | None = None
+        # A device or a pipe (/dev/null, a FIFO) is written once, whole, never replaced.
+        self._buffer = io.BytesIO() if path.exists() and not path.is_file() else None
 
     def write(self, pcm: bytes, sample_rate: int) -> None:
         """Append a piece of s16le mono audio (an `AudioCallback`)."""
         if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = wave.open(str(self.partial), "wb")  # noqa: SIM115 - closed by commit/discard
+            if self._buffer is not None:
+                self._writer = wave.open(self._buffer, "wb")  # noqa: SIM115 - closed by commit
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._writer = wave.open(str(self.partial), "wb")  # noqa: SIM115 - closed by commit/discard
             self._writer.setnchannels(1)
             self._writer.setsampwidth(2)
             self._writer.setframerate(sample_rate)
@@ -187,7 +192,10 @@ class WavFile:
         assert self._writer is not None
         self._writer.close()
         self._writer = None
-        os.replace(self.partial, self.path)
+        if self._buffer is not None:
+            self.path.write_bytes(self._buffer.getvalue())
+        else:
+            os.replace(self.partial, self.path)
 
     def discard(self) -> None:
         """Drop what was written."""
@@ -195,7 +203,8 @@ class WavFile:
             with contextlib.suppress(Exception):
                 self._writer.close()
             self._writer = None
-        self.partial.unlink(missing_ok=True)
+        if self._buffer is None:
+            self.partial.unlink(missing_ok=True)
 
 
 def list_voices(
