@@ -20,6 +20,7 @@ import wave
 from pathlib import Path
 
 import pytest
+from docs_blocks import labelled  # tests/ is on sys.path
 
 from services.cli.stack import LocalStack, StackError
 from services.runtime.config import DEFAULT_PORTS
@@ -29,10 +30,10 @@ DOC = ROOT / "docs" / "security.md"
 
 
 def recipe(name: str) -> str:
-    """The shell block after `<!-- local-tls: NAME -->` in docs/security.md."""
-    found = re.search(rf"<!-- local-tls: {name} -->\n```sh\n(.*?)```", DOC.read_text(), flags=re.S)
-    assert found, f"no local-tls {name} block in {DOC}"
-    return found.group(1)
+    """The shell block labelled `<!-- local-tls: NAME -->` in docs/security.md."""
+    block = labelled(DOC, "local-tls", name)
+    assert block.lang == "sh", block.where
+    return block.text
 
 
 def _env() -> dict[str, str]:
