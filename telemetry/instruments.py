@@ -286,6 +286,12 @@ class SynthesisMetrics:
             unit=names.UNIT_CHARACTERS,
             description="Input characters synthesised (a count only; text is never recorded).",
         )
+        self._undelivered = meter.create_counter(
+            names.METRIC_SYNTHESIS_UNDELIVERED,
+            unit=names.UNIT_REQUESTS,
+            description="Unary answers synthesised but not delivered: the call ended as gRPC "
+            "sent them (the caller refused the size, left, or its deadline passed).",
+        )
 
     @staticmethod
     def _attrs(
@@ -334,6 +340,10 @@ class SynthesisMetrics:
         """Record how long a finished stream's listener was left without audio."""
         attrs = self._attrs(voice, method, priority=priority, characters=characters)
         self._stall.record(seconds, attrs)
+
+    def record_undelivered(self, *, voice: str, method: str) -> None:
+        """Count one answer that was made but never reached its caller."""
+        self._undelivered.add(1, self._attrs(voice, method))
 
     def record_request(
         self,

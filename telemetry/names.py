@@ -250,6 +250,8 @@ METRIC_SYNTHESIS_REAL_TIME_FACTOR: Final = "voxline.synthesis.real_time_factor"
 METRIC_SYNTHESIS_STALL_DURATION: Final = "voxline.synthesis.stall.duration"
 METRIC_SYNTHESIS_AUDIO_DURATION: Final = "voxline.synthesis.audio.duration"
 METRIC_SYNTHESIS_CHARACTERS: Final = "voxline.synthesis.characters"
+#: Unary answers made but not delivered (the call ended cancelled as gRPC sent them).
+METRIC_SYNTHESIS_UNDELIVERED: Final = "voxline.synthesis.undelivered"
 
 # RPC (recorded by telemetry.grpc; the OTel gRPC instrumentation records no metrics).
 METRIC_RPC_SERVER_DURATION: Final = "rpc.server.call.duration"
@@ -293,6 +295,8 @@ GPU_METRICS: Final = frozenset(
 
 #: Gateway: the whole synthesis of one request, under the gRPC server span.
 SPAN_SYNTHESIS: Final = "voxline.synthesis"
+#: An ERROR span under a unary request's root whose answer was made but not delivered.
+SPAN_UNDELIVERED: Final = "voxline.synthesis.undelivered"
 #: Phase spans are named "<stage>.<phase>", e.g. "acoustic.inference"; see phase_span_name().
 SPAN_PHASE_TEMPLATE: Final = "{stage}.{phase}"
 #: One model batch made of several requests (span links point at the requests' spans).

@@ -138,6 +138,22 @@ def _log_records(stack: LocalStack, request_id: str) -> list[dict[str, Any]]:
     return records
 
 
+def _wait_for_span(stack: LocalStack, trace_id: str, name: str) -> dict[str, Any]:
+    """The span `name` of trace `trace_id`, with ERROR status, once the gateway exported it."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for path in stack.run_dir.glob("gateway.traces.jsonl"):
+            for line in path.read_text().splitlines():
+                for rs in json.loads(line)["resourceSpans"]:
+                    for ss in rs["scopeSpans"]:
+                        for span in ss["spans"]:
+                            if span["traceId"] == trace_id and span["name"] == name:
+                                assert span["status"].get("code") == 2  # ERROR
+                                return span
+        time.sleep(0.5)
+    raise AssertionError(f"no {name} span in trace {trace_id}")
+
+
 def _wait_for_log(stack: LocalStack, request_id: str, message: str) -> list[dict[str, Any]]:
     """The gateway's log records of `request_id` once one starts with `message` (the unary
     outcome is logged when the call has ended, after the client has its answer)."""
@@ -217,6 +233,8 @@ def test_an_answer_the_caller_refuses_is_not_logged_as_synthesized(stack: LocalS
     (refused,) = [r for r in records if r["message"].startswith("unary answer not delivered")]
     assert refused["level"] == "ERROR" and refused["answer_bytes"] > 200_000
     assert not [r for r in records if r.get("message") == "synthesized"]
+    # ...and an ERROR span in the request's trace (the metric is counted beside it).
+    assert _wait_for_span(stack, refused["trace_id"], "voxline.synthesis.undelivered")
 
     # A caller that takes its answer: "synthesized", logged once the call has ended.
     delivered_id = "taken-" + uuid.uuid4().hex

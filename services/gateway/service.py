@@ -205,11 +205,7 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
             if delivered:
                 self._log(job, names.SYNTHESIS_METHOD_UNARY, state)
             else:
-                log.error(
-                    "unary answer not delivered: the call ended cancelled (the caller refused "
-                    "it, e.g. over its receive limit, left, or its deadline passed)",
-                    extra={"request_id": job.request_id, "answer_bytes": response.ByteSize()},
-                )
+                self._undelivered(request, state, job.request_id, response.ByteSize())
 
         on_delivery(context, ended)
         return response
@@ -308,6 +304,30 @@ class SynthesizerServicer(synthesizer_pb2_grpc.SynthesizerServicer):
             characters=state.text.characters,
             method=method,
         )
+
+    def _undelivered(
+        self,
+        request: synthesizer_pb2.SynthesizeRequest,
+        state: RequestState,
+        request_id: str,
+        size: int,
+    ) -> None:
+        """A unary answer that gRPC could not deliver: an error in the log, in metrics and as
+        an ERROR span in the request's trace (its other spans ended when the handler
+        returned, before gRPC sent the answer)."""
+        log.error(
+            "unary answer not delivered: the call ended cancelled (the caller refused it, e.g. "
+            "over its receive limit, left, or its deadline passed)",
+            extra={"request_id": request_id, "answer_bytes": size},
+        )
+        method = names.SYNTHESIS_METHOD_UNARY
+        self._metrics.record_undelivered(voice=self._voice_label(request), method=method)
+        parent = trace.set_span_in_context(state.root)
+        with self.runtime.tracer.start_as_current_span(
+            names.SPAN_UNDELIVERED, context=parent, record_exception=False
+        ) as span:
+            span.set_attribute(names.ATTR_SYNTHESIS_METHOD, method)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, "answer not delivered"))
 
     @staticmethod
     def _log(job: Job, method: str, state: RequestState) -> None:
