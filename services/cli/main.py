@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -203,7 +204,20 @@ def _say_hint(stack: LocalStack) -> str:
         flags += f" --tls-client-cert {stack.tls.cert} --tls-client-key {stack.tls.key}"
     if stack.tls.server_name:
         flags += f" --tls-server-name {stack.tls.server_name}"
-    return f'voxline say "Hello there." -o out/hello.wav{flags}'
+    return f'{_voxline_command()} say "Hello there." -o out/hello.wav{flags}'
+
+
+def _voxline_command() -> str:
+    """How to run `voxline` from here: the name when it is on PATH, else the venv's script
+    (`make serve` runs the venv's Python without activating it)."""
+    script = Path(sys.executable).with_name("voxline")
+    on_path = shutil.which("voxline")
+    if on_path and Path(on_path).resolve() == script.resolve():
+        return "voxline"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
