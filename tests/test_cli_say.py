@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -207,3 +208,12 @@ def test_trace_report_counts_refusals_apart(stack: LocalStack) -> None:
     text = voxline(*argv).stdout.decode()
     assert re.search(r"\d+ refused \(INVALID_ARGUMENT \d+", text), text
     assert re.search(r"over the \d+ ok: end-to-end p50", text), text
+
+
+def test_the_say_command_voxline_serve_prints_runs_as_printed() -> None:
+    """`make serve` runs the venv's Python without activating the venv: the printed
+    command must name a voxline that exists (not assume it is on PATH)."""
+    from services.cli.main import _voxline_command
+
+    command = _voxline_command()
+    assert shutil.which(command) or Path(command).is_file(), command
