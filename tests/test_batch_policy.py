@@ -6,7 +6,7 @@ from contextvars import Context
 from itertools import count
 
 from services.runtime.config import SchedulerConfig
-from services.runtime.scheduler import Priority, Work, pick_batch
+from services.runtime.scheduler import EARLY_S, Priority, Work, pick_batch
 
 _seq = count()
 
@@ -46,7 +46,7 @@ def test_nothing_pending_waits_for_work() -> None:
 
 
 def test_most_urgent_first_with_its_same_shape_same_class_mates_due_in_the_window() -> None:
-    config = SchedulerConfig(max_batch_size=8, batch_window_s=1.0)
+    config = SchedulerConfig(max_batch_size=8, batch_window_s=1.0, defer_early_s=0.0)
     pending = [
         _work("later", urgency=5.0),
         _work("head", urgency=1.0),
@@ -60,7 +60,8 @@ def test_most_urgent_first_with_its_same_shape_same_class_mates_due_in_the_windo
 
 def test_interactive_before_bulk_whatever_the_urgency() -> None:
     pending = [_work("bulk", urgency=0.0, priority=Priority.BULK), _work("interactive", urgency=9)]
-    assert _names(pick_batch(pending, 0.0, SchedulerConfig()).batch) == ["interactive"]
+    config = SchedulerConfig(defer_early_s=0.0)
+    assert _names(pick_batch(pending, 0.0, config).batch) == ["interactive"]
 
 
 def test_batch_size_and_pieces_per_request_are_bounded() -> None:
@@ -78,3 +79,17 @@ def test_a_short_batch_waits_for_mates_up_to_the_queue_delay() -> None:
     assert _names(pick_batch(pending, 100.011, config).batch) == ["head"]
     full = [_work(f"w{i}", enqueued=100.0) for i in range(4)]
     assert len(pick_batch(full, 100.0, config).batch) == 4  # a full batch never waits
+
+
+def test_early_work_waits_so_urgent_work_elsewhere_gets_the_cores() -> None:
+    """Work due more than EARLY_S ahead (a stream's next sentence) waits defer_early_s after
+    it was queued; work due now never does, and 0 turns the wait off (the vocoder, GPUs)."""
+    config = SchedulerConfig(defer_early_s=0.1)
+    early = _work("next-sentence", urgency=100.0 + EARLY_S + 1.0, enqueued=100.0)
+    waiting = pick_batch([early], 100.05, config)
+    assert waiting.batch == [] and abs(waiting.wait_s - 0.05) < 1e-9  # type: ignore[operator]
+    assert _names(pick_batch([early], 100.1, config).batch) == ["next-sentence"]
+    now = _work("first-sentence", urgency=100.0, enqueued=100.0)
+    assert _names(pick_batch([now], 100.0, config).batch) == ["first-sentence"]
+    off = SchedulerConfig(defer_early_s=0.0)
+    assert _names(pick_batch([early], 100.0, off).batch) == ["next-sentence"]

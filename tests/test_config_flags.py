@@ -14,6 +14,7 @@ import pytest
 
 from services.runtime.config import (
     SCHEDULER_DEFAULTS,
+    STAGE_SCHEDULER_DEFAULTS,
     SchedulerConfig,
     ServiceConfig,
     add_dataclass_flags,
@@ -191,6 +192,7 @@ def test_batching_flags_come_from_scheduler_config(monkeypatch: pytest.MonkeyPat
         batch_window_s=0.02,
         max_queue=9,
         instances=2,
+        defer_early_s=STAGE_SCHEDULER_DEFAULTS["vocoder"].defer_early_s,  # the vocoder's own
     )
     gateway = parse_config("gateway", build_parser("gateway", "t"), [])
     assert gateway.scheduler == SCHEDULER_DEFAULTS

@@ -95,6 +95,16 @@ class SchedulerConfig:
         scale=1000.0,
     )
     instances: int = flag_field(1, "model instances (worker threads) running batches")
+    #: The stages share a machine's cores: work due seconds from now (a stream's next
+    #: sentence) that starts at once competes with another stage's work for the audio a
+    #: listener is waiting for. Such work waits this long after it is queued (CPU); on a GPU,
+    #: where stages do not share cores, set 0.
+    defer_early_s: float = flag_field(
+        0.1,
+        "work due more than 0.5 s ahead waits this long first, leaving the cores to urgent work",
+        flag="defer-early-ms",
+        scale=1000.0,
+    )
 
 
 #: The scheduler defaults (the flags and ServiceConfig take them from SchedulerConfig).
@@ -113,6 +123,13 @@ class ServiceConfig:
     service: str = field(metadata={"flag": False})
     host: str = flag_field("127.0.0.1", "bind address (0.0.0.0 in containers)")
     port: int = flag_field(0, "gRPC port (0 = pick a free one)")
+    #: A Unix domain socket instead of host:port for co-located services (docs/deploy.md,
+    #: "Co-located stages"); the health and metrics ports stay on --host.
+    listen: str = flag_field(
+        "",
+        "serve gRPC on this address instead of --host:--port, e.g. "
+        "unix:/run/voxline/vocoder.sock (empty: --host:--port)",
+    )
     workers: int = flag_field(8, "gRPC handler threads")
     max_concurrent_rpcs: int = flag_field(32, "beyond this, calls get RESOURCE_EXHAUSTED")
     drain_seconds: float = flag_field(
@@ -177,7 +194,8 @@ class ServiceConfig:
 
     @property
     def address(self) -> str:
-        return f"{self.host}:{self.port}"
+        """Where the gRPC port listens: `--listen` when set, else `--host:--port`."""
+        return self.listen or f"{self.host}:{self.port}"
 
 
 #: ServiceConfig fields whose flags only services that run a model get (`add_model_flags`).
@@ -365,7 +383,7 @@ def build_parser(
     p = argparse.ArgumentParser(prog=f"voxline-{service}", description=description)
     add_server_flags(p, service)
     if model if model is not None else service in MODEL_SERVICES:
-        add_model_flags(p)
+        add_model_flags(p, service)
     return p
 
 
@@ -376,11 +394,21 @@ def add_server_flags(p: argparse.ArgumentParser, service: str) -> None:
     add_dataclass_flags(p, ServiceConfig, defaults, skip=MODEL_FIELDS)
 
 
-def add_model_flags(p: argparse.ArgumentParser) -> None:
+#: Stages whose batching defaults differ from SchedulerConfig's. The vocoder's work is a
+#: stream's windows, each due a little later than the last: deferring early work would pace
+#: every stream (one window per defer), so only the frontend's and the acoustic model's
+#: look-ahead work (the next sentences) waits.
+STAGE_SCHEDULER_DEFAULTS = {"vocoder": SchedulerConfig(defer_early_s=0.0)}
+
+
+def add_model_flags(p: argparse.ArgumentParser, service: str = "") -> None:
     """What a service running a model understands: device, precision, threads, batching (the
-    ServiceConfig fields in MODEL_FIELDS, the batching ones from SchedulerConfig)."""
+    ServiceConfig fields in MODEL_FIELDS, the batching ones from SchedulerConfig, with the
+    stage's own defaults where STAGE_SCHEDULER_DEFAULTS has them)."""
     model_only = {f.name for f in fields(ServiceConfig)} - MODEL_FIELDS
-    add_dataclass_flags(p, ServiceConfig, skip=model_only)
+    scheduler = STAGE_SCHEDULER_DEFAULTS.get(service, SCHEDULER_DEFAULTS)
+    defaults = ServiceConfig(service=service, scheduler=scheduler)
+    add_dataclass_flags(p, ServiceConfig, defaults, skip=model_only)
 
 
 def service_config(

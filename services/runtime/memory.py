@@ -9,8 +9,8 @@ with `MALLOC_ARENA_MAX=2` alike, with `ONEDNN_PRIMITIVE_CACHE_CAPACITY=0` more s
 still; with `malloc_trim(0)` after each call it stayed at 450-461 MiB. `malloc_trim(0)` walks
 every arena and returns each whole free page (madvise), which is what the heap never does
 by itself. It costs about 1-30 ms (measured on the 2-core machine, 450-MiB vocoder), so the
-scheduler's workers call it after a batch when none waits, and at least once a second
-under sustained load (`BatchScheduler._work`).
+scheduler's workers call it once they have been idle a moment after some work, and at least
+once a second under sustained load (`BatchScheduler._work`), never between a stream's windows.
 
 No-op where the C library is not glibc (musl, macOS).
 """

@@ -72,6 +72,10 @@ PLAYBACK_BUFFER_METADATA = "voxline-playback-buffer-ms"
 MAX_PLAYBACK_BUFFER_MS = 600_000.0
 #: Under sustained load a worker returns freed memory to the OS at least this often.
 TRIM_INTERVAL_S = 1.0
+#: ...and otherwise once it has had no work for this long.
+TRIM_IDLE_S = 0.2
+#: Work due further ahead than this is early (SchedulerConfig.defer_early_s).
+EARLY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -306,17 +310,25 @@ class BatchScheduler(Generic[In, Out]):
 
     # -- the workers' side -------------------------------------------------------------------
 
-    def _take_batch(self) -> list[Work[In, Out]] | None:
-        """The next batch `pick_batch` decides on, or None when stopping."""
+    def _take_batch(self, idle_s: float | None = None) -> list[Work[In, Out]] | None:
+        """The next batch `pick_batch` decides on; None when stopping; [] when no work came
+        for `idle_s` seconds (None: wait as long as it takes)."""
+        idle_until = None if idle_s is None else time.monotonic() + idle_s
         with self._cond:
             while True:
                 if not self._running:
                     return None
                 self._drop_dead()
-                decision = pick_batch(self._pending, time.monotonic(), self.config)
+                now = time.monotonic()
+                decision = pick_batch(self._pending, now, self.config)
                 if decision.batch:
                     break
-                self._cond.wait(decision.wait_s)  # None: until work is submitted
+                wait = decision.wait_s
+                if not self._pending and idle_until is not None:
+                    if now >= idle_until:
+                        return []
+                    wait = idle_until - now
+                self._cond.wait(wait)  # None: until work is submitted
             for work in decision.batch:
                 self._pending.remove(work)
                 self._begun.add(work.ticket)
@@ -340,20 +352,23 @@ class BatchScheduler(Generic[In, Out]):
         self._pending = alive
 
     def _work(self) -> None:
-        last_trim = 0.0
-        while (batch := self._take_batch()) is not None:
-            try:
-                self._run_batch(batch)
-            finally:
-                with self._cond:
-                    self._busy -= 1
-                    idle = not self._pending
-            # Varied input lengths leave freed pages stranded in malloc's heaps: RSS would
-            # grow with every new shape (services/runtime/memory.py). Trim when no batch
-            # waits for this worker, or at least once a second under sustained load.
-            if idle or time.monotonic() - last_trim >= TRIM_INTERVAL_S:
+        # Varied input lengths leave freed pages stranded in malloc's heaps: RSS would grow
+        # with every new shape (services/runtime/memory.py). Memory is trimmed once the
+        # worker has been idle TRIM_IDLE_S after some work, off any request's path (a stream
+        # sends its next window within milliseconds: trimming between windows made each wait
+        # for the trim), and at least every TRIM_INTERVAL_S under sustained load.
+        last_trim, owed = time.monotonic(), False
+        while (batch := self._take_batch(TRIM_IDLE_S if owed else None)) is not None:
+            if batch:
+                try:
+                    self._run_batch(batch)
+                finally:
+                    with self._cond:
+                        self._busy -= 1
+                owed = True
+            if not batch or time.monotonic() - last_trim >= TRIM_INTERVAL_S:
                 release_freed_memory()
-                last_trim = time.monotonic()
+                last_trim, owed = time.monotonic(), False
 
     def _run_batch(self, batch: list[Work[In, Out]]) -> None:
         sizes = [work.size for work in batch]
@@ -439,7 +454,9 @@ def pick_batch(
     urgency), with the queued work of the same shape bucket and class that is due within
     `batch_window_s` of it, at most `max_batch_size` in all and `max_batch_per_request` from
     any one request. A batch short of full waits for mates up to `max_queue_delay_s` after
-    its head was queued. Pure: no locks, threads or clocks."""
+    its head was queued; a head due more than EARLY_S from now waits `defer_early_s` after it
+    was queued (the cores it would take serve another stage's urgent work meanwhile). Pure:
+    no locks, threads or clocks."""
     if not pending:
         return BatchDecision([])
     head = min(pending, key=Work.order)
@@ -456,6 +473,9 @@ def pick_batch(
     wait = head.enqueued + config.max_queue_delay_s - now
     if len(batch) < config.max_batch_size and wait > 0:
         return BatchDecision([], wait)
+    deferred = head.enqueued + config.defer_early_s - now
+    if head.urgency - now > EARLY_S and deferred > 0:
+        return BatchDecision([], deferred)
     return BatchDecision(batch)
 
 
