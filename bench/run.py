@@ -11,6 +11,10 @@ medians and p95 (machines here are noisy; never compare numbers across runs):
   with `OTEL_SDK_DISABLED=true`, at 1 and 4 streams, alternated;
 - the microservice tax: the 4-service stack against the same stages composed in one
   process (bench/load.py `InProcess`), request by request;
+- the stage hops' transport: the same stack with the stages on loopback TCP ports against
+  one with them on Unix domain sockets (`LocalStack(transport="unix")`, the co-located
+  topology of docs/deploy.md), one streamed sentence at a time, alternated (`--only
+  transport` runs this part alone);
 - a voice agent: text streamed in as a language model writes it (SynthesizeTextStream),
   latency from the first sentence's completion to its first audio, and stalls;
 - vocoders: the local stack with the fast vocoder against one with HiFi-GAN V1 (TTFA of a
@@ -36,7 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench import peer
 from bench.load import (
@@ -55,7 +61,7 @@ from bench.load import (
 )
 from bench.report import markdown, plot
 from services.cli.client import SynthesisResult, synthesize
-from services.cli.stack import LocalStack
+from services.cli.stack import LocalStack, Transport
 from services.gateway.admission import AdmissionConfig
 from services.runtime.voice import VOICE_NAME
 from services.voices.catalog import JOE_VOICE
@@ -141,6 +147,104 @@ def bench_tax(stack: LocalStack, requests: int) -> dict[str, Any]:
             out["stack"][key]["median"] / out["in_process"][key]["median"]
         )
     return out
+
+
+#: Streamed requests per transport in `bench_transport` (at least; `--requests` if larger).
+TRANSPORT_REQUESTS = 24
+
+
+def bench_transport(stacks: dict[Transport, LocalStack], requests: int) -> dict[str, Any]:
+    """The same stack config with the stages reached over loopback TCP and over Unix
+    sockets: one streamed sentence at a time, the order alternating request by request.
+    TTFA and end-to-end medians and p95, and their ratios unix / tcp."""
+    results: dict[str, list[StreamResult]] = {name: [] for name in stacks}
+    for i in range(requests):
+        order = list(stacks) if i % 2 == 0 else list(reversed(stacks))
+        for name in order:
+            results[name].append(stream_once(stacks[name].gateway, "sentence", cap_s=math.inf))
+    out: dict[str, Any] = {"text": "sentence", "requests_each": requests}
+    for name, rs in results.items():
+        described = describe(rs, 0.0)
+        out[name] = {k: described[k] for k in ("requests", "errors", "ttfa_s", "e2e_s", "stall_s")}
+    # The hop alone: a gateway -> vocoder round trip with no model work (grpc.health.v1).
+    hops = hop_round_trips({name: stack.address("vocoder") for name, stack in stacks.items()})
+    for name, rtt in hops.items():
+        out[name]["hop_rtt_s"] = rtt
+    for key in ("ttfa_s", "e2e_s", "hop_rtt_s"):
+        for stat in ("median", "p95"):
+            unix, tcp = out["unix"][key], out["tcp"][key]
+            if unix and tcp:
+                out[f"{key}_{stat}_ratio_unix_over_tcp"] = unix[stat] / tcp[stat]
+    return out
+
+
+#: Round trips per transport in `hop_round_trips`, in alternating blocks of HOP_BLOCK.
+HOP_CALLS, HOP_BLOCK = 400, 50
+
+
+def hop_round_trips(targets: dict[str, str]) -> dict[str, dict[str, float] | None]:
+    """Unary grpc.health.v1 checks over each target's channel (kept open, as the gateway's
+    are), in alternating blocks: what one stage hop costs with no model work behind it."""
+    times: dict[str, list[float]] = {name: [] for name in targets}
+    channels = {name: grpc.insecure_channel(target) for name, target in targets.items()}
+    try:
+        stubs = {name: health_pb2_grpc.HealthStub(c) for name, c in channels.items()}
+        request = health_pb2.HealthCheckRequest()
+        for stub in stubs.values():
+            for _ in range(HOP_BLOCK):  # connect and warm up
+                stub.Check(request, timeout=10)
+        for block in range(HOP_CALLS // HOP_BLOCK):
+            order = list(stubs) if block % 2 == 0 else list(reversed(stubs))
+            for name in order:
+                for _ in range(HOP_BLOCK):
+                    t0 = time.perf_counter()
+                    stubs[name].Check(request, timeout=10)
+                    times[name].append(time.perf_counter() - t0)
+    finally:
+        for channel in channels.values():
+            channel.close()
+    return {name: summary(values) for name, values in times.items()}
+
+
+def run_transport(
+    run_dir: Path, env: dict[str, str], extra_args: dict[str, list[str]], requests: int
+) -> dict[str, Any]:
+    """Start a tcp and a unix stack of the same config side by side, warm both up, and
+    compare them (bench_transport)."""
+    with (
+        LocalStack(run_dir / "tcp", env=env, extra_args=extra_args) as tcp,
+        LocalStack(run_dir / "unix", env=env, extra_args=extra_args, transport="unix") as unix,
+    ):
+        for stack in (tcp, unix):
+            for _ in range(2):
+                _run(stack.gateway, "Warm up.", True)
+        return bench_transport({"tcp": tcp, "unix": unix}, requests)
+
+
+def _transport_line(transport: dict[str, Any]) -> str:
+    def ms(name: str, key: str, stat: str, digits: int = 0) -> str:
+        value = transport[name].get(key)
+        return f"{value[stat] * 1000:.{digits}f}" if value else "–"
+
+    parts = [
+        f"{name}: TTFA p50/p95 {ms(name, 'ttfa_s', 'median')}/{ms(name, 'ttfa_s', 'p95')} ms, "
+        f"e2e p50/p95 {ms(name, 'e2e_s', 'median')}/{ms(name, 'e2e_s', 'p95')} ms"
+        for name in ("tcp", "unix")
+    ]
+    hops = ", ".join(
+        f"{name} {ms(name, 'hop_rtt_s', 'median', 3)}/{ms(name, 'hop_rtt_s', 'p95', 3)}"
+        for name in ("tcp", "unix")
+    )
+    parts.append(f"one hop (health check) p50/p95 ms: {hops}")
+    ratios = ", ".join(
+        f"{key} {transport.get(f'{key}_median_ratio_unix_over_tcp', float('nan')):.3f}"
+        for key in ("ttfa_s", "e2e_s", "hop_rtt_s")
+    )
+    return (
+        f"transport ({transport['requests_each']} streams each): "
+        + "; ".join(parts)
+        + f"; median ratio unix/tcp: {ratios}"
+    )
 
 
 def bench_overload(stack: LocalStack, requests: int, seconds: float) -> dict[str, Any]:
@@ -250,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="a seconds-long run of every part")
     p.add_argument("--out", default="bench/results/latest.json")
     p.add_argument("--run-dir", default="runs/bench")
+    p.add_argument(
+        "--only",
+        choices=["transport"],
+        help="run one part alone: transport (stage hops over TCP vs Unix sockets)",
+    )
     args = p.parse_args(argv)
     levels = [int(n) for n in args.levels.split(",")]
     lengths = list(SWEEP_LENGTHS)
@@ -271,6 +380,15 @@ def main(argv: list[str] | None = None) -> int:
     # The sweep measures the engine past the gateway's admission limit: lift it there.
     unlimited = ["--max-active", "64", "--max-waiting", "64"]
     no_batching["gateway"] = unlimited
+    transport_requests = 2 if args.smoke else max(args.requests, TRANSPORT_REQUESTS)
+    if args.only == "transport":
+        with OtlpReceiver() as receiver:
+            env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
+            print("stage hops: loopback TCP vs Unix sockets ...", flush=True)
+            result["transport"] = run_transport(
+                run_dir, env, {"gateway": unlimited}, transport_requests
+            )
+        return _write(result, Path(args.out))
     with OtlpReceiver() as receiver:
         on_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
         off_env = {"OTEL_SDK_DISABLED": "true"}
@@ -293,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
             result["tax"] = bench_tax(on, args.requests)
             print("voice agent: text streamed in ...", flush=True)
             result["voice_agent"] = bench_voice_agent(on, args.requests)
+        print("stage hops: loopback TCP vs Unix sockets ...", flush=True)
+        result["transport"] = run_transport(
+            run_dir / "transport", on_env, {"gateway": unlimited}, transport_requests
+        )
         print("admission control at 4x capacity ...", flush=True)
         with LocalStack(run_dir / "admission", env=on_env) as admitting:
             _run(admitting.gateway, "Warm up.", True)
@@ -313,13 +435,23 @@ def main(argv: list[str] | None = None) -> int:
     print("in one process: VITS, student (fast, HiFi-GAN) vs Piper ...", flush=True)
     peer_lengths = ["twelve_words"] if args.smoke else ["twelve_words", "paragraph"]
     result["peers"] = bench_peers(args.requests, peer_lengths)
-    out = Path(args.out)
+    return _write(result, Path(args.out))
+
+
+def _write(result: dict[str, Any], out: Path) -> int:
+    """The JSON, its Markdown summary and (with a sweep) the plot, next to `out`."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    out.with_suffix(".md").write_text(markdown(result))
-    plot(result, out.with_suffix(".png"))
-    print(markdown(result))
-    print(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+    report = markdown(result)
+    if "transport" in result:
+        report += "\n" + _transport_line(result["transport"]) + "\n"
+    out.with_suffix(".md").write_text(report)
+    written = [out, out.with_suffix(".md")]
+    if "sweep" in result:
+        plot(result, out.with_suffix(".png"))
+        written.append(out.with_suffix(".png"))
+    print(report)
+    print("wrote " + ", ".join(map(str, written)))
     return 0
 
 

@@ -4,13 +4,15 @@
    (deploy/k8s_config.py; `make k8s-config` refreshes them);
 1. yamllint over k8s/ (config k8s/.yamllint);
 2. every overlay in k8s/overlays/ renders with plain `kubectl kustomize` (the default load
-   restrictor, exactly as `kubectl apply -k` renders it);
+   restrictor, exactly as `kubectl apply -k` renders it): cpu, gpu, keda, and colocated (the
+   stages as sidecars of the gateway's pod, on Unix sockets: components/colocated);
 3. the rendered built-in kinds validate with `kubernetes-validate --strict -k 1.30.0 -`
    (schema only, reads the multi-document YAML from stdin);
 4. custom resources (kubernetes-validate only warns about them) validate against the vendored
    CRD schemas in k8s/crds/ with jsonschema, closed like --strict (unknown fields rejected);
    a custom resource without a vendored CRD is an error;
-5. every stage Deployment has the gRPC handler threads (--workers / VOXLINE_WORKERS) and the
+5. every stage container (its own Deployment's, or a sidecar of the gateway's pod in the
+   colocated overlay) has the gRPC handler threads (--workers / VOXLINE_WORKERS) and the
    concurrency limit (--max-concurrent-rpcs) for every call it must hold at once: its batches
    (max_batch_size x instances) and the calls of the syntheses one gateway pod admits
    (--max-active); otherwise calls wait unseen in gRPC's executor, or admitted syntheses are
@@ -246,7 +248,9 @@ def handler_thread_errors(docs: Iterable[dict[str, Any]]) -> list[str]:
     errors: list[str] = []
 
     def containers(dep: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
-        for c in dep["spec"]["template"]["spec"].get("containers", []):
+        # Init containers too: co-located stages are sidecars (restartPolicy Always).
+        spec = dep["spec"]["template"]["spec"]
+        for c in [*spec.get("initContainers", []), *spec.get("containers", [])]:
             service = service_of(c)
             if service is not None:
                 yield service, c
@@ -265,10 +269,12 @@ def handler_thread_errors(docs: Iterable[dict[str, Any]]) -> list[str]:
             admitted = n if admitted is None else max(admitted, n)
 
     for dep in deployments:
-        name = dep["metadata"]["name"]
+        deployment = dep["metadata"]["name"]
         for service, c in containers(dep):
             if service not in STAGES:
                 continue
+            # The container, where it is not the Deployment's own (a co-located sidecar).
+            name = deployment if c["name"] == deployment else f"{deployment}/{c['name']}"
             try:
                 workers = setting(c, "workers", defaults.workers)
                 rpcs = setting(c, "max-concurrent-rpcs", defaults.max_concurrent_rpcs)

@@ -46,6 +46,12 @@ API_TOKEN_SECRET = "voxline-api-token"
 #: The module whose main() parses an app's flags (default: services.<app>.service).
 MAIN_MODULE = {"http": "services.http.main"}
 GPU_STAGES = ("acoustic", "vocoder")
+STAGES = ("frontend", "acoustic", "vocoder")
+#: The overlay whose stages run as sidecars of the gateway's pod, on Unix sockets
+#: (k8s/components/colocated): no stage Deployment, Service, PDB, HPA or NetworkPolicy.
+COLOCATED = "colocated"
+#: Where the co-located stages' sockets are (an emptyDir shared by the pod's containers).
+SOCKET_DIR = "/run/voxline"
 #: Deployment name -> the generated proto module holding the service its readiness probe names.
 PROTO_OF = {
     "gateway": "synthesizer",
@@ -176,6 +182,26 @@ def _env(container: dict[str, Any]) -> dict[str, str]:
     return {e["name"]: e.get("value", "") for e in container.get("env", [])}
 
 
+def _app_container(docs: list[dict[str, Any]], app: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(Deployment, container) running Voxline service `app`: the container of its own
+    Deployment, or (colocated overlay) a sidecar of the gateway's pod."""
+    found = [
+        (d, c)
+        for d in _kind(docs, "Deployment")
+        for c in _containers(d)
+        if c["name"] == app and kv.service_of(c) == app
+    ]
+    assert len(found) == 1, f"{app}: {len(found)} containers found"
+    return found[0]
+
+
+def _is_sidecar(container: dict[str, Any], deployment: dict[str, Any]) -> bool:
+    """A native sidecar: an init container that keeps running (restartPolicy Always); the
+    kubelet stops it after the pod's main containers."""
+    inits = deployment["spec"]["template"]["spec"].get("initContainers", [])
+    return container in inits and container.get("restartPolicy") == "Always"
+
+
 def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     """Kubernetes LabelSelector semantics (matchLabels + matchExpressions)."""
     for k, v in (selector.get("matchLabels") or {}).items():
@@ -269,8 +295,9 @@ def test_voxline_image_user_and_tmp(rendered: dict[str, list[dict[str, Any]]]) -
             continue
         spec = dep["spec"]["template"]["spec"]
         assert spec["securityContext"]["runAsUser"] == 10001  # the Dockerfile's user
-        mounts = {m["mountPath"] for c in spec["containers"] for m in c.get("volumeMounts", [])}
-        assert "/tmp" in mounts, f"{overlay}: read-only root needs a writable /tmp"
+        for c in _containers(dep):  # co-located stages (sidecars) too
+            mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
+            assert "/tmp" in mounts, f"{overlay}/{c['name']}: read-only root needs a /tmp"
         assert spec.get("automountServiceAccountToken") is False
 
 
@@ -312,12 +339,20 @@ def test_voxline_probes(rendered: dict[str, list[dict[str, Any]]]) -> None:
     protos = _proto_service_names()
     for overlay, docs in rendered.items():
         for app in VOXLINE_APPS:
-            (c,) = _named(docs, "Deployment", app)["spec"]["template"]["spec"]["containers"]
-            grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
-            assert int(_env(c)["VOXLINE_PORT"]) == grpc_port, (overlay, app)
+            _, c = _app_container(docs, app)
+            if _env(c).get("VOXLINE_LISTEN"):
+                # A co-located stage serves gRPC on a Unix socket only (no gRPC port): the
+                # kubelet probes its plaintext health port.
+                assert _env(c)["VOXLINE_LISTEN"].startswith("unix:"), (overlay, app)
+                assert "grpc" not in {p["name"] for p in c["ports"]}, (overlay, app)
+                probe_port = int(_env(c)["VOXLINE_HEALTH_PORT"])
+                assert probe_port in {p["containerPort"] for p in c["ports"]}, (overlay, app)
+            else:
+                grpc_port = next(p["containerPort"] for p in c["ports"] if p["name"] == "grpc")
+                assert int(_env(c)["VOXLINE_PORT"]) == grpc_port, (overlay, app)
+                probe_port = grpc_port
             # A TLS gRPC port is probed on the plaintext health-only port (kubelet probes
             # cannot speak TLS; docs/security.md).
-            probe_port = grpc_port
             if _env(c).get("VOXLINE_TLS_CERT"):
                 probe_port = int(_env(c)["VOXLINE_HEALTH_PORT"])
                 assert probe_port in {p["containerPort"] for p in c["ports"]}, (overlay, app)
@@ -362,14 +397,27 @@ def test_termination_grace_exceeds_prestop_plus_drain(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
     for overlay, docs in rendered.items():
-        for app in POD_APPS:
-            spec = _named(docs, "Deployment", app)["spec"]["template"]["spec"]
-            (c,) = spec["containers"]
-            drain = float(_env(c)["VOXLINE_DRAIN_SECONDS"])
-            pre_stop = _prestop_sleep_s(c)
-            assert pre_stop >= 3, f"{overlay}/{app}: preStop sleep lets endpoints update first"
-            # + the telemetry flush on exit (Telemetry.shutdown, 5 s budget).
-            assert spec["terminationGracePeriodSeconds"] > pre_stop + drain + 5, (overlay, app)
+        apps = set()
+        for dep in _voxline_deployments(docs):
+            spec, name = dep["spec"]["template"]["spec"], dep["metadata"]["name"]
+            services = [c for c in _containers(dep) if kv.service_of(c)]
+            apps |= {kv.service_of(c) for c in services}
+            main = [c for c in services if not _is_sidecar(c, dep)]
+            needed = 0.0
+            for c in main:
+                drain = float(_env(c)["VOXLINE_DRAIN_SECONDS"])
+                pre_stop = _prestop_sleep_s(c)
+                assert pre_stop >= 3, f"{overlay}/{name}: preStop sleep lets endpoints update"
+                # + the telemetry flush on exit (Telemetry.shutdown, 5 s budget).
+                needed = max(needed, pre_stop + drain + 5)
+            # Co-located stages (sidecars) get SIGTERM only once the gateway has exited: its
+            # calls are over by then, so theirs is a preStop (none needed: no endpoint of
+            # their own) and the flush, after the gateway's time.
+            sidecars = [c for c in services if _is_sidecar(c, dep)]
+            if sidecars:
+                needed += max(_prestop_sleep_s(c) + 5 for c in sidecars)
+            assert spec["terminationGracePeriodSeconds"] > needed, (overlay, name, needed)
+        assert apps == set(POD_APPS), overlay
 
 
 def test_every_pod_drains_at_least_the_longest_request(
@@ -385,20 +433,16 @@ def test_every_pod_drains_at_least_the_longest_request(
         longest = float(_env(gw).get("VOXLINE_REQUEST_TIMEOUT_S", REQUEST_TIMEOUT_S))
         checked = set()
         for app in POD_APPS:
-            (c,) = _named(docs, "Deployment", app)["spec"]["template"]["spec"]["containers"]
+            dep, c = _app_container(docs, app)
             drain = float(_env(c)["VOXLINE_DRAIN_SECONDS"])
             assert drain >= longest, f"{overlay}/{app}: drains {drain} s < requests' {longest} s"
-            checked.add(app)
+            checked.add(dep["metadata"]["name"])
         assert checked == {d["metadata"]["name"] for d in _voxline_deployments(docs)}, overlay
 
 
 def _voxline_deployments(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The Deployments that run a Voxline service (`python -m services.<name>`)."""
-    return [
-        d
-        for d in _kind(docs, "Deployment")
-        if any(kv.service_of(c) for c in d["spec"]["template"]["spec"]["containers"])
-    ]
+    return [d for d in _kind(docs, "Deployment") if any(kv.service_of(c) for c in _containers(d))]
 
 
 def test_env_var_references_are_defined_earlier(
@@ -434,7 +478,7 @@ def test_voxline_env_vars_are_real_flags_or_telemetry_settings(
     for app in POD_APPS:
         flags = {"VOXLINE_" + f.upper().replace("-", "_") for f in _service_flags(app)}
         for overlay, docs in rendered.items():
-            (c,) = _named(docs, "Deployment", app)["spec"]["template"]["spec"]["containers"]
+            _, c = _app_container(docs, app)
             for var in _env(c):
                 if var.startswith("VOXLINE_"):
                     assert var in flags | telemetry_env, f"{overlay}/{app}: unknown {var}"
@@ -445,7 +489,7 @@ def test_otel_wiring(rendered: dict[str, list[dict[str, Any]]]) -> None:
         collector = _named(docs, "Service", "otel-collector")
         otlp_port = next(p["port"] for p in collector["spec"]["ports"] if p["name"] == "otlp-grpc")
         for app in VOXLINE_APPS:
-            (c,) = _named(docs, "Deployment", app)["spec"]["template"]["spec"]["containers"]
+            dep, c = _app_container(docs, app)
             env = _env(c)
             assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == (
                 f"http://otel-collector.$(POD_NAMESPACE):{otlp_port}"
@@ -454,7 +498,9 @@ def test_otel_wiring(rendered: dict[str, list[dict[str, Any]]]) -> None:
             assert attrs["k8s.pod.name"] == "$(POD_NAME)"
             assert attrs["k8s.namespace.name"] == "$(POD_NAMESPACE)"
             assert attrs["k8s.node.name"] == "$(NODE_NAME)"
-            assert attrs["k8s.deployment.name"] == app
+            # The Deployment the container runs in (co-located stages: the gateway's).
+            assert attrs["k8s.deployment.name"] == dep["metadata"]["name"], (app, attrs)
+            assert attrs["k8s.container.name"] == c["name"] == app, (app, attrs)
             assert env[names.ENV_ENVIRONMENT]
             field_refs = {
                 e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
@@ -477,6 +523,8 @@ def test_grpc_load_balancing(rendered: dict[str, list[dict[str, Any]]]) -> None:
     """Stages behind headless Services, the gateway dialing dns:/// names of them on the right
     ports (round_robin is the client's policy), servers ageing connections out."""
     for overlay, docs in rendered.items():
+        if overlay == COLOCATED:  # no stage Service: the stages are in the gateway's pod
+            continue  # (test_colocated_stages_listen_on_sockets_the_gateway_dials)
         (gw,) = _named(docs, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"]
         gw_env = _env(gw)
         for stage in ("frontend", "acoustic", "vocoder"):
@@ -498,6 +546,129 @@ def test_client_uses_round_robin() -> None:
     from services.gateway.stages import channel_options
 
     assert ("grpc.lb_policy_name", "round_robin") in channel_options()
+
+
+# ---------------------------------------------------------------------------------------------
+# Co-located stages (components/colocated, overlays/colocated)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_colocated_overlay_is_one_pod_of_the_four_services(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """One Voxline pod template runs gateway, frontend, acoustic and vocoder (the stages as
+    native sidecars: started before the gateway, stopped after it), beside the HTTP front's
+    Deployment; no stage Deployment, Service, PDB, HPA or NetworkPolicy is left and no stage
+    gRPC port exists. Every port of the pod is distinct (one network namespace)."""
+    docs = rendered[COLOCATED]
+    assert sorted(d["metadata"]["name"] for d in _voxline_deployments(docs)) == ["gateway", "http"]
+    gateway = _named(docs, "Deployment", "gateway")
+    spec = gateway["spec"]["template"]["spec"]
+    assert {c["name"]: kv.service_of(c) for c in _containers(gateway)} == {
+        app: app for app in VOXLINE_APPS
+    }
+    assert [c["name"] for c in spec["containers"]] == ["gateway"]
+    assert [c["name"] for c in spec["initContainers"]] == list(STAGES)
+    for c in spec["initContainers"]:
+        assert _is_sidecar(c, gateway), c["name"]
+        assert "grpc" not in {p["name"] for p in c["ports"]}, c["name"]
+    stage_kinds = ("Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler")
+    for doc in docs:
+        if doc["kind"] in (*stage_kinds, "NetworkPolicy"):
+            name = doc["metadata"]["name"]
+            assert not any(name == s or name.startswith(f"{s}-") for s in STAGES), doc["kind"]
+    ports = [p for c in _containers(gateway) for p in c.get("ports", [])]
+    assert len({p["containerPort"] for p in ports}) == len(ports), ports
+    assert len({p["name"] for p in ports}) == len(ports), ports
+    assert not {50052, 50053, 50054} & {p["containerPort"] for p in ports}
+    # The ports the services bind besides gRPC are each declared on their container.
+    for c in _containers(gateway):
+        declared = {p["containerPort"] for p in c["ports"]}
+        for var in ("VOXLINE_PROMETHEUS_PORT", "VOXLINE_HEALTH_PORT"):
+            if var in _env(c):
+                assert int(_env(c)[var]) in declared, (c["name"], var)
+    # The other overlays keep a Deployment per stage.
+    for overlay, other in rendered.items():
+        if overlay != COLOCATED:
+            for stage in STAGES:
+                assert _app_container(other, stage)[0]["metadata"]["name"] == stage, overlay
+
+
+def test_colocated_stages_listen_on_sockets_the_gateway_dials(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """Each stage listens (VOXLINE_LISTEN) on the socket the gateway dials
+    (VOXLINE_<STAGE>_ADDRESS), in a directory both mount from one emptyDir, within AF_UNIX's
+    path limit; plaintext on both sides, which the gateway accepts for a socket
+    (services/gateway/stages.py, check_unix_tls)."""
+    from services.gateway.stages import check_unix_tls
+    from services.runtime.server import MAX_UNIX_PATH_BYTES, unix_socket_path
+    from services.runtime.tls import ClientTLS
+
+    docs = rendered[COLOCATED]
+    spec = _named(docs, "Deployment", "gateway")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+
+    def socket_volume(container: dict[str, Any]) -> str:
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == SOCKET_DIR]
+        assert "emptyDir" in volumes[mount["name"]] and not mount.get("readOnly"), mount
+        return str(mount["name"])
+
+    (gw,) = spec["containers"]
+    gw_env = _env(gw)
+    shared = socket_volume(gw)
+    tls = ClientTLS(
+        *(gw_env.get(f"VOXLINE_TLS_{k}", "") for k in ("CA", "CLIENT_CERT", "CLIENT_KEY")),
+        gw_env.get("VOXLINE_TLS_SERVER_NAME", ""),
+    )
+    assert not tls.enabled, "no TLS on the pod-local hops"
+    for stage in STAGES:
+        _, c = _app_container(docs, stage)
+        env = _env(c)
+        listen = env["VOXLINE_LISTEN"]
+        assert listen == f"unix:{SOCKET_DIR}/{stage}.sock"
+        assert gw_env[f"VOXLINE_{stage.upper()}_ADDRESS"] == listen
+        path = unix_socket_path(listen)
+        assert path is not None and len(path.encode()) <= MAX_UNIX_PATH_BYTES
+        assert socket_volume(c) == shared, stage
+        assert "VOXLINE_PORT" not in env  # --listen replaces --host:--port
+        assert not [k for k in env if k.startswith("VOXLINE_TLS_")], stage
+        check_unix_tls(stage, listen, tls)  # what the gateway checks at start: no error
+
+
+def test_colocated_hpa_scales_the_pod_on_every_service_load(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """One HPA scales the combined Deployment on what the cpu overlay's four HPAs watch, with
+    the same targets: the gateway's active requests and each stage's queue/compute ratio,
+    each picked out of the pod's series by its stage label."""
+    docs, cpu = rendered[COLOCATED], rendered["cpu"]
+    (hpa,) = _kind(docs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "gateway"
+    label = names.ATTR_STAGE.replace(".", "_")
+    watched = {
+        (m["pods"]["metric"]["name"], m["pods"]["metric"]["selector"]["matchLabels"][label]): m[
+            "pods"
+        ]["target"]["averageValue"]
+        for m in hpa["spec"]["metrics"]
+    }
+
+    def separate(name: str, metric: str) -> str:
+        (m,) = [
+            m
+            for m in _named(cpu, "HorizontalPodAutoscaler", name)["spec"]["metrics"]
+            if m["pods"]["metric"]["name"] == metric
+        ]
+        return str(m["pods"]["target"]["averageValue"])
+
+    expected = {
+        ("voxline_active_requests", "gateway"): separate("gateway", "voxline_active_requests")
+    }
+    for stage in STAGES:
+        expected[("voxline_queue_compute_ratio", stage)] = separate(
+            stage, "voxline_queue_compute_ratio"
+        )
+    assert watched == expected
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,7 +710,9 @@ def test_services_and_pdbs_select_exactly_one_deployment(
 def test_every_voxline_deployment_has_a_pdb(rendered: dict[str, list[dict[str, Any]]]) -> None:
     for overlay, docs in rendered.items():
         covered = {p["metadata"]["name"] for p in _kind(docs, "PodDisruptionBudget")}
-        assert set(VOXLINE_APPS) <= covered, overlay
+        # The Deployments the gRPC services run in (co-located: all four in the gateway's).
+        running = {_app_container(docs, app)[0]["metadata"]["name"] for app in VOXLINE_APPS}
+        assert running <= covered, overlay
 
 
 def _policy_sources(
@@ -587,7 +760,24 @@ def test_network_policies(rendered: dict[str, list[dict[str, Any]]]) -> None:
         def selected(src: dict[str, Any], pods: dict[str, dict[str, str]] = pods) -> list[str]:
             return [n for n, lab in pods.items() if _matches(src["podSelector"], lab)]
 
+        if overlay == COLOCATED:
+            # No stage port at all: the stages serve on Unix sockets inside the gateway's pod,
+            # which admits its public port and, from Prometheus only, each container's
+            # /metrics port; never a stage's health port (the kubelet's alone).
+            gateway = _named(docs, "Deployment", "gateway")
+            metrics = {
+                int(_env(c)["VOXLINE_PROMETHEUS_PORT"])
+                for c in _containers(gateway)
+                if kv.service_of(c)
+            }
+            opened = {port for (target, port) in admitted if target == "gateway"}
+            assert opened == {PUBLIC_PORTS["gateway"], *metrics}, (overlay, opened)
+            for port in metrics:
+                for src in admitted[("gateway", port)]:
+                    assert selected(src) == ["prometheus"], (overlay, port, src)
         for stage, port in (("frontend", 50052), ("acoustic", 50053), ("vocoder", 50054)):
+            if overlay == COLOCATED:
+                break
             sources = admitted[(stage, port)]
             assert sources, f"{overlay}: nothing reaches {stage}:{port}"
             for src in sources:
@@ -657,15 +847,16 @@ def test_every_telemetry_exporter_reaches_the_collector(
         pods = _pod_labels(docs)
         for dep in _voxline_deployments(docs):
             name = dep["metadata"]["name"]
-            (c,) = dep["spec"]["template"]["spec"]["containers"]
-            endpoint = _env(c).get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
-            m = re.fullmatch(r"https?://otel-collector\.[^:/]+:(\d+)", endpoint)
-            assert m, f"{overlay}/{name}: OTLP endpoint {endpoint!r}"
-            sources = admitted[("otel-collector", int(m.group(1)))]
-            assert any(
-                set(s) == {"podSelector"} and _matches(s["podSelector"], pods[name])
-                for s in sources
-            ), f"{overlay}: the collector's NetworkPolicy does not admit {name}'s telemetry"
+            # Every container of the pod (co-located: the stages' sidecars too).
+            for c in (c for c in _containers(dep) if kv.service_of(c)):
+                endpoint = _env(c).get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+                m = re.fullmatch(r"https?://otel-collector\.[^:/]+:(\d+)", endpoint)
+                assert m, f"{overlay}/{name}/{c['name']}: OTLP endpoint {endpoint!r}"
+                sources = admitted[("otel-collector", int(m.group(1)))]
+                assert any(
+                    set(s) == {"podSelector"} and _matches(s["podSelector"], pods[name])
+                    for s in sources
+                ), f"{overlay}: the collector's NetworkPolicy does not admit {name}'s telemetry"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -821,6 +1012,19 @@ def test_handler_thread_check_reads_flags_before_env(
     assert error.startswith("Deployment/frontend: VOXLINE_WORKERS must be a literal")
 
 
+def test_handler_thread_check_covers_colocated_sidecars(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """A co-located stage (a sidecar of the gateway's pod) is checked like a stage
+    Deployment, and the error names its container."""
+    docs = copy.deepcopy(rendered[COLOCATED])
+    _, vocoder = _app_container(docs, "vocoder")
+    _set_env(vocoder, "VOXLINE_WORKERS", "1")
+    (error,) = kv.handler_thread_errors(docs)
+    assert error.startswith("Deployment/gateway/vocoder: VOXLINE_WORKERS is 1, below ")
+    assert "fix: set VOXLINE_WORKERS >= " in error and " on gateway/vocoder" in error
+
+
 def test_validator_fails_an_overlay_that_breaks_the_handler_thread_rule(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -876,7 +1080,7 @@ def test_gpu_placement(rendered: dict[str, list[dict[str, Any]]]) -> None:
             name = dep["metadata"]["name"]
             uses_gpu = any(
                 "nvidia.com/gpu" in c.get("resources", {}).get("limits", {})
-                for c in spec["containers"]
+                for c in _containers(dep)
             )
             assert uses_gpu == (gpu_overlay and name in GPU_STAGES), (overlay, name)
             device = _env(spec["containers"][0]).get("VOXLINE_DEVICE")
@@ -890,6 +1094,10 @@ def test_gpu_placement(rendered: dict[str, list[dict[str, Any]]]) -> None:
                 assert spec["nodeSelector"].get("nvidia.com/gpu.present") == "true"
             elif name in VOXLINE_APPS and name != "gateway":  # the gateway runs no model
                 assert device == "cpu", (overlay, name)
+        if not gpu_overlay:  # every stage container, co-located sidecars included
+            for stage in STAGES:
+                _, c = _app_container(docs, stage)
+                assert _env(c).get("VOXLINE_DEVICE") == "cpu", (overlay, stage)
 
 
 def test_every_container_has_requests_and_memory_limits(
@@ -909,7 +1117,7 @@ def test_model_stage_threads_follow_the_cpu_limit(
     that can disagree with it or the node's core count; OpenMP waits passively."""
     for overlay, docs in rendered.items():
         for stage in ("frontend", "acoustic", "vocoder"):
-            (c,) = _named(docs, "Deployment", stage)["spec"]["template"]["spec"]["containers"]
+            _, c = _app_container(docs, stage)
             env = {e["name"]: e for e in c["env"]}
             ref = env["VOXLINE_TORCH_THREADS"].get("valueFrom", {}).get("resourceFieldRef")
             assert ref == {"resource": "limits.cpu", "divisor": "1"}, (overlay, stage)
@@ -974,7 +1182,7 @@ def expand(metrics_query: str, series: str, label_matchers: str, group_by: str =
 def test_adapter_rules(
     rendered: dict[str, list[dict[str, Any]]], exported: SimpleNamespace
 ) -> None:
-    for overlay in ("gpu", "cpu"):
+    for overlay in ("gpu", "cpu", COLOCATED):
         for rule in adapter_rules(rendered[overlay]):
             series = series_name(rule["seriesQuery"])
             assert series in exported.names, f"{series} is not exported by Voxline"
@@ -997,6 +1205,8 @@ def test_adapter_rules(
 
 #: Deployments that scale: the three stages on their load, the gateway on its admission load.
 AUTOSCALED = {"frontend", "acoustic", "vocoder", "gateway"}
+#: Co-located, one HPA scales the gateway's pod, which runs all four (components/colocated).
+AUTOSCALED_COLOCATED = {"gateway"}
 
 
 def test_hpas(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -1005,7 +1215,8 @@ def test_hpas(rendered: dict[str, list[dict[str, Any]]]) -> None:
         if overlay == "keda":
             assert hpas == [], "KEDA creates its own HPAs: none may be shipped in this overlay"
             continue
-        assert {h["metadata"]["name"] for h in hpas} == AUTOSCALED
+        autoscaled = AUTOSCALED_COLOCATED if overlay == COLOCATED else AUTOSCALED
+        assert {h["metadata"]["name"] for h in hpas} == autoscaled, overlay
         served = {r["name"]["as"] for r in adapter_rules(docs)}
         deployments = {d["metadata"]["name"] for d in _kind(docs, "Deployment")}
         for hpa in hpas:
@@ -1021,6 +1232,13 @@ def test_hpas(rendered: dict[str, list[dict[str, Any]]]) -> None:
                 assert m["pods"]["target"]["type"] == "AverageValue", where
                 assert "averageValue" in m["pods"]["target"], where
                 assert m["pods"]["metric"]["name"] in served, f"{where}: no adapter rule"
+                # A metric selector (co-located: one container's series of the pod's) names
+                # a label the series carry: the stage attribute, one of its values.
+                selector = m["pods"]["metric"].get("selector", {})
+                assert set(selector) <= {"matchLabels"}, where
+                for label, value in selector.get("matchLabels", {}).items():
+                    assert label == names.ATTR_STAGE.replace(".", "_"), (where, label)
+                    assert value in names.STAGES, (where, value)
             up, down = spec["behavior"]["scaleUp"], spec["behavior"]["scaleDown"]
             assert up.get("stabilizationWindowSeconds", 0) <= 30, where
             assert down["stabilizationWindowSeconds"] >= 120, where

@@ -21,7 +21,7 @@ from services.cli.client import (
     readable_details,
     synthesize,
 )
-from services.cli.stack import STAGES, LocalStack, StackError, free_port
+from services.cli.stack import STAGES, TRANSPORTS, LocalStack, StackError, free_port
 from services.cli.trace import add_trace_commands, print_attribution
 from services.http import DEFAULT_PORT as DEFAULT_HTTP_PORT
 from services.runtime.config import DEFAULT_PORTS, add_flag
@@ -228,6 +228,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """
     try:
         tls_flags, tls = _serve_tls(args)
+        if tls.enabled and args.transport == "unix":
+            raise TLSConfigError(
+                "--transport unix serves the stages on Unix sockets, without TLS (only this "
+                "host's processes reach them): drop the --tls-* flags or use --transport tcp"
+            )
     except TLSConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -248,6 +253,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls=tls,
         supervise=True,
         http=bool(args.http_port),
+        transport=args.transport,
     )
     # The services run in their own sessions (a terminal's Ctrl-C reaches only this process):
     # every way this process is asked to stop must stop them too, in order.
@@ -262,6 +268,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
     mode = ("mTLS" if args.tls_client_ca else "TLS") if tls.enabled else "plaintext"
+    if args.transport == "unix":
+        mode += "; stages on Unix sockets"
     print(
         f"starting the local stack ({mode}; logs and telemetry in {stack.run_dir}) ...",
         flush=True,
@@ -425,6 +433,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--free-ports",
         action="store_true",
         help="free loopback ports for every service and /metrics (to run beside another stack)",
+    )
+    serve.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default=os.environ.get("VOXLINE_TRANSPORT", "tcp"),
+        help="how the gateway reaches the stages: loopback TCP ports, or Unix sockets in the "
+        "run dir (co-located stages, docs/deploy.md; the gateway keeps its TCP port) "
+        "($VOXLINE_TRANSPORT; default: tcp)",
     )
     for flag, help_ in SERVE_TLS_FLAGS:
         add_flag(serve, flag, str, "", help_)

@@ -11,6 +11,12 @@ channels reconnect to the restarted stage by themselves.
 With `http=True` (what `voxline serve` uses) a fifth process serves the OpenAI-compatible
 HTTP API (services/http) in front of the gateway, supervised like the others.
 
+With `transport="unix"` (`voxline serve --transport unix`) the three stages listen on Unix
+domain sockets instead of loopback TCP ports (`--listen unix:<dir>/<stage>.sock`, the
+directory `<run_dir>/sock`, or a short temporary one when that path would be too long for
+AF_UNIX) and the gateway dials them there; the gateway (and the HTTP front) keep their TCP
+ports for clients. The co-located topology of docs/deploy.md, on one host.
+
 Stopping (`stop()`, Ctrl-C on `voxline serve`) goes from the front door inwards, one tier at
 a time: the HTTP front, then the gateway, then the three stages. Each tier gets SIGTERM and
 drains (health NOT_SERVING, new calls refused, calls in flight finish within its
@@ -28,10 +34,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -39,6 +47,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -50,6 +59,12 @@ from services.runtime.tls import PLAINTEXT, ClientTLS, secure_or_insecure_channe
 
 STAGES = ("frontend", "acoustic", "vocoder")
 SERVICES = (*STAGES, "gateway")
+#: How the gateway reaches the stages: loopback TCP ports, or Unix domain sockets.
+TRANSPORTS = ("tcp", "unix")
+Transport = Literal["tcp", "unix"]
+#: Longest AF_UNIX socket path (sun_path is 108 bytes on Linux, with the final NUL); the
+#: services check it too (services/runtime/server.py).
+MAX_UNIX_PATH_BYTES = 107
 # Two cores are shared by four processes: give the vocoder (the heaviest) the most threads.
 # (The gateway and the HTTP front run no model.)
 DEFAULT_TORCH_THREADS = {"frontend": 1, "acoustic": 1, "vocoder": 2}
@@ -91,6 +106,17 @@ class StackError(RuntimeError):
         super().__init__(message)
         #: The services at fault (their logs are the ones to read), when known.
         self.services = tuple(services)
+
+
+def socket_dir(run_dir: Path) -> tuple[Path, bool]:
+    """Where a unix-transport stack's stage sockets go: `<run_dir>/sock` when every socket
+    path there fits AF_UNIX's limit, else a new short directory (`/tmp/vxXXXXXXXX`); and
+    whether that directory is a temporary one (removed when the stack stops)."""
+    wanted = Path(run_dir).absolute() / "sock"
+    longest = max(len(os.fsencode(wanted / f"{stage}.sock")) for stage in STAGES)
+    if longest <= MAX_UNIX_PATH_BYTES:
+        return wanted, False
+    return Path(tempfile.mkdtemp(prefix="vx")), True
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -186,9 +212,17 @@ class LocalStack:
         tls: ClientTLS = PLAINTEXT,
         supervise: bool = False,
         http: bool = False,
+        transport: Transport = "tcp",
     ) -> None:
         self.run_dir = Path(run_dir)
         self.host = host
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}, not {transport!r}")
+        #: How the gateway reaches the stages ("unix": the stages listen on sockets only).
+        self.transport = transport
+        #: The stages' socket directory (transport "unix"), chosen when first needed.
+        self.socket_dir: Path | None = None
+        self._temporary_socket_dir = False
         self.ports = dict(ports) if ports is not None else {s: free_port(host) for s in SERVICES}
         #: Also run the HTTP service (services/http); it is ready once the gateway is SERVING.
         self.http = http
@@ -214,7 +248,16 @@ class LocalStack:
         return cls(run_dir, ports=DEFAULT_PORTS, **kwargs)  # type: ignore[arg-type]
 
     def address(self, service: str) -> str:
+        """The gRPC target of `service`: `host:port`, or `unix:<path>` for a stage of a
+        unix-transport stack."""
+        if self.transport == "unix" and service in STAGES:
+            return f"unix:{self._socket(service)}"
         return f"{self.host}:{self.ports[service]}"
+
+    def _socket(self, stage: str) -> Path:
+        if self.socket_dir is None:
+            self.socket_dir, self._temporary_socket_dir = socket_dir(self.run_dir)
+        return self.socket_dir / f"{stage}.sock"
 
     @property
     def gateway(self) -> str:
@@ -232,6 +275,8 @@ class LocalStack:
             return [*cmd, "--gateway-address", self.gateway, *self._extra_args.get(service, [])]
         if service in DEFAULT_TORCH_THREADS:
             cmd += ["--torch-threads", str(DEFAULT_TORCH_THREADS[service])]
+        if self.transport == "unix" and service in STAGES:
+            cmd += ["--listen", self.address(service)]  # instead of --host:--port
         if service == "gateway":
             for stage in STAGES:
                 cmd += [f"--{stage}-address", self.address(stage)]
@@ -422,7 +467,14 @@ class LocalStack:
             self.kill()
             raise
         self.procs.clear()
+        self._remove_socket_dir()
         return codes
+
+    def _remove_socket_dir(self) -> None:
+        """Remove a temporary socket directory (the stages unlink their sockets on exit)."""
+        if self._temporary_socket_dir and self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            self.socket_dir, self._temporary_socket_dir = None, False
 
     def kill(self) -> None:
         """SIGKILL every service still running (no drain) and reap it."""
@@ -434,6 +486,7 @@ class LocalStack:
         for proc in self.procs.values():
             proc.wait()
         self.procs.clear()
+        self._remove_socket_dir()
 
     def __enter__(self) -> LocalStack:
         return self.start()

@@ -36,7 +36,12 @@ from services.runtime.errors import (
     VoxlineError,
 )
 from services.runtime.scheduler import Hints, hints_metadata
-from services.runtime.tls import PLAINTEXT, ClientTLS, secure_or_insecure_channel
+from services.runtime.tls import (
+    PLAINTEXT,
+    ClientTLS,
+    TLSConfigError,
+    secure_or_insecure_channel,
+)
 
 log = logging.getLogger("voxline.gateway")
 
@@ -67,7 +72,8 @@ RECONNECT_BACKOFF_MS = (100, 1000)
 
 def channel_options() -> list[tuple[str, Any]]:
     """Round-robin over every address a `dns:///` target resolves to (headless Services);
-    unary calls retried on UNAVAILABLE (RETRY_POLICY)."""
+    unary calls retried on UNAVAILABLE (RETRY_POLICY). The same options serve `unix:`
+    targets (co-located stages): one address, retried and reconnected alike."""
     service_config = {
         "methodConfig": [
             {
@@ -226,6 +232,22 @@ class CancelScope:
             call.cancel()
 
 
+def check_unix_tls(stage: str, target: str, tls: ClientTLS) -> None:
+    """Refuse TLS to a `unix:` target unless the name to verify is given.
+
+    Stages co-located with the gateway (one host, one pod) listen on Unix sockets
+    (`--listen unix:...`) and need no TLS: only processes that can open the socket file reach
+    them (docs/deploy.md, "Co-located stages"). TLS over a socket does work, but a socket path
+    is no host name a certificate can hold, so the name to verify must be `--tls-server-name`
+    (one of the stage certificate's names); without it every handshake would fail."""
+    if tls.enabled and target.startswith("unix") and not tls.server_name:
+        raise TLSConfigError(
+            f"--{stage}-address {target} is a Unix socket and TLS to the stages is on: "
+            "co-located stages need no TLS (drop --tls-ca/--tls-client-cert), or give "
+            "--tls-server-name, a name in the stage certificate to verify"
+        )
+
+
 class StageClients:
     """Stubs for frontend, acoustic and vocoder."""
 
@@ -238,6 +260,7 @@ class StageClients:
         tls: ClientTLS = PLAINTEXT,
     ) -> None:
         def client(stage: str, target: str) -> StageClient:
+            check_unix_tls(stage, target, tls)
             channel = secure_or_insecure_channel(target, channel_options(), tls)
             return StageClient(stage, target, wrap(channel))
 

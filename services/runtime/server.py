@@ -16,11 +16,15 @@ from __future__ import annotations
 import gc
 import importlib.metadata
 import logging
+import os
 import signal
+import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -214,10 +218,14 @@ def _bind(
     health_servicer: BoundedHealthServicer,
     is_gateway: bool,
 ) -> bool:
-    """Listen (TLS or plaintext), plus the plaintext health-only port; False (logged) when
-    the address or the certificates are unusable."""
+    """Listen (TLS or plaintext) on `config.address` (`--listen`, e.g. a Unix socket, else
+    `--host:--port`), plus the plaintext health-only port on `--host`; False (logged) when the
+    address or the certificates are unusable."""
     tls = config.server_tls
     try:
+        socket_path = unix_socket_path(config.address)
+        if socket_path is not None:
+            _prepare_unix_socket(socket_path)
         if tls.enabled:
             port = server.add_secure_port(config.address, tls.credentials())
         else:
@@ -225,18 +233,61 @@ def _bind(
         tls.export_certificate_expiry(telemetry, config.client_tls if is_gateway else None)
         if config.health_port:
             _health_only_server(f"{config.host}:{config.health_port}", health_servicer)
-    except (RuntimeError, TLSConfigError) as exc:
+    except (RuntimeError, TLSConfigError, OSError) as exc:
         log.error("cannot serve %s: %s", config.address, exc)
         return False
     log.info(
         "listening",
         extra={
-            "address": f"{config.host}:{port}",
+            "address": config.address if socket_path else f"{config.host}:{port}",
             "tls": ("mtls" if tls.client_ca else "tls") if tls.enabled else "off",
             "health_port": config.health_port or None,
         },
     )
     return True
+
+
+#: Longest path of an AF_UNIX socket (sun_path is 108 bytes on Linux, with the final NUL).
+MAX_UNIX_PATH_BYTES = 107
+
+
+def unix_socket_path(address: str) -> str | None:
+    """The file of a gRPC `unix:` address (`unix:relative`, `unix:/abs`, `unix:///abs`);
+    None for any other address (host:port, `unix-abstract:`, which has no file)."""
+    if not address.startswith("unix:"):
+        return None
+    rest = address[len("unix:") :]
+    return rest[2:] if rest.startswith("//") else rest
+
+
+def _prepare_unix_socket(path: str) -> None:
+    """Make `path` bindable: its directory exists, and a socket file left by a process that
+    died without unlinking it (SIGKILL, OOM) is removed. A socket something still answers on
+    is left alone (RuntimeError: two servers on one path would steal each other's callers),
+    as is any file that is not a socket."""
+    if len(os.fsencode(path)) > MAX_UNIX_PATH_BYTES:
+        raise RuntimeError(
+            f"Unix socket path is {len(os.fsencode(path))} bytes, longer than the "
+            f"{MAX_UNIX_PATH_BYTES} AF_UNIX allows: use a shorter directory"
+        )
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = target.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise RuntimeError(f"{path} exists and is not a socket")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            pass  # nobody listens: a stale file
+        else:
+            raise RuntimeError(f"another process is listening on {path}")
+    target.unlink(missing_ok=True)
+    log.info("removed a stale socket file", extra={"path": path})
 
 
 class _Loader:
