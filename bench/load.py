@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -23,7 +22,6 @@ from voxline.v1 import synthesizer_pb2, synthesizer_pb2_grpc
 from services.gateway.admission import RETRY_PUSHBACK_KEY
 from services.gateway.playback import ListenerClock
 from services.runtime.voice import SAMPLE_RATE_HZ
-from services.vocoder.stage import to_pcm16
 
 SENTENCE = "The quick brown fox jumps over the lazy dog near the quiet river bank."
 PARAGRAPH = (
@@ -253,7 +251,7 @@ def describe(results: list[StreamResult], wall_s: float) -> dict[str, Any]:
 
 class InProcess:
     """The three stages composed in one process, no gRPC (the microservice-tax baseline):
-    the same models, the same streaming windows, the same first-sentence-first order.
+    `services/reference.py`'s path, the same models, streaming windows and sentence order.
 
     `voice`: a catalogue voice (services/voices; None: the default voice a local stack
     started with this environment serves); `vocoder` applies to the student voice.
@@ -267,6 +265,7 @@ class InProcess:
         voice: str | None = None,
         whole_sentences: bool = False,
     ) -> None:
+        from services.reference import load_stages
         from services.voices.catalog import default_voice, select
 
         torch.set_num_threads(threads)
@@ -275,29 +274,17 @@ class InProcess:
             voice = default_voice(served, os.environ.get("VOXLINE_DEFAULT_VOICE", ""))
         (entry,) = select(voice)
         self.whole_sentences = whole_sentences
-        build = _vits_stages if entry.architecture == "vits" else _student_stages
-        self.frontend, self.acoustic, self.vocoder = build(entry.folder, vocoder)
-        for stage in (self.frontend, self.acoustic, self.vocoder):
-            stage.load()
-            stage.warmup()
+        self.stages = load_stages(entry, vocoder)
+        self.frontend = self.stages.frontend
+        self.acoustic = self.stages.acoustic
+        self.vocoder = self.stages.vocoder
         self.sample_rate = self.vocoder.sample_rate
 
     def audio(self, text: str, seed: int = 0) -> Iterator[torch.Tensor]:
         """PCM pieces in playback order, each as soon as it is vocoded."""
-        for prepared in self.frontend.prepare_iter(text):
-            request = self.frontend.make_input([prepared], 1.0, 0, seed)
-            ((sentence,),) = self.frontend.execute([request])
-            features = self.acoustic.make_input(
-                sentence.features, sentence.durations, 0, sentence.seed
-            )
-            (frames,) = self.acoustic.execute([features])
-            stream = self.vocoder.stream()
-            if self.whole_sentences:
-                (audio,) = self.vocoder.execute([self.vocoder.window_input(frames)])
-                yield to_pcm16(audio)
-                continue
-            for window in [*stream.plan(frames), *stream.plan_flush()]:
-                yield stream.finish([window], self.vocoder.execute([stream.window_input(window)]))
+        from services.reference import synthesize
+
+        return synthesize(self.stages, text, seed, self.whole_sentences)
 
     def stream_once(self, length: str, cap_s: float = AUDIO_CAP_S) -> StreamResult:
         """Follow TEXTS[length] as a listener would, for up to ``cap_s`` seconds of audio."""
@@ -311,25 +298,3 @@ class InProcess:
             if clock.sent_s >= cap_s:
                 return StreamResult(length, ttfa, clock.stall_s, clock.sent_s, 0.0, False)
         return StreamResult(length, ttfa, clock.stall_s, clock.sent_s, time.monotonic() - t0, True)
-
-
-def _student_stages(folder: Path, vocoder: str) -> tuple[Any, Any, Any]:
-    from services.acoustic.stage import AcousticStage
-    from services.frontend.stage import FrontendStage
-    from services.vocoder.stage import VocoderStage, resolve_vocoder
-
-    vocoder = resolve_vocoder(vocoder)  # the stage's device: auto
-    fast = str(folder / "vocoder-fast.safetensors") if vocoder == "fast" else None
-    return (
-        FrontendStage(checkpoint=str(folder / "frontend.safetensors")),
-        AcousticStage(checkpoint=str(folder / "acoustic.safetensors")),
-        VocoderStage(vocoder=vocoder, checkpoint=fast),
-    )
-
-
-def _vits_stages(folder: Path, vocoder: str) -> tuple[Any, Any, Any]:
-    from services.acoustic.vits_stage import VitsAcousticStage
-    from services.frontend.vits_stage import VitsFrontendStage
-    from services.vocoder.vits_stage import VitsVocoderStage
-
-    return VitsFrontendStage(folder), VitsAcousticStage(folder), VitsVocoderStage(folder)
