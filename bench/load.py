@@ -7,6 +7,7 @@ A *listener* model measures what a user hears: time to first audio (TTFA), and s
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import threading
@@ -40,6 +41,13 @@ SWEEP_LENGTHS = ("sentence", "paragraph", "long")
 #: A long text's stream is followed for this much audio, then cancelled: TTFA and stalls are
 #: what it measures (its whole ~2 minutes of audio would dominate the run's time).
 AUDIO_CAP_S = 20.0
+
+
+@functools.cache
+def channel_to(address: str) -> grpc.Channel:
+    """One channel per address for the whole run: a client keeps its connection, so no
+    request pays for a new one (the in-process baseline has none to make)."""
+    return grpc.insecure_channel(address)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -86,19 +94,19 @@ def stream_once(
     ttfa = None
     completed = True
     try:
-        with grpc.insecure_channel(address) as channel:
-            call = synthesizer_pb2_grpc.SynthesizerStub(channel).SynthesizeStream(
-                request, timeout=timeout
-            )
-            for message in call:
-                samples = len(message.audio) // 2
-                if samples and ttfa is None:
-                    ttfa = time.monotonic() - t0
-                clock.on_send(samples)
-                if clock.sent_s >= cap_s:
-                    completed = False
-                    call.cancel()
-                    break
+        # One channel per stack, as a client keeps it (no connection per request).
+        call = synthesizer_pb2_grpc.SynthesizerStub(channel_to(address)).SynthesizeStream(
+            request, timeout=timeout
+        )
+        for message in call:
+            samples = len(message.audio) // 2
+            if samples and ttfa is None:
+                ttfa = time.monotonic() - t0
+            clock.on_send(samples)
+            if clock.sent_s >= cap_s:
+                completed = False
+                call.cancel()
+                break
     except grpc.RpcError as exc:
         trailers = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
         pushback = trailers.get(RETRY_PUSHBACK_KEY)
@@ -151,14 +159,14 @@ def voice_agent_once(address: str, text: str, timeout: float = 300.0) -> AgentRe
     clock = ListenerClock(SAMPLE_RATE_HZ)
     latency = None
     try:
-        with grpc.insecure_channel(address) as channel:
-            stub = synthesizer_pb2_grpc.SynthesizerStub(channel)
-            for message in stub.SynthesizeTextStream(messages(), timeout=timeout):
-                samples = len(message.audio) // 2
-                if samples and latency is None:
-                    sentence_done.wait()
-                    latency = time.monotonic() - completed_at[0]
-                clock.on_send(samples)
+        # One channel per stack, as a client keeps it.
+        stub = synthesizer_pb2_grpc.SynthesizerStub(channel_to(address))
+        for message in stub.SynthesizeTextStream(messages(), timeout=timeout):
+            samples = len(message.audio) // 2
+            if samples and latency is None:
+                sentence_done.wait()
+                latency = time.monotonic() - completed_at[0]
+            clock.on_send(samples)
     except grpc.RpcError as exc:
         return AgentResult(latency, clock.stall_s, clock.sent_s, exc.code().name)
     return AgentResult(latency, clock.stall_s, clock.sent_s)
