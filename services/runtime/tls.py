@@ -503,37 +503,34 @@ class _Following:
             self._inner = (version, inner)
         return inner
 
-
-class _UnaryUnary(_Following, grpc.UnaryUnaryMultiCallable):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._current()(*args, **kwargs)
+
+
+class _SingleResponse(_Following):
+    """The extra entry points of a multi-callable with one response message."""
 
     def with_call(self, *args: Any, **kwargs: Any) -> Any:
         return self._current().with_call(*args, **kwargs)
 
     def future(self, *args: Any, **kwargs: Any) -> Any:
         return self._current().future(*args, **kwargs)
+
+
+class _UnaryUnary(_SingleResponse, grpc.UnaryUnaryMultiCallable):
+    pass
 
 
 class _UnaryStream(_Following, grpc.UnaryStreamMultiCallable):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._current()(*args, **kwargs)
+    pass
 
 
-class _StreamUnary(_Following, grpc.StreamUnaryMultiCallable):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._current()(*args, **kwargs)
-
-    def with_call(self, *args: Any, **kwargs: Any) -> Any:
-        return self._current().with_call(*args, **kwargs)
-
-    def future(self, *args: Any, **kwargs: Any) -> Any:
-        return self._current().future(*args, **kwargs)
+class _StreamUnary(_SingleResponse, grpc.StreamUnaryMultiCallable):
+    pass
 
 
 class _StreamStream(_Following, grpc.StreamStreamMultiCallable):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._current()(*args, **kwargs)
+    pass
 
 
 def peer_common_name(context: grpc.ServicerContext) -> str | None:
