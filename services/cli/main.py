@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -346,9 +347,19 @@ def _client_tls(args: argparse.Namespace) -> ClientTLS:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """`voxline` and its commands (say, voices, serve, demo, trace)."""
     p = argparse.ArgumentParser(prog="voxline", description="Voxline text-to-speech")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_say(sub)
+    _add_voices(sub)
+    _add_serve(sub)
+    _add_demo(sub)
+    add_trace_commands(sub)
+    return p
 
+
+def _add_say(sub: Any) -> None:
+    """`voxline say`: text to a WAV file (streamed by default)."""
     say = sub.add_parser(
         "say",
         help="synthesise text to a WAV file",
@@ -408,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_flags(say)
     say.set_defaults(fn=cmd_say)
 
+
+def _add_voices(sub: Any) -> None:
+    """`voxline voices` (list) and `voxline voices import`."""
     voices = sub.add_parser("voices", help="list voices (or: voices import MODEL.onnx)")
     voices.add_argument("--server", default=DEFAULT_SERVER)
     _add_client_flags(voices)
@@ -421,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--name", help="voice folder name (default: the model file's stem)")
     imp.set_defaults(fn=cmd_voices_import)
 
+
+def _add_serve(sub: Any) -> None:
+    """`voxline serve`: the local stack until Ctrl-C."""
     serve = sub.add_parser("serve", help="start the local stack until Ctrl-C")
     serve.add_argument("--run-dir", default="runs")
     serve.add_argument(
@@ -446,14 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
         add_flag(serve, flag, str, "", help_)
     serve.set_defaults(fn=cmd_serve)
 
+
+def _add_demo(sub: Any) -> None:
+    """`voxline demo`: start, synthesise a demo sentence, stop (`make run`)."""
     demo = sub.add_parser("demo", help="start, synthesise a demo sentence, stop (make run)")
     demo.add_argument("--text", default=DEMO_TEXT)
     demo.add_argument("--out", default="out/demo.wav")
     demo.add_argument("--run-dir", default="runs")
     demo.set_defaults(fn=cmd_demo)
-
-    add_trace_commands(sub)
-    return p
 
 
 def _tls_hint(args: argparse.Namespace, exc: grpc.RpcError) -> str:
