@@ -67,6 +67,7 @@ from typing import Any
 import pytest
 import yaml
 from docs_blocks import DOCUMENTS, ROOT, Block, blocks, inline_code  # tests/ is on sys.path
+from test_k8s_manifests import _load_validator  # one loader of deploy/k8s_validate.py
 
 from services.cli.client import synthesize
 from services.cli.main import build_parser
@@ -208,15 +209,6 @@ def simple_commands(script: str) -> list[list[str]]:
 # ---------------------------------------------------------------------------------------------
 # What the static checks compare with
 # ---------------------------------------------------------------------------------------------
-
-
-def _load_validator() -> Any:
-    spec = importlib.util.spec_from_file_location("k8s_validate", ROOT / "deploy/k8s_validate.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("k8s_validate", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass
